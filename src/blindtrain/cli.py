@@ -1,0 +1,181 @@
+"""``blindtrain``: train, predict, protocols (and bench, once it exists).
+
+Exit codes: 0 success; 2 bad usage or bad input (one clear line, nothing written);
+3 integrity violation or worker crash (names layer, op and step; no checkpoint is
+written from that step).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+
+import click
+
+from .errors import BlindtrainError, UsageError
+
+
+def _parse_hidden(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        widths = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter("widths are comma-separated integers, e.g. 128,64") from None
+    if not widths or min(widths) < 1:
+        raise click.BadParameter("give one or more positive widths, e.g. 128,64")
+    return widths
+
+
+def _parse_options(pairs) -> dict:
+    options = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--option takes KEY=VALUE, got {pair!r}")
+        try:
+            options[key.replace("-", "_")] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key.replace("-", "_")] = value
+    return options
+
+
+def _protocol_options(unmask, fuse_activations, rotate_every, workers, extra) -> dict:
+    options = _parse_options(extra)
+    for key, value in (("unmask", unmask), ("fuse_activations", fuse_activations),
+                       ("rotate_every", rotate_every), ("workers", workers)):
+        if value is not None:
+            options[key] = value
+    return options
+
+
+def _fail(exc: BlindtrainError) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _summary_table(metrics: dict) -> str:
+    rows = [
+        ("protocol", metrics["protocol"]), ("model / dataset", f"{metrics['model']} / {metrics['dataset']}"),
+        ("steps / epochs", f"{metrics['steps']} / {metrics['epochs']:.2f}"),
+        ("final loss", f"{metrics['final_loss']:.4f}" if metrics["final_loss"] is not None else "-"),
+        ("test accuracy", f"{metrics['test_accuracy']:.4f}" if metrics["test_accuracy"] is not None else "-"),
+        ("wall / enclave / worker s", f"{metrics['wall_seconds']:.2f} / {metrics['enclave_seconds']:.2f} / "
+                                      f"{metrics['worker_seconds']:.2f}"),
+        ("bytes to / from worker", f"{metrics['bytes_to_worker']:,} / {metrics['bytes_from_worker']:,}"),
+        ("messages", f"{metrics['messages']:,}"),
+        ("integrity checks / failures", f"{metrics['integrity_checks']:,} / {metrics['integrity_failures']}"),
+        ("weight encryptions", f"{metrics['weight_encryptions']:,}"),
+        ("enclave peak memory", f"{metrics['enclave_peak_bytes'] / 2**20:.1f} MiB"),
+        ("worker device", metrics["device"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="blindtrain")
+def main() -> None:
+    """Privacy-preserving training split between a TEE and untrusted GPU workers."""
+
+
+@main.command()
+@click.option("--model", default="mlp", show_default=True, help="mlp, lenet, resnet18, resnet50, vit-tiny")
+@click.option("--hidden", callback=_parse_hidden, help="mlp hidden widths, e.g. 128,64")
+@click.option("--activation", default="relu", show_default=True, help="mlp activation: relu, sigmoid, arctan, softplus")
+@click.option("--dataset", default="digits", show_default=True, help="digits, synthetic, cifar10")
+@click.option("--data-dir", type=click.Path(), help="directory of the CIFAR-10 python batches")
+@click.option("--protocol", default="enclave", show_default=True, help="see `blindtrain protocols`")
+@click.option("--epochs", type=int, default=5, show_default=True)
+@click.option("--steps", type=int, help="run this many optimizer steps (overrides --epochs)")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=0.05, show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--optimizer", default="sgd", show_default=True, help="sgd or adam")
+@click.option("--loss", default="ce", show_default=True, help="ce (cross-entropy) or mse")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="worker device: auto, cpu, cuda")
+@click.option("--threads", type=int, help="threads of the trusted side")
+@click.option("--transport", default="inproc", show_default=True, help="inproc or process")
+@click.option("--workers", type=int, help="number of main workers (protocols that split ops)")
+@click.option("--adversary", help="honest, tamper, noise, zeros, replay, crash [:step=N,layer=L,op=O]")
+@click.option("--transcript", type=click.Path(dir_okay=False), help="write every tensor the worker received (.npz)")
+@click.option("--metrics", type=click.Path(dir_okay=False), help="write the ledger as JSON")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="write a sealed checkpoint at the end")
+@click.option("--checkpoint-every", type=int, help="also write it every N steps")
+@click.option("--resume", type=click.Path(dir_okay=False), help="continue from a sealed checkpoint")
+@click.option("--keystore", type=click.Path(dir_okay=False), help="sealing key file (default ~/.config/blindtrain)")
+@click.option("--unmask", help="otp: where unmask factors are computed: enclave or mask-worker")
+@click.option("--fuse-activations/--no-fuse-activations", default=None, help="tempo: activations on the worker")
+@click.option("--rotate-every", type=int, help="tempo: rotate weight keys every N steps")
+@click.option("--option", "extra", multiple=True, help="protocol option KEY=VALUE (repeatable)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def train(**kwargs) -> None:
+    """Train a model under a protocol."""
+    from .train import TrainConfig, run_training
+
+    try:
+        options = _protocol_options(kwargs.pop("unmask"), kwargs.pop("fuse_activations"),
+                                    kwargs.pop("rotate_every"), kwargs.pop("workers"), kwargs.pop("extra"))
+        quiet = kwargs.pop("quiet")
+        config = TrainConfig(**kwargs, protocol_options=options, progress=not quiet)
+        metrics = run_training(config, echo=click.echo)
+    except BlindtrainError as exc:
+        _fail(exc)
+    click.echo(f"done: {metrics['protocol']} trained {metrics['model']} on {metrics['dataset']}")
+    click.echo(_summary_table(metrics))
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False))
+@click.option("--protocol", default="enclave", show_default=True)
+@click.option("--dataset", help="default: the checkpoint's")
+@click.option("--data-dir", type=click.Path())
+@click.option("--device", default="auto", show_default=True)
+@click.option("--transport", default="inproc", show_default=True)
+@click.option("--adversary")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--keystore", type=click.Path(dir_okay=False))
+@click.option("--metrics", type=click.Path(dir_okay=False))
+@click.option("--option", "extra", multiple=True, help="protocol option KEY=VALUE (repeatable)")
+def predict(checkpoint, protocol, dataset, data_dir, device, transport, adversary, batch_size, keystore, metrics,
+            extra) -> None:
+    """Test accuracy of a sealed checkpoint, with inference under a protocol."""
+    from .train import run_predict, write_json
+
+    try:
+        result = run_predict(checkpoint=checkpoint, protocol=protocol, dataset=dataset, data_dir=data_dir,
+                             device=device, keystore=keystore, transport=transport, adversary=adversary,
+                             batch_size=batch_size, protocol_options=_parse_options(extra))
+    except BlindtrainError as exc:
+        _fail(exc)
+    if metrics:
+        write_json(metrics, result)
+    click.echo(f"{result['protocol']}: test accuracy {result['test_accuracy']:.4f} on {result['test_samples']} "
+               f"{result['dataset']} samples ({result['messages']} messages, "
+               f"{result['integrity_checks']} integrity checks)")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def protocols(as_json: bool) -> None:
+    """What each protocol keeps private, whether it trains, and how results are verified."""
+    from .protocols import load_all
+
+    registry = load_all()
+    infos = [registry[name].info for name in sorted(registry)]
+    if as_json:
+        click.echo(json.dumps([vars(i) for i in infos], indent=2))
+        return
+    for info in infos:
+        click.echo(f"{info.name}  ({info.source}; {'training' if info.trains else 'inference only'})")
+        click.echo(f"  private from worker: {info.private}")
+        click.echo(f"  integrity:           {info.integrity}")
+        click.echo(f"  leaks:               {info.leaks}")
+        click.echo(f"  {info.summary}\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,129 @@
+"""A cryptographically secure random stream, keyed inside the enclave.
+
+Every secret in blindtrain (one-time pads, permutation keys, signs, scales,
+Freivalds vectors) comes from here, never from ``torch.rand`` or ``random``.
+
+Construction: ChaCha20 (``cryptography`` package) under a 256-bit key.  Each draw
+names a *label* (e.g. ``("pad", "fc1", "forward", step)``); the label is hashed
+with SHA-256 into the 128-bit ChaCha20 nonce-and-counter block, so distinct labels
+give independent keystreams.  A label may be drawn from once only: asking again
+raises :class:`NonceReuseError`, which is how "never reuse a one-time pad" is
+enforced rather than hoped for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+
+class NonceReuseError(RuntimeError):
+    """A keystream label was drawn from twice (a pad would have been reused)."""
+
+
+def _label_bytes(label: tuple) -> bytes:
+    return repr(tuple(label)).encode()
+
+
+class Csprng:
+    """ChaCha20 keystream generator with labelled, use-once draws.
+
+    Args:
+        key: 32 secret bytes; ``None`` draws them from the OS (``os.urandom``),
+            which is what an enclave does with RDRAND / its sealed seed.
+    """
+
+    def __init__(self, key: bytes | None = None) -> None:
+        if key is None:
+            key = os.urandom(32)
+        if len(key) != 32:
+            raise ValueError("Csprng key must be 32 bytes")
+        self._key = key
+        self._used: set[bytes] = set()
+
+    def __repr__(self) -> str:  # never print the key
+        return f"Csprng(<key hidden>, {len(self._used)} streams drawn)"
+
+    @property
+    def streams_drawn(self) -> int:
+        return len(self._used)
+
+    def child(self, *label) -> "Csprng":
+        """An independent generator keyed from this one's stream ``("child", *label)``."""
+        return Csprng(self.random_bytes(32, label=("child", *label)))
+
+    def random_bytes(self, n: int, *, label: tuple) -> bytes:
+        """``n`` keystream bytes for ``label`` (each label once)."""
+        digest = hashlib.sha256(_label_bytes(label)).digest()
+        if digest in self._used:
+            raise NonceReuseError(f"keystream label drawn twice: {label!r}")
+        self._used.add(digest)
+        # 16-byte nonce: ChaCha20's 32-bit block counter (zero) + 96-bit nonce from the label.
+        nonce = b"\x00\x00\x00\x00" + digest[:12]
+        encryptor = Cipher(algorithms.ChaCha20(self._key, nonce), mode=None).encryptor()
+        return encryptor.update(bytes(n))
+
+    def _words(self, count: int, label: tuple, dtype) -> np.ndarray:
+        itemsize = np.dtype(dtype).itemsize
+        return np.frombuffer(self.random_bytes(count * itemsize, label=label), dtype=dtype)
+
+    def uniform_mod(self, shape, modulus: int, *, label: tuple) -> np.ndarray:
+        """Integers uniform in ``[0, modulus)`` (exactly: rejection sampling), as int64."""
+        if not 1 < modulus <= 2**62:
+            raise ValueError("modulus out of range")
+        size = int(np.prod(shape, dtype=np.int64))
+        bits = int(modulus - 1).bit_length()
+        mask = np.uint64((1 << bits) - 1)
+        accept_rate = modulus / float(1 << bits)
+        out = np.empty(size, dtype=np.int64)
+        filled, round_no = 0, 0
+        while filled < size:
+            want = size - filled
+            draw = int(want / accept_rate * 1.05) + 16
+            words = self._words(draw, (*label, "round", round_no), np.uint64) & mask
+            good = words[words < np.uint64(modulus)][:want]
+            out[filled:filled + good.size] = good.astype(np.int64)
+            filled += good.size
+            round_no += 1
+        return out.reshape(shape)
+
+    def integers(self, low: int, high: int, shape, *, label: tuple) -> np.ndarray:
+        """Integers uniform in the closed range ``[low, high]``, as int64."""
+        return self.uniform_mod(shape, high - low + 1, label=label) + low
+
+    def permutation(self, n: int, *, label: tuple) -> np.ndarray:
+        """A uniformly random permutation of ``range(n)`` (Fisher-Yates on CSPRNG draws)."""
+        perm = np.arange(n, dtype=np.int64)
+        if n < 2:
+            return perm
+        # j_i uniform in [0, i] for i = n-1 .. 1, drawn by rejection per distinct range.
+        words = self._words(2 * n + 64, label, np.uint64)
+        extra = 0
+        for i in range(n - 1, 0, -1):
+            bound = i + 1
+            limit = (np.uint64(2**64 - 1) // np.uint64(bound)) * np.uint64(bound)
+            while True:
+                if extra >= words.size:
+                    words = self._words(2 * n + 64, (*label, "refill", i), np.uint64)
+                    extra = 0
+                word = words[extra]
+                extra += 1
+                if word < limit:
+                    break
+            j = int(word % np.uint64(bound))
+            perm[i], perm[j] = perm[j], perm[i]
+        return perm
+
+    def signs(self, n: int, *, label: tuple) -> np.ndarray:
+        """``n`` independent uniform signs in {-1, +1} (float32)."""
+        bits = np.unpackbits(np.frombuffer(self.random_bytes((n + 7) // 8, label=label), dtype=np.uint8))[:n]
+        return (bits.astype(np.float32) * 2.0 - 1.0)
+
+    def uniform_float(self, shape, *, label: tuple) -> np.ndarray:
+        """Floats uniform in [0, 1) with 53 random bits each (float64)."""
+        size = int(np.prod(shape, dtype=np.int64))
+        words = self._words(size, label, np.uint64) >> np.uint64(11)
+        return (words.astype(np.float64) * (1.0 / (1 << 53))).reshape(shape)

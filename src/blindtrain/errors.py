@@ -1,0 +1,44 @@
+"""Exceptions that carry the CLI's exit-code contract (DESIGN.md).
+
+* :class:`UsageError` -> exit 2: bad usage or bad input, one clear line, nothing written.
+* :class:`IntegrityError` -> exit 3: a worker result failed verification.
+* :class:`WorkerCrashed` -> exit 3: a worker died mid-step. blindtrain does not
+  silently retry on a fresh worker: a crashed worker may hold state (tempo keeps
+  the obfuscated weights on the worker), so the step is aborted and no checkpoint
+  is written from it. Resume from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+
+class BlindtrainError(Exception):
+    """Base class of every error blindtrain raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(BlindtrainError, ValueError):
+    """Bad usage or bad input (exit code 2)."""
+
+    exit_code = 2
+
+
+class IntegrityError(BlindtrainError):
+    """A worker's result failed an integrity check (exit code 3).
+
+    The message names the layer, the op and the step so an operator can tell
+    where the worker misbehaved.
+    """
+
+    exit_code = 3
+
+    def __init__(self, *, layer: str, op: str, step: int, detail: str = ""):
+        self.layer, self.op, self.step, self.detail = layer, op, step, detail
+        message = f"integrity violation: layer {layer!r}, op {op!r}, step {step}"
+        super().__init__(message + (f": {detail}" if detail else ""))
+
+
+class WorkerCrashed(BlindtrainError):
+    """The untrusted worker died or stopped answering (exit code 3)."""
+
+    exit_code = 3

@@ -1,0 +1,174 @@
+"""Layer glue: an unmodified ``nn.Module`` gets its bilinear layers offloaded.
+
+:func:`install` replaces, in place, every ``nn.Linear``, ``nn.Conv2d`` (groups=1)
+and :class:`blindtrain.nn.MatMul` with an offloaded twin that keeps the *same*
+parameter objects (so an optimizer built on the original model still works and
+``state_dict`` keys do not change).  Its ``torch.autograd.Function`` asks the
+protocol for the forward op and both gradients; the bias and everything else run
+in the enclave in plaintext.  Nothing here knows which protocol it calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .nn import MatMul
+
+
+@dataclass
+class LayerSite:
+    """One offloaded layer, as protocols see it.
+
+    Attributes:
+        name: the module's qualified name in the model (``features.0``, ``fc1``).
+        kind: ``linear``, ``conv2d`` or ``matmul``.
+        weight_shape: the weight's shape (``m×n`` Linear, ``m×n×kh×kw`` Conv2d), ``None`` for matmul.
+        conv_params: ``stride``, ``padding``, ``dilation`` for conv2d.
+        state: per-layer scratch space owned by the protocol (keys, check vectors, ...).
+    """
+
+    name: str
+    kind: str
+    weight_shape: tuple | None = None
+    conv_params: dict = field(default_factory=dict)
+    state: dict = field(default_factory=dict)
+    module: nn.Module | None = field(default=None, repr=False)
+
+
+class _WeightedFn(torch.autograd.Function):
+    """``y = protocol.forward(x, W) + b`` with both gradients from the protocol."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, layer):
+        site, protocol = layer.site, layer.protocol
+        if site.kind == "linear":
+            lead = x.shape[:-1]
+            y = protocol.forward(site, x.reshape(-1, x.shape[-1]), weight)
+            y = y.reshape(*lead, y.shape[-1])
+        else:
+            y = protocol.forward(site, x, weight)
+        if bias is not None:
+            y = y + (bias if site.kind == "linear" else bias.view(1, -1, 1, 1))
+        ctx.layer = layer
+        ctx.input_shape = x.shape
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        site, protocol = ctx.layer.site, ctx.layer.protocol
+        grad_y = grad_y.contiguous()
+        if site.kind == "linear":
+            x2, g2 = x.reshape(-1, x.shape[-1]), grad_y.reshape(-1, grad_y.shape[-1])
+        else:
+            x2, g2 = x, grad_y
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = protocol.grad_input(site, g2, weight, x2.shape).reshape(ctx.input_shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = protocol.grad_weight(site, x2, g2, weight.shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g2.sum(0) if site.kind == "linear" else grad_y.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None
+
+
+class _MatMulFn(torch.autograd.Function):
+    """``y = a @ b`` (both data) with both gradients from the protocol."""
+
+    @staticmethod
+    def forward(ctx, a, b, layer):
+        ctx.layer = layer
+        ctx.save_for_backward(a, b)
+        return layer.protocol.matmul(layer.site, a, b)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        a, b = ctx.saved_tensors
+        grad_a, grad_b = ctx.layer.protocol.matmul_grads(ctx.layer.site, a, b, grad_y.contiguous(),
+                                                         (ctx.needs_input_grad[0], ctx.needs_input_grad[1]))
+        return grad_a, grad_b, None
+
+
+class OffloadedLinear(nn.Module):
+    """``nn.Linear`` whose products are computed by a protocol."""
+
+    def __init__(self, original: nn.Linear, site: LayerSite, protocol) -> None:
+        super().__init__()
+        self.in_features, self.out_features = original.in_features, original.out_features
+        self.weight, self.bias = original.weight, original.bias
+        self.site, self.protocol = site, protocol
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _WeightedFn.apply(x, self.weight, self.bias, self)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, protocol={self.protocol.info.name}"
+
+
+class OffloadedConv2d(nn.Module):
+    """``nn.Conv2d`` (groups=1, zero padding) whose products are computed by a protocol."""
+
+    def __init__(self, original: nn.Conv2d, site: LayerSite, protocol) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = original.in_channels, original.out_channels
+        self.kernel_size = original.kernel_size
+        self.weight, self.bias = original.weight, original.bias
+        self.site, self.protocol = site, protocol
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _WeightedFn.apply(x, self.weight, self.bias, self)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, " \
+               f"{self.site.conv_params}, protocol={self.protocol.info.name}"
+
+
+class OffloadedMatMul(nn.Module):
+    """:class:`blindtrain.nn.MatMul` computed by a protocol."""
+
+    def __init__(self, site: LayerSite, protocol) -> None:
+        super().__init__()
+        self.site, self.protocol = site, protocol
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return _MatMulFn.apply(a, b, self)
+
+
+def _offloadable(module: nn.Module) -> bool:
+    if isinstance(module, nn.Conv2d):
+        return module.groups == 1 and module.padding_mode == "zeros" and isinstance(module.padding, tuple)
+    return isinstance(module, (nn.Linear, MatMul))
+
+
+def install(model: nn.Module, protocol) -> list[LayerSite]:
+    """Replace the bilinear layers of ``model`` in place; returns their sites in model order.
+
+    Conv2d layers with ``groups > 1`` or non-zero padding modes stay in the enclave.
+    """
+    sites: list[LayerSite] = []
+    order = {name: index for index, (name, _) in enumerate(model.named_modules())}
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if not _offloadable(child):
+                continue
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            if isinstance(child, nn.Linear):
+                site = LayerSite(name, "linear", tuple(child.weight.shape))
+                replacement = OffloadedLinear(child, site, protocol)
+            elif isinstance(child, nn.Conv2d):
+                params = {"stride": child.stride, "padding": child.padding, "dilation": child.dilation}
+                site = LayerSite(name, "conv2d", tuple(child.weight.shape), params)
+                replacement = OffloadedConv2d(child, site, protocol)
+            else:
+                site = LayerSite(name, "matmul")
+                replacement = OffloadedMatMul(site, protocol)
+            site.module = replacement
+            setattr(parent, child_name, replacement)
+            sites.append(site)
+    sites.sort(key=lambda site: order[site.name])  # the model's own (pre-)order
+    return sites

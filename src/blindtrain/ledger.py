@@ -1,0 +1,164 @@
+"""The ledger: what a run cost, on which side, and what crossed the boundary.
+
+The ledger knows nothing of any protocol. The boundary (the one choke point)
+feeds it bytes, messages and worker time; protocols feed it integrity counts and
+time their enclave-side work by category with :meth:`Ledger.timed`.
+
+Time accounting
+---------------
+``enclave_seconds`` is the wall time of training steps (first forward of a step to
+the end of ``optimizer.step()``) minus the time the trusted side spent waiting on
+a worker.  A :meth:`timed` block subtracts the waits that happen inside it too, so
+the categories never count worker time.  ``other`` is what no category claimed.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+#: Enclave-time categories every protocol reports (missing ones are 0).
+CATEGORIES = ("masking", "unmask_factor", "both_private", "decode_verify", "nonlinear", "encode")
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process now (Linux /proc; falls back to the high-water mark)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except OSError:  # pragma: no cover - non-Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class Ledger:
+    """Counters and timers of one session."""
+
+    bytes_to_worker: int = 0
+    bytes_from_worker: int = 0
+    messages: int = 0
+    integrity_checks: int = 0
+    integrity_failures: int = 0
+    integrity_soundness_bits: float | None = None
+    weight_encryptions: int = 0
+    worker_seconds: float = 0.0
+    wait_seconds: float = 0.0
+    step_seconds: float = 0.0
+    steps: int = 0
+    enclave_transitions: int = 0
+    category_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0.0))
+    per_worker: dict[str, dict[str, float]] = field(default_factory=dict)
+    _step_started: float | None = None
+    _step_wait_mark: float = 0.0
+    _step_enclave_seconds: float = 0.0
+    _rss_baseline: int = field(default_factory=current_rss_bytes)
+    _rss_peak: int = 0
+
+    # -- boundary side -----------------------------------------------------
+    def record_crossing(self, *, worker: str, sent: int, received: int, waited: float, worker_time: float) -> None:
+        """Account one request/response pair with ``worker`` (called by the boundary only)."""
+        self.bytes_to_worker += sent
+        self.bytes_from_worker += received
+        self.messages += 1
+        self.enclave_transitions += 2  # an ocall out and back in
+        self.wait_seconds += waited
+        self.worker_seconds += worker_time
+        row = self.per_worker.setdefault(worker, {"bytes_to": 0, "bytes_from": 0, "messages": 0, "seconds": 0.0})
+        row["bytes_to"] += sent
+        row["bytes_from"] += received
+        row["messages"] += 1
+        row["seconds"] += worker_time
+        self.sample_memory()
+
+    @contextmanager
+    def waiting(self, *, worker_time: bool = True):
+        """Time a span in which the trusted side waits on the worker (e.g. a resident model)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.wait_seconds += elapsed
+            if worker_time:
+                self.worker_seconds += elapsed
+
+    # -- protocol side -----------------------------------------------------
+    @contextmanager
+    def timed(self, category: str):
+        """Attribute the enclave time of the block (less any worker waits inside it) to ``category``."""
+        if category not in self.category_seconds:
+            raise KeyError(f"unknown enclave-time category {category!r}; known: {sorted(self.category_seconds)}")
+        start, wait_mark = time.perf_counter(), self.wait_seconds
+        try:
+            yield
+        finally:
+            own = (time.perf_counter() - start) - (self.wait_seconds - wait_mark)
+            self.category_seconds[category] += max(own, 0.0)
+
+    def record_check(self, *, passed: bool) -> None:
+        self.integrity_checks += 1
+        if not passed:
+            self.integrity_failures += 1
+
+    # -- step timing (driven by the session's hooks) -------------------------
+    def step_begin(self) -> None:
+        if self._step_started is None:
+            self._step_started = time.perf_counter()
+            self._step_wait_mark = self.wait_seconds
+
+    def step_end(self) -> None:
+        if self._step_started is None:
+            return
+        wall = time.perf_counter() - self._step_started
+        self.step_seconds += wall
+        self._step_enclave_seconds += max(wall - (self.wait_seconds - self._step_wait_mark), 0.0)
+        self._step_started = None
+        self.steps += 1
+        self.sample_memory()
+
+    @property
+    def in_step(self) -> bool:
+        return self._step_started is not None
+
+    def sample_memory(self) -> None:
+        self._rss_peak = max(self._rss_peak, current_rss_bytes())
+
+    # -- reporting -----------------------------------------------------------
+    @property
+    def enclave_seconds(self) -> float:
+        return self._step_enclave_seconds
+
+    def enclave_breakdown(self) -> dict[str, float]:
+        """Enclave seconds per category; ``other`` is the remainder of ``enclave_seconds``."""
+        breakdown = dict(self.category_seconds)
+        breakdown["other"] = max(self.enclave_seconds - sum(breakdown.values()), 0.0)
+        return breakdown
+
+    @property
+    def enclave_peak_bytes(self) -> int:
+        """Peak resident memory of the trusted process above its level when the session began."""
+        self.sample_memory()
+        return max(self._rss_peak - self._rss_baseline, 0)
+
+    def as_dict(self) -> dict:
+        return {
+            "enclave_seconds": self.enclave_seconds,
+            "enclave_seconds_by_category": self.enclave_breakdown(),
+            "worker_seconds": self.worker_seconds,
+            "wait_seconds": self.wait_seconds,
+            "bytes_to_worker": self.bytes_to_worker,
+            "bytes_from_worker": self.bytes_from_worker,
+            "messages": self.messages,
+            "integrity_checks": self.integrity_checks,
+            "integrity_failures": self.integrity_failures,
+            "integrity_soundness_bits": self.integrity_soundness_bits,
+            "weight_encryptions": self.weight_encryptions,
+            "enclave_peak_bytes": self.enclave_peak_bytes,
+            "per_worker": self.per_worker,
+            "timed_steps": self.steps,
+        }

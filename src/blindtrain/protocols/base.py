@@ -1,0 +1,156 @@
+"""The protocol interface and registry.
+
+A protocol is a way to compute the bilinear ops of a training step with an
+untrusted worker.  It is one module in :mod:`blindtrain.protocols` defining a
+subclass of :class:`Protocol` decorated with :func:`register`; the package imports
+every module in it, so adding a protocol touches no other file.
+
+The layer glue (:mod:`blindtrain.glue`) calls, per offloaded layer and step:
+
+* ``forward(site, x, weight)``        -> ``y`` (without bias)
+* ``grad_input(site, grad_y, weight)`` -> ``grad_x``
+* ``grad_weight(site, x, grad_y)``     -> ``grad_weight`` (in the weight's own layout)
+* ``matmul(site, a, b)`` and ``matmul_grads(site, a, b, grad_y)`` for both-private products.
+
+The defaults express each of these as one :meth:`Protocol.bilinear` call on
+``(A, B)`` with each operand's *role* (``"data"`` — activations, gradients — or
+``"weight"``), so a protocol that treats every op alike implements just
+``bilinear``.  Protocols that need layer-level control (tempo keeps weights on
+the worker) override the layer hooks and :meth:`wrap`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import UsageError
+from ..runtime import Runtime
+
+
+@dataclass(frozen=True)
+class ProtocolInfo:
+    """What a protocol is, for ``blindtrain protocols``, the report and the metrics."""
+
+    name: str
+    source: str
+    trains: bool
+    private: str
+    integrity: str
+    leaks: str
+    summary: str
+
+
+PROTOCOLS: dict[str, type["Protocol"]] = {}
+
+
+def register(cls: type["Protocol"]) -> type["Protocol"]:
+    """Class decorator: make ``cls`` available under ``cls.info.name``."""
+    name = cls.info.name
+    if name in PROTOCOLS and PROTOCOLS[name] is not cls:
+        raise ValueError(f"protocol {name!r} registered twice")
+    PROTOCOLS[name] = cls
+    return cls
+
+
+class Protocol(ABC):
+    """Base class of every protocol (see the module docstring)."""
+
+    info: ClassVar[ProtocolInfo]
+    #: protocol-specific options and their defaults (CLI: ``--unmask``, ``--option k=v`` ...)
+    options: ClassVar[Mapping[str, Any]] = {}
+    #: whether the model's bilinear layers are replaced by offloaded ones (the default :meth:`wrap`)
+    offloads_layers: ClassVar[bool] = True
+
+    def __init__(self, runtime: Runtime, **options: Any) -> None:
+        unknown = set(options) - set(self.options)
+        if unknown:
+            known = ", ".join(sorted(self.options)) or "none"
+            raise UsageError(f"protocol {self.info.name!r} has no option(s) {', '.join(sorted(unknown))} "
+                             f"(its options: {known})")
+        self.runtime = runtime
+        self.settings = {**self.options, **options}
+        self.sites: list = []
+
+    # -- life cycle ------------------------------------------------------------------
+    def wrap(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None):
+        """Prepare ``model`` (and ``optimizer``) for training under this protocol.
+
+        Default: replace Linear / Conv2d / MatMul layers in place by offloaded layers
+        whose autograd functions call this protocol.  Returns ``(model, optimizer)``.
+        """
+        from ..glue import install
+
+        self.sites = install(model, self)
+        return model, optimizer
+
+    def materialize(self) -> None:
+        """Make the enclave-side model hold the current plaintext weights (before a checkpoint)."""
+
+    def close(self) -> None:
+        """Release protocol resources (workers are closed by the session)."""
+
+    def cost_model(self, ops: list, *, batch: int, input_numel: int, classes: int, training: bool = True):
+        """Modelled :class:`~blindtrain.costs.StepCost` of one step given the traced ``ops``
+        (:func:`blindtrain.costs.trace_ops`).  ``bytes_to_worker`` / ``bytes_from_worker`` must equal
+        what the ledger measures for the same step exactly; the bench checks it."""
+        raise NotImplementedError(f"protocol {self.info.name!r} has no cost model")
+
+    def summary(self) -> dict:
+        """Protocol-specific figures for the metrics (options in use, soundness, privacy, ...)."""
+        return {"options": dict(self.settings)}
+
+    # -- the bilinear ops ------------------------------------------------------------
+    def bilinear(self, site, op: str, fn: str, a: torch.Tensor, b: torch.Tensor, *,
+                 roles: tuple[str, str], params: dict) -> torch.Tensor:
+        """Compute ``bilinear.apply(fn, a, b, **params)`` under this protocol.
+
+        ``op`` is ``forward``, ``grad_input`` or ``grad_weight`` (or ``attention_*``);
+        ``roles`` tells which operands are data and which a weight.
+        """
+        raise NotImplementedError(f"protocol {self.info.name!r} does not offload bilinear ops")
+
+    def forward(self, site, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if site.kind == "linear":
+            return self.bilinear(site, "forward", "matmul", x, weight.t(), roles=("data", "weight"), params={})
+        return self.bilinear(site, "forward", "conv2d", x, weight, roles=("data", "weight"), params=site.conv_params)
+
+    def grad_input(self, site, grad_y: torch.Tensor, weight: torch.Tensor, input_shape) -> torch.Tensor:
+        if site.kind == "linear":
+            return self.bilinear(site, "grad_input", "matmul", grad_y, weight, roles=("data", "weight"), params={})
+        params = {**site.conv_params, "input_size": tuple(input_shape)}
+        return self.bilinear(site, "grad_input", "conv2d_input", grad_y, weight, roles=("data", "weight"),
+                             params=params)
+
+    def grad_weight(self, site, x: torch.Tensor, grad_y: torch.Tensor, weight_shape) -> torch.Tensor:
+        if site.kind == "linear":
+            return self.bilinear(site, "grad_weight", "matmul_tn", x, grad_y, roles=("data", "data"), params={}).t()
+        params = {**site.conv_params, "weight_size": tuple(weight_shape)}
+        return self.bilinear(site, "grad_weight", "conv2d_weight", x, grad_y, roles=("data", "data"), params=params)
+
+    def matmul(self, site, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.bilinear(site, "forward", "bmm", a, b, roles=("data", "data"), params={})
+
+    def matmul_grads(self, site, a, b, grad_y, needs: tuple[bool, bool]):
+        grad_a = grad_b = None
+        if needs[0]:
+            grad_a = self.bilinear(site, "grad_input", "bmm", grad_y, b.transpose(-2, -1).contiguous(),
+                                   roles=("data", "data"), params={})
+        if needs[1]:
+            grad_b = self.bilinear(site, "grad_weight", "bmm", a.transpose(-2, -1).contiguous(), grad_y,
+                                   roles=("data", "data"), params={})
+        return grad_a, grad_b
+
+
+def get(name: str) -> type[Protocol]:
+    from . import load_all
+
+    load_all()
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        raise UsageError(f"unknown protocol {name!r}; choose from {', '.join(sorted(PROTOCOLS))}") from None

@@ -1,0 +1,180 @@
+"""``bt.Session``: the public entry point that wraps an unchanged training loop.
+
+    session = bt.Session(protocol="tempo", device="auto", seed=0)
+    model, optimizer = session.prepare(model, optimizer)
+    for x, y in loader:                      # the loop you already write
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+    session.metrics()                        # the ledger as a dict
+    session.close()
+
+A training step is timed from the model's first training-mode forward to the
+end of ``optimizer.step()`` (hooks the session installs); ``session.step`` counts
+completed optimizer steps.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from . import protocols as protocol_registry
+from .boundary import Boundary
+from .boundary.transport import TRANSPORTS
+from .crypto import Csprng
+from .errors import UsageError
+from .ledger import Ledger
+from .runtime import EnclaveConfig, Runtime
+from .worker.adversaries import AdversarySpec
+from .worker.worker import WorkerConfig, resolve_device
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _validate_device(device: str) -> str:
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise UsageError(f"unknown device {device!r}; choose from auto, cpu, cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but no CUDA device is available here")
+    return resolve_device(device)
+
+
+class Session:
+    """One protocol, its workers, its keys and its ledger.
+
+    Args (keyword-only):
+        protocol: a registered protocol name (``blindtrain protocols`` lists them).
+        device: the worker's device: ``auto`` (CUDA if present), ``cpu`` or ``cuda``.
+        seed: seeds PyTorch's generators (model init, data order). Never keys: keys come
+            from the enclave CSPRNG.
+        transport: ``inproc`` or ``process``.
+        threads: thread count of the trusted side.
+        adversary: worker behaviour for integrity tests (``honest`` by default).
+        transcript: record every tensor each worker role receives.
+        enclave_key: 32 bytes to key the enclave CSPRNG (tests only); default ``os.urandom``.
+        epc_bytes: the emulated enclave's page-cache budget, for the modelled paging cost.
+        worker_threads: threads of a worker process.
+        **protocol_options: the protocol's own options (``unmask=``, ``fuse_activations=`` ...).
+    """
+
+    def __init__(self, *, protocol: str = "enclave", device: str = "auto", seed: int | None = 0,
+                 transport: str = "inproc", threads: int | None = None, adversary: str | None = None,
+                 transcript: bool = False, enclave_key: bytes | None = None, epc_bytes: int = 128 * 2**20,
+                 worker_threads: int | None = None, **protocol_options) -> None:
+        protocol_cls = protocol_registry.get(protocol)
+        if transport not in TRANSPORTS:
+            raise UsageError(f"unknown transport {transport!r}; choose from {', '.join(TRANSPORTS)}")
+        if threads is not None and threads < 1:
+            raise UsageError("--threads must be a positive integer")
+        self.protocol_name = protocol
+        self.worker_device = _validate_device(device)
+        self.adversary = AdversarySpec.parse(adversary)
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.seed = seed
+        self.ledger = Ledger()
+        transport_cls = TRANSPORTS[transport]
+        in_process = transport == "inproc"
+
+        def make_transport(role: str, index: int):
+            config = WorkerConfig(name=f"{role}{index}", device=self.worker_device, threads=worker_threads,
+                                  adversary=self.adversary if role == "main" else AdversarySpec(),
+                                  in_process=in_process)
+            return transport_cls(config)
+
+        self.boundary = Boundary(ledger=self.ledger, transport_factory=make_transport,
+                                 record_transcript=transcript)
+        self.config = EnclaveConfig(threads=threads, epc_bytes=epc_bytes)
+        if threads:
+            torch.set_num_threads(threads)
+        self.runtime = Runtime(ledger=self.ledger, boundary=self.boundary, rng=Csprng(enclave_key),
+                               config=self.config, worker_device=self.worker_device, transport=transport)
+        self.protocol = protocol_cls(self.runtime, **protocol_options)
+        self.model: torch.nn.Module | None = None
+        self._user_model: torch.nn.Module | None = None
+        self._closed = False
+
+    # -- the Opacus-like API ---------------------------------------------------------------
+    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None):
+        """Wrap ``model`` (and its ``optimizer``) for this protocol; returns ``(model, optimizer)``."""
+        if self.model is not None:
+            raise UsageError("this session already prepared a model; use one session per model")
+        if not isinstance(model, torch.nn.Module):
+            raise UsageError("prepare() takes a torch.nn.Module")
+        if optimizer is not None and not self.protocol.info.trains:
+            raise UsageError(f"protocol {self.protocol_name!r} is for inference only; it cannot train "
+                             f"(use otp or tempo to train, then predict with {self.protocol_name})")
+        self._user_model = model
+        wrapped, optimizer = self.protocol.wrap(model, optimizer)
+        wrapped.register_forward_pre_hook(self._before_forward)
+        if optimizer is not None:
+            optimizer.register_step_post_hook(self._after_step)
+        self.model = wrapped
+        return wrapped, optimizer
+
+    def _before_forward(self, module, args) -> None:
+        if module.training and torch.is_grad_enabled():
+            self.ledger.step_begin()
+
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        self.ledger.step_end()
+        self.runtime.step += 1
+
+    @property
+    def step(self) -> int:
+        """Completed optimizer steps."""
+        return self.runtime.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.runtime.step = int(value)
+
+    def plaintext_model(self) -> torch.nn.Module:
+        """The caller's model object holding the current plaintext weights (for checkpoints)."""
+        if self._user_model is None:
+            raise UsageError("no model prepared")
+        self.protocol.materialize()
+        return self._user_model
+
+    def metrics(self) -> dict:
+        """The ledger and protocol figures as a JSON-ready dict."""
+        out = {"protocol": self.protocol_name, "device": self.worker_device,
+               "transport": self.runtime.transport, "adversary": self.adversary.name}
+        out.update(self.ledger.as_dict())
+        out["modelled"] = self.config.modelled_costs(self.ledger)
+        out["protocol_info"] = {k: v for k, v in vars(self.protocol.info).items()}
+        out["protocol_summary"] = self.protocol.summary()
+        return out
+
+    def save_transcripts(self, path: str | os.PathLike) -> list[Path]:
+        """Write the main worker's transcript to ``path`` and each other role's to ``path`` with
+        ``.ROLE`` before the suffix (e.g. ``run.mask.npz``).  Returns the files written."""
+        path = Path(path)
+        written = []
+        for role, transcript in sorted(self.boundary.transcripts.items()):
+            target = path if role == "main" else path.with_name(f"{path.stem}.{role}{path.suffix or '.npz'}")
+            written.append(transcript.save(target))
+        if "main" not in self.boundary.transcripts:  # nothing crossed (enclave): an empty, valid transcript
+            from .transcript import Transcript
+
+            written.insert(0, Transcript().save(path))
+        return written
+
+    def close(self) -> None:
+        if not self._closed:
+            self.protocol.close()
+            self.boundary.close()
+            self._closed = True
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["Session"]

@@ -1,0 +1,256 @@
+"""The training and evaluation driver behind ``blindtrain train`` and ``predict``.
+
+It is an ordinary PyTorch loop around :class:`blindtrain.Session` — the same loop a
+user writes — plus data, checkpoints, metrics and a progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from . import data as datasets
+from . import models
+from .crypto import KeyStore
+from .errors import BlindtrainError, IntegrityError, UsageError, WorkerCrashed
+from .session import Session
+
+LOSSES = ("ce", "mse")
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "mlp"
+    hidden: tuple[int, ...] | None = None
+    activation: str = "relu"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    protocol: str = "enclave"
+    epochs: int = 5
+    steps: int | None = None
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    optimizer: str = "sgd"
+    loss: str = "ce"
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    transport: str = "inproc"
+    adversary: str | None = None
+    transcript: str | None = None
+    metrics: str | None = None
+    checkpoint: str | None = None
+    checkpoint_every: int | None = None
+    resume: str | None = None
+    keystore: str | None = None
+    eval_batch_size: int = 256
+    progress: bool = True
+    protocol_options: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Reject bad input before anything is computed or written (exit 2)."""
+        positive = {"--batch-size": self.batch_size, "--epochs": self.epochs, "--lr": self.lr}
+        if self.steps is not None:
+            positive["--steps"] = self.steps
+        if self.checkpoint_every is not None:
+            positive["--checkpoint-every"] = self.checkpoint_every
+        for flag, value in positive.items():
+            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+                raise UsageError(f"{flag} must be positive, got {value}")
+        if self.model not in models.MODELS:
+            raise UsageError(f"unknown model {self.model!r}; choose from {', '.join(models.MODELS)}")
+        if self.dataset not in datasets.DATASETS:
+            raise UsageError(f"unknown dataset {self.dataset!r}; choose from {', '.join(datasets.DATASETS)}")
+        if self.activation not in models.ACTIVATIONS:
+            raise UsageError(f"unknown activation {self.activation!r}; choose from {', '.join(models.ACTIVATIONS)}")
+        if self.loss not in LOSSES:
+            raise UsageError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        for flag, target in (("--metrics", self.metrics), ("--transcript", self.transcript),
+                             ("--checkpoint", self.checkpoint)):
+            if target is not None and Path(target).is_dir():
+                raise UsageError(f"{flag} {target} is a directory; give a file path")
+
+    def model_spec(self) -> dict:
+        return {"model": self.model, "hidden": list(self.hidden) if self.hidden else None,
+                "activation": self.activation, "dataset": self.dataset}
+
+
+def loss_fn(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if name == "ce":
+        return F.cross_entropy(logits, labels)
+    target = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+    return F.mse_loss(torch.softmax(logits, dim=-1), target)
+
+
+def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` (as wrapped by a session: inference runs under the protocol)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start:start + batch_size])
+        correct += int((logits.argmax(-1).cpu() == y[start:start + batch_size]).sum())
+    model.train(was_training)
+    return correct / max(len(y), 1)
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    ckpt.atomic_write(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
+
+
+def _resolve_spec(config: TrainConfig, payload: dict | None) -> dict:
+    spec = config.model_spec()
+    if payload is None:
+        return spec
+    saved = payload["model_spec"]
+    for key in ("model", "dataset"):
+        if spec[key] != saved[key] and spec[key] != TrainConfig.__dataclass_fields__[key].default:
+            raise UsageError(f"--{key} {spec[key]} does not match the checkpoint's {saved[key]}")
+    return saved
+
+
+def run_training(config: TrainConfig, *, echo=print) -> dict:
+    """Train as configured; returns the metrics dict (also written to ``--metrics``)."""
+    config.validate()
+    keystore = KeyStore(config.keystore)
+    payload = ckpt.load(config.resume, keystore=keystore) if config.resume else None
+    spec = _resolve_spec(config, payload)
+    dataset = datasets.load(spec["dataset"], seed=config.seed, data_dir=config.data_dir)
+    torch.manual_seed(config.seed)
+    hidden = tuple(spec["hidden"]) if spec["hidden"] else None
+    model = models.build(spec["model"], dataset.input_shape, dataset.num_classes, hidden=hidden,
+                         activation=spec["activation"])
+    optimizer = make_optimizer(config, model.parameters())
+    start_step = 0
+    if payload is not None:
+        model.load_state_dict(payload["model_state"])
+        if payload["optimizer_state"]:
+            optimizer.load_state_dict(payload["optimizer_state"])
+        torch.set_rng_state(payload["torch_rng"])
+        start_step = payload["step"]
+
+    session = Session(protocol=config.protocol, device=config.device, seed=None, transport=config.transport,
+                      threads=config.threads, adversary=config.adversary, transcript=config.transcript is not None,
+                      **config.protocol_options)
+    info = session.protocol.info
+    if not info.trains:
+        session.close()
+        raise UsageError(f"protocol {info.name!r} is for inference only ({info.summary}); train with another "
+                         f"protocol and run `blindtrain predict --protocol {info.name} --checkpoint FILE`")
+    echo(f"privacy [{info.name}]: private from the worker: {info.private}; leaks: {info.leaks}; "
+         f"integrity: {info.integrity}")
+    per_epoch = dataset.steps_per_epoch(config.batch_size)
+    total = config.steps if config.steps is not None else config.epochs * per_epoch
+    losses: list[float] = []
+    status, error = "ok", None
+    train_seconds, accuracy = 0.0, None
+    wall_start = time.perf_counter()
+    try:
+        model, optimizer = session.prepare(model, optimizer)
+        session.step = start_step
+        model.train()
+        bar = tqdm(total=total, desc=f"train {info.name}", unit="step", disable=not config.progress,
+                   dynamic_ncols=True, leave=False)
+        step, samples, bar_start = start_step, 0, time.perf_counter()
+        while step < start_step + total:
+            epoch, skip = divmod(step, per_epoch)
+            for index, (x, y) in enumerate(dataset.batches(batch_size=config.batch_size, epoch=epoch,
+                                                           seed=config.seed)):
+                if index < skip:
+                    continue
+                if step >= start_step + total:
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(config.loss, model(x), y)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                samples += len(y)
+                losses.append(float(loss.detach()))
+                if not math.isfinite(losses[-1]):
+                    raise BlindtrainError(f"loss became {losses[-1]} at step {step}; lower --lr")
+                bar.update(1)
+                bar.set_postfix(refresh=False, loss=f"{losses[-1]:.4f}",
+                                samples_s=f"{samples / max(time.perf_counter() - bar_start, 1e-9):.0f}")
+                if config.checkpoint and config.checkpoint_every and step % config.checkpoint_every == 0:
+                    _save_checkpoint(config, keystore, session, optimizer, spec, step)
+        bar.close()
+        train_seconds = time.perf_counter() - wall_start
+        accuracy = evaluate(model, dataset.x_test, dataset.y_test, batch_size=config.eval_batch_size)
+        if config.checkpoint:
+            _save_checkpoint(config, keystore, session, optimizer, spec, step)
+    except BaseException as exc:
+        status = {IntegrityError: "integrity_violation", WorkerCrashed: "worker_crashed"}.get(type(exc), "error")
+        error, train_seconds = str(exc), time.perf_counter() - wall_start
+        raise
+    finally:
+        metrics = session.metrics()
+        metrics.update({
+            "status": status, "error": error, "model": spec["model"], "dataset": spec["dataset"],
+            "steps": len(losses), "global_step": start_step + len(losses),
+            "epochs": len(losses) / per_epoch, "batch_size": config.batch_size, "lr": config.lr,
+            "seed": config.seed, "final_loss": losses[-1] if losses else None,
+            "test_accuracy": accuracy if status == "ok" else None,
+            "wall_seconds": train_seconds, "samples_per_second": len(losses) * config.batch_size / train_seconds
+            if train_seconds > 0 else None, "loss_curve": losses, "config": asdict(config),
+        })
+        if config.transcript is not None and status != "error":
+            session.save_transcripts(config.transcript)
+        if config.metrics is not None and status != "error":
+            write_json(config.metrics, metrics)
+        session.close()
+    return metrics
+
+
+def _save_checkpoint(config, keystore, session, optimizer, spec, step) -> None:
+    model = session.plaintext_model()
+    ckpt.save(config.checkpoint, keystore=keystore, model_spec=spec, model_state=model.state_dict(),
+              optimizer_state=optimizer.state_dict(), step=step)
+
+
+def run_predict(*, checkpoint: str, protocol: str = "enclave", dataset: str | None = None,
+                data_dir: str | None = None, device: str = "auto", seed: int = 0, keystore: str | None = None,
+                transport: str = "inproc", adversary: str | None = None, batch_size: int = 256,
+                protocol_options: dict | None = None) -> dict:
+    """Test accuracy of a checkpointed model, with inference run under ``protocol``."""
+    if batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    payload = ckpt.load(checkpoint, keystore=KeyStore(keystore))
+    spec = payload["model_spec"]
+    data = datasets.load(dataset or spec["dataset"], seed=seed, data_dir=data_dir)
+    model = models.build(spec["model"], data.input_shape, data.num_classes,
+                         hidden=tuple(spec["hidden"]) if spec["hidden"] else None, activation=spec["activation"])
+    try:
+        model.load_state_dict(payload["model_state"])
+    except RuntimeError as exc:
+        raise UsageError(f"checkpoint does not fit dataset {data.name}: {str(exc).splitlines()[0]}") from None
+    start = time.perf_counter()
+    with Session(protocol=protocol, device=device, seed=seed, transport=transport, adversary=adversary,
+                 **(protocol_options or {})) as session:
+        wrapped, _ = session.prepare(model, None)
+        accuracy = evaluate(wrapped, data.x_test, data.y_test, batch_size=batch_size)
+        metrics = session.metrics()
+    metrics.update({"model": spec["model"], "dataset": data.name, "test_accuracy": accuracy,
+                    "test_samples": len(data.y_test), "wall_seconds": time.perf_counter() - start,
+                    "checkpoint_step": payload["step"]})
+    return metrics

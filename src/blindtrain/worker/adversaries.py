@@ -1,0 +1,106 @@
+"""Worker behaviours for testing integrity (DESIGN.md ``--adversary``).
+
+An adversary sees each result the worker is about to return and may change it.
+It strikes once, at the first result that matches its trigger (step at or after
+``step``, and the given ``layer`` / ``op`` if set), except ``crash``, which kills
+the worker there.  Spec syntax: ``NAME`` or ``NAME:step=2,layer=fc1,op=grad_input``.
+
+The adversary is the attacker, not the enclave: it may use ordinary randomness.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UsageError, WorkerCrashed
+
+NAMES = ("honest", "tamper", "noise", "zeros", "replay", "crash")
+
+
+@dataclass(frozen=True)
+class AdversarySpec:
+    name: str = "honest"
+    step: int = 1
+    layer: str | None = None
+    op: str | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> "AdversarySpec":
+        if not text:
+            return cls()
+        name, _, rest = text.partition(":")
+        if name not in NAMES:
+            raise UsageError(f"unknown adversary {name!r}; choose from {', '.join(NAMES)}")
+        fields: dict = {}
+        for item in filter(None, rest.split(",")):
+            key, eq, value = item.partition("=")
+            if not eq or key not in ("step", "layer", "op"):
+                raise UsageError(f"bad adversary option {item!r}; use step=N, layer=NAME, op=NAME")
+            if key == "step":
+                try:
+                    fields[key] = int(value)
+                except ValueError:
+                    raise UsageError(f"adversary step must be an integer, got {value!r}") from None
+            else:
+                fields[key] = value
+        return cls(name=name, **fields)
+
+
+class Adversary:
+    """Stateful behaviour of one worker."""
+
+    def __init__(self, spec: AdversarySpec, *, in_process: bool) -> None:
+        self.spec = spec
+        self.in_process = in_process
+        self.struck = False
+        self._history: dict[tuple, torch.Tensor] = {}
+        self._generator = torch.Generator().manual_seed(1234)
+
+    def _matches(self, tag) -> bool:
+        spec = self.spec
+        return (tag.step >= spec.step and (spec.layer is None or spec.layer == tag.layer)
+                and (spec.op is None or spec.op == tag.op))
+
+    def on_result(self, tag, result: torch.Tensor, modulus: int | None) -> torch.Tensor:
+        name = self.spec.name
+        if name == "honest" or self.struck or not self._matches(tag):
+            if name == "replay":
+                self._history[(tuple(result.shape), result.dtype)] = result.clone()
+            return result
+        if name == "crash":
+            self.struck = True
+            if self.in_process:
+                raise WorkerCrashed(f"worker crashed at step {tag.step}, layer {tag.layer!r}, op {tag.op!r}")
+            os._exit(17)
+        if name == "replay":
+            key = (tuple(result.shape), result.dtype)
+            earlier = self._history.get(key)
+            self._history[key] = result.clone()
+            if earlier is None or torch.equal(earlier, result):
+                return result  # nothing different of this shape to replay yet; strike later
+            self.struck = True
+            return earlier.to(result.device)
+        self.struck = True
+        out = result.clone()
+        flat = out.view(-1)
+        if name == "zeros":
+            out.zero_()
+        elif name == "tamper":
+            index = int(torch.randint(flat.numel(), (1,), generator=self._generator))
+            if modulus is None:
+                flat[index] += 1.0 + float(flat.abs().max())
+            else:
+                flat[index] = torch.remainder(flat[index] + 1, modulus)
+        elif name == "noise":
+            noise = torch.randn(out.shape, generator=self._generator, dtype=torch.float64)
+            if modulus is None:
+                scale = 1e-2 * (float(out.abs().max()) + 1e-3)
+                out.add_((noise * scale).to(out.dtype).to(out.device))
+            else:
+                delta = torch.round(noise * 3).to(out.dtype).to(out.device)
+                delta.view(-1)[0] = 1  # at least one element moves
+                out.copy_(torch.remainder(out + delta, modulus))
+        return out

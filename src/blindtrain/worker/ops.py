@@ -1,0 +1,74 @@
+"""The worker's instruction set: a registry of small, protocol-agnostic instructions.
+
+Each instruction is ``fn(worker, args, params) -> Tensor | None`` where ``args`` maps
+names to tensors already on the worker's device (sent now or held by handle).
+Protocols compose these; the worker never knows which protocol drives it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .. import bilinear
+
+INSTRUCTIONS: dict[str, Callable] = {}
+
+
+def instruction(name: str):
+    """Register a worker instruction under ``name``."""
+
+    def register(fn):
+        if name in INSTRUCTIONS:
+            raise ValueError(f"worker instruction {name!r} registered twice")
+        INSTRUCTIONS[name] = fn
+        return fn
+
+    return register
+
+
+@instruction("bilinear")
+def _bilinear(worker, args, params):
+    """``f(A, B)`` for ``params["fn"]``; with ``params["modulus"]`` = p, exact in float64 then mod p."""
+    a, b = args["A"], args["B"]
+    modulus = params.get("modulus")
+    fn_params = {k: v for k, v in params.items() if k not in ("fn", "modulus")}
+    if modulus is None:
+        return bilinear.apply(params["fn"], a, b, **fn_params)
+    result = bilinear.apply(params["fn"], a.to(torch.float64), b.to(torch.float64), **fn_params)
+    return torch.remainder(result, float(modulus))
+
+
+@instruction("store")
+def _store(worker, args, params):
+    """Keep the arguments (via ``Request.keep``); returns nothing."""
+    return None
+
+
+@instruction("fetch")
+def _fetch(worker, args, params):
+    """Return a held tensor (``args["X"]``, usually a :class:`Ref`)."""
+    return args["X"]
+
+
+@instruction("free")
+def _free(worker, args, params):
+    """Drop held tensors named in ``params["handles"]``."""
+    for handle in params["handles"]:
+        worker.state.pop(handle, None)
+    return None
+
+
+@instruction("axpy")
+def _axpy(worker, args, params):
+    """In place: ``state[target] = alpha * state[target] + sum_i beta_i * args[name_i]``.
+
+    ``params = {"target": handle, "alpha": float, "terms": [[name, beta], ...]}``.
+    Linear updates (SGD, momentum, weight decay) applied to tensors the worker holds.
+    """
+    target = worker.state[params["target"]]
+    target.mul_(params.get("alpha", 1.0))
+    for name, beta in params["terms"]:
+        target.add_(args[name], alpha=beta)
+    return None
