@@ -16,6 +16,19 @@ from .. import bilinear
 INSTRUCTIONS: dict[str, Callable] = {}
 
 
+def load_all() -> dict[str, Callable]:
+    """Import every ``blindtrain.worker.ops_*`` module (more instructions register themselves there)."""
+    import importlib
+    import pkgutil
+
+    from .. import worker as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name.startswith("ops_"):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+    return INSTRUCTIONS
+
+
 def instruction(name: str):
     """Register a worker instruction under ``name``."""
 

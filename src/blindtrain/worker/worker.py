@@ -14,7 +14,7 @@ import torch
 
 from ..boundary.messages import Ref, Request, Response
 from .adversaries import Adversary, AdversarySpec
-from .ops import INSTRUCTIONS
+from .ops import INSTRUCTIONS, load_all
 
 
 def resolve_device(requested: str) -> str:
@@ -37,6 +37,7 @@ class Worker:
     """An untrusted worker.  Sees everything it receives; may be adversarial."""
 
     def __init__(self, config: WorkerConfig) -> None:
+        load_all()
         self.config = config
         self.device = resolve_device(config.device)
         if config.threads and not config.in_process:
