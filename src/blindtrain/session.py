@@ -29,6 +29,7 @@ from .crypto import Csprng
 from .errors import UsageError
 from .ledger import Ledger
 from .runtime import EnclaveConfig, Runtime
+from .timing import time_nonlinear_layers
 from .worker.adversaries import AdversarySpec
 from .worker.worker import WorkerConfig, resolve_device
 
@@ -110,6 +111,8 @@ class Session:
                              f"(use otp or tempo to train, then predict with {self.protocol_name})")
         self._user_model = model
         wrapped, optimizer = self.protocol.wrap(model, optimizer)
+        if self.protocol.info.name != "plain":  # plain's model runs on the worker: that is worker time
+            time_nonlinear_layers(model, self.ledger)
         wrapped.register_forward_pre_hook(self._before_forward)
         if optimizer is not None:
             optimizer.register_step_post_hook(self._after_step)
