@@ -1,0 +1,26 @@
+# Quick start: `make demo` (set up + train on the embedded default), `make test` (set up + run the tests).
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: demo test bench-quick clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0   # pinned: the CPU wheel; an unpinned torch pulls a multi-GB CUDA build
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/blindtrain train
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench-quick: $(STAMP)
+	$(VENV)/bin/blindtrain bench --preset quick --out docs/benchmarks/cpu-quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

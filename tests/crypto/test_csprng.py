@@ -1,0 +1,69 @@
+"""The enclave CSPRNG: exact uniformity, use-once labels, valid permutations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from blindtrain.crypto import Csprng, NonceReuseError
+
+
+def test_uniform_mod_is_uniform_by_chi_square():
+    rng = Csprng(bytes(32))
+    p = 2**24 - 3
+    draws = rng.uniform_mod((200_000,), p, label=("t",))
+    assert draws.min() >= 0 and draws.max() < p
+    counts = np.bincount(draws * 64 // p, minlength=64)  # 64 equal-width bins over [0, p)
+    assert stats.chisquare(counts).pvalue > 1e-4
+
+
+@settings(max_examples=30, deadline=None)
+@given(modulus=st.integers(2, 2**30), n=st.integers(1, 300))
+def test_uniform_mod_range(modulus, n):
+    draws = Csprng().uniform_mod((n,), modulus, label=("r",))
+    assert draws.shape == (n,) and draws.min() >= 0 and draws.max() < modulus
+
+
+def test_a_label_is_never_drawn_twice():
+    rng = Csprng()
+    rng.uniform_mod((4,), 97, label=("pad", "fc1", 0))
+    with pytest.raises(NonceReuseError):
+        rng.uniform_mod((4,), 97, label=("pad", "fc1", 0))
+    rng.uniform_mod((4,), 97, label=("pad", "fc1", 1))  # a new label is fine
+
+
+def test_streams_differ_by_label_and_by_key():
+    a, b = Csprng(bytes(32)), Csprng(bytes(32))
+    assert a.random_bytes(32, label=("x",)) == b.random_bytes(32, label=("x",))
+    assert a.random_bytes(32, label=("y",)) != b.random_bytes(32, label=("z",))
+    assert Csprng(bytes(32)).random_bytes(32, label=("x",)) != Csprng(b"\x01" * 32).random_bytes(32, label=("x",))
+
+
+def test_default_key_comes_from_the_os_and_is_not_printed():
+    assert Csprng().random_bytes(16, label=("k",)) != Csprng().random_bytes(16, label=("k",))
+    assert "hidden" in repr(Csprng(bytes(32)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(0, 200))
+def test_permutation_is_a_permutation(n):
+    perm = Csprng().permutation(n, label=("p",))
+    assert sorted(perm.tolist()) == list(range(n))
+
+
+def test_permutations_are_uniform_over_s3():
+    rng = Csprng(bytes(32))
+    seen = [tuple(rng.permutation(3, label=("p", i))) for i in range(6000)]
+    counts = np.array([seen.count(p) for p in set(seen)])
+    assert len(counts) == 6 and stats.chisquare(counts).pvalue > 1e-4
+
+
+def test_signs_and_integers():
+    rng = Csprng(bytes(32))
+    signs = rng.signs(10_000, label=("s",))
+    assert set(np.unique(signs)) == {-1.0, 1.0} and abs(signs.mean()) < 0.05
+    ints = rng.integers(-2**19, 2**19, (50_000,), label=("i",))
+    assert ints.min() >= -2**19 and ints.max() <= 2**19 and abs(ints.mean()) < 2**19 * 0.02
