@@ -59,13 +59,14 @@ class Session:
         enclave_key: 32 bytes to key the enclave CSPRNG (tests only); default ``os.urandom``.
         epc_bytes: the emulated enclave's page-cache budget, for the modelled paging cost.
         worker_threads: threads of a worker process.
+        worker_timeout: seconds a worker process may take to answer before it is declared dead.
         **protocol_options: the protocol's own options (``unmask=``, ``fuse_activations=`` ...).
     """
 
     def __init__(self, *, protocol: str = "enclave", device: str = "auto", seed: int | None = 0,
                  transport: str = "inproc", threads: int | None = None, adversary: str | None = None,
                  transcript: bool = False, enclave_key: bytes | None = None, epc_bytes: int = 128 * 2**20,
-                 worker_threads: int | None = None, **protocol_options) -> None:
+                 worker_threads: int | None = None, worker_timeout: float = 600.0, **protocol_options) -> None:
         protocol_cls = protocol_registry.get(protocol)
         if transport not in TRANSPORTS:
             raise UsageError(f"unknown transport {transport!r}; choose from {', '.join(TRANSPORTS)}")
@@ -85,6 +86,8 @@ class Session:
             config = WorkerConfig(name=f"{role}{index}", device=self.worker_device, threads=worker_threads,
                                   adversary=self.adversary if role == "main" else AdversarySpec(),
                                   in_process=in_process)
+            if transport == "process":
+                return transport_cls(config, timeout=worker_timeout)
             return transport_cls(config)
 
         self.boundary = Boundary(ledger=self.ledger, transport_factory=make_transport,

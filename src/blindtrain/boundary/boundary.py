@@ -45,7 +45,7 @@ class Boundary:
 
     def call(self, request: Request, *, role: str = "main", index: int = 0) -> Response:
         """Send ``request`` to worker ``(role, index)`` and return its response (the choke point)."""
-        worker_name = role if index == 0 and role != "main" else f"{role}{index}"
+        worker_name = f"{role}{index}"
         sent = request.sent_tensors()
         if self.record_transcript:
             transcript = self.transcripts.setdefault(role, Transcript())
