@@ -75,6 +75,30 @@ def test_oracle_forward_and_both_gradients(kind, unmask):
     torch.testing.assert_close(layer.bias.grad, ref.bias.grad)
 
 
+def test_mask_worker_results_are_verified_too():
+    from blindtrain.errors import IntegrityError
+    from blindtrain.worker.adversaries import Adversary, AdversarySpec
+
+    session = Session(protocol="otp", device="cpu", unmask="mask-worker")
+    model, _ = session.prepare(nn.Sequential(nn.Linear(8, 4)))
+    model(torch.randn(2, 8))  # starts the mask worker
+    session.boundary.transport("mask", 0).worker.adversary = Adversary(AdversarySpec("tamper", step=0),
+                                                                       in_process=True)
+    with pytest.raises(IntegrityError, match="mask worker"):
+        model(torch.randn(2, 8))
+    session.close()
+
+
+def test_non_finite_values_fail_clearly():
+    from blindtrain.errors import BlindtrainError
+
+    session = Session(protocol="otp", device="cpu")
+    model, _ = session.prepare(nn.Sequential(nn.Linear(8, 4)))
+    with pytest.raises(BlindtrainError, match="non-finite"):
+        model(torch.full((2, 8), float("nan")))
+    session.close()
+
+
 def test_bad_options_are_usage_errors():
     with pytest.raises(UsageError, match="unmask"):
         Session(protocol="otp", unmask="cloud")

@@ -171,6 +171,11 @@ def encode_pair(fn: str, a: torch.Tensor, b: torch.Tensor, params: dict, p: int,
     limit = headroom(p)
     fixed_b = b_exponent is not None
     bound = norm_bound(fn, a, b, params)
+    if not math.isfinite(bound):
+        from ..errors import BlindtrainError
+
+        raise BlindtrainError("a non-finite value (inf or nan) cannot be encoded into the field; "
+                              "training diverged: lower --lr")
     if bound == 0.0:  # a or b is zero: so is the product
         la = 0
         lb = b_exponent if fixed_b else 0

@@ -38,7 +38,7 @@ from ..field import codec, freivalds
 from ..field.modular import mod_bilinear
 from ..field.store import FactorUnavailable, SealedFactorStore
 from .base import Protocol, ProtocolInfo, register
-from .otp import WIRE, WIRE_BYTES, FieldOffload
+from ._field import WIRE, WIRE_BYTES, FieldOffload
 
 
 @register
@@ -167,7 +167,7 @@ class Slalom(FieldOffload, Protocol):
 
     # -- reporting ---------------------------------------------------------------------------
     def summary(self) -> dict:
-        return {"options": {k: (str(v) if v is not None else None) for k, v in self.settings.items()},
+        return {"options": dict(self.settings),
                 **self.field_summary(), "weight_bits": self.weight_bits, "weight_exponents": self.weight_exponents,
                 "inference_batches": self.batches, "precompute_per_refill": self.precompute,
                 "unmask_factors_sealed": self.store.sealed, "unmask_factors_consumed": self.store.taken,
