@@ -13,6 +13,7 @@ from blindtrain.costs import forward_only, trace_ops
 from blindtrain.errors import IntegrityError, UsageError
 from blindtrain.models import build
 from blindtrain.train import TrainConfig, run_predict, run_training
+from blindtrain.transcript import load as load_transcript
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +42,18 @@ def test_accuracy_within_quantization_error_of_float(checkpoints, model):
     assert slalom["integrity_soundness_bits"] >= 40
 
 
-def _lenet_session(tmp_path=None, **options):
+def _lenet_session(tmp_path=None, transcript=False, **options):
     torch.manual_seed(0)
     model = build("lenet", (1, 8, 8), 10).eval()
     ref = copy.deepcopy(model)
-    session = Session(protocol="slalom", device="cpu", enclave_key=bytes(32),
+    session = Session(protocol="slalom", device="cpu", enclave_key=bytes(32), transcript=transcript,
                       store_dir=str(tmp_path) if tmp_path else None, **options)
     wrapped, _ = session.prepare(model)
     return session, wrapped, ref
 
 
-def test_logits_close_to_float_and_factors_refilled():
-    session, wrapped, ref = _lenet_session(precompute=2)
+def test_logits_close_to_float_and_factors_refilled(tmp_path):
+    session, wrapped, ref = _lenet_session(precompute=2, transcript=True)
     with torch.no_grad():
         for _ in range(5):  # more batches than one offline phase precomputes
             x = torch.randn(8, 1, 8, 8)
@@ -61,6 +62,12 @@ def test_logits_close_to_float_and_factors_refilled():
     summary = session.protocol.summary()
     assert summary["unmask_factors_consumed"] == 6 * 5  # five offloaded layers
     assert summary["inference_batches"] == 6 and session.step == 5
+    assert summary["weight_upload_bytes"] == 4 * sum(p.numel() for n, p in ref.named_parameters() if "weight" in n)
+    session.save_transcripts(tmp_path / "t.npz")
+    meta, arrays = load_transcript(tmp_path / "t.npz")
+    assert {m["kind"] for m in meta} == {"masked", "public"}
+    assert sum(m["kind"] == "public" for m in meta) == 5  # the model crosses once
+    assert sum(m["kind"] == "masked" for m in meta) == 30
     session.close()
 
 

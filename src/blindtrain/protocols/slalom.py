@@ -78,6 +78,7 @@ class Slalom(FieldOffload, Protocol):
         self.batches = 0
         self.offline_seconds = 0.0
         self.weight_exponents: dict[str, int] = {}
+        self.weight_upload_bytes = 0
 
     # -- set-up: quantize the model, hand it to the worker, precompute W̃·s ----------------------
     def wrap(self, model, optimizer):
@@ -96,6 +97,7 @@ class Slalom(FieldOffload, Protocol):
             qb = codec.quantize(layout, lb)
             s = freivalds.draw(runtime.rng, fn, qb.shape, self.k, label=("freivalds", site.name, "slalom"))
             handle = f"slalom/{site.name}/weight"
+            self.weight_upload_bytes += qb.numel() * WIRE_BYTES
             runtime.call(Request("store", {"B": Sent(qb.to(WIRE), "public")},
                                  Tag(step=runtime.step, layer=site.name, op="forward", modulus=self.p),
                                  keep={"B": handle}))
@@ -169,7 +171,8 @@ class Slalom(FieldOffload, Protocol):
     def summary(self) -> dict:
         return {"options": dict(self.settings),
                 **self.field_summary(), "weight_bits": self.weight_bits, "weight_exponents": self.weight_exponents,
-                "inference_batches": self.batches, "precompute_per_refill": self.precompute,
+                "inference_batches": self.batches,
+                "weight_upload_bytes": self.weight_upload_bytes, "precompute_per_refill": self.precompute,
                 "unmask_factors_sealed": self.store.sealed, "unmask_factors_consumed": self.store.taken,
                 "sealed_bytes": self.store.bytes_written, "offline_seconds": self.offline_seconds,
                 "factor_store": f"AES-256-GCM blobs in {self.store.directory} (outside the enclave; key in "
@@ -192,7 +195,7 @@ class Slalom(FieldOffload, Protocol):
                 cost.enclave_elementwise += 4 * a + (3 + 2 * self.k) * out
             else:
                 cost.enclave_flops += op.flops
-        cost.notes += ["inference batch; the quantized weights cross once, at set-up",
+        cost.notes += ["inference batch; the quantized weights cross once, at set-up (summary: weight_upload_bytes)",
                        "offline phase (not per batch): one f(r, W) per layer and future batch, sealed outside"]
         return cost
 
