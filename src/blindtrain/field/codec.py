@@ -1,0 +1,219 @@
+"""Fixed-point encoding of real tensors into the prime field F_p.
+
+Encoding
+--------
+A tensor ``x`` is encoded with a per-tensor shared exponent ``l`` (an integer, any
+sign) as the integers ``x̃ = round(2^l · x)`` embedded in F_p (negative values as
+``p − |x̃|``).  Activations and weights use round-to-nearest (``|x̃·2^-l − x| ≤ 2^-l/2``);
+gradients use stochastic rounding from the enclave CSPRNG (unbiased,
+``|x̃·2^-l − x| < 2^-l``).  Decoding takes the centred representative in
+``(−p/2, p/2]`` and multiplies by ``2^-l``.
+
+Bits and overflow
+-----------------
+A product ``f(Ã, B̃)`` decodes correctly only if every output element, as an
+integer, lies in ``(−p/2, p/2]``: there is no other way to tell a wrapped value.
+:func:`encode_pair` therefore chooses the two exponents so that a *rigorous*
+Cauchy–Schwarz bound holds: every output element is a dot product of one window of
+``Ã`` (a row for matmul, a receptive field for a convolution) with one column /
+filter of ``B̃``, so ``|f(Ã,B̃)| ≤ max‖window(Ã)‖₂ · max‖column(B̃)‖₂ ≤ (p−1)/2``;
+the bound is checked on the integers actually produced and the exponents lowered
+until it holds.  The bits available to both operands together are thus about
+``log2((p−1)/2) − log2(‖window‖·‖column‖)`` (≈ 21 bits for the digits MLP with the
+default p = 2^24 − 3), split between the operands so that each gets the same
+number of bits relative to its own largest element (≈ 9–10 bits each).
+
+Error bound
+-----------
+With ``e_a = 2^-l_a·ρ`` and ``e_b = 2^-l_b·ρ`` (ρ = 1/2 for nearest, 1 for
+stochastic rounding), the decoded result of one op satisfies, elementwise,
+``|f̂ − f(a,b)| ≤ e_b·f(|a|, 1) + e_a·f(1, |b|) + e_a·e_b·f(1, 1)``
+(:func:`error_bound`), because no wrap-around happens and the field arithmetic is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import bilinear
+
+DEFAULT_MODULUS = 2**24 - 3
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    for q in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37):
+        if n % q == 0:
+            return n == q
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d, s = d // 2, s + 1
+    for base in (2, 3, 5, 7, 11, 13, 17):  # deterministic for n < 3.4e14
+        x = pow(base, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def check_modulus(p) -> int:
+    """Validate the field modulus: a prime with 2^8 < p < 2^24 (values then fit float32 exactly)."""
+    from ..errors import UsageError
+
+    try:
+        p = int(p)
+    except (TypeError, ValueError):
+        raise UsageError(f"modulus must be an integer, got {p!r}") from None
+    if not (2**8 < p < 2**24) or not _is_prime(p):
+        raise UsageError(f"modulus must be a prime between 2^8 and 2^24, got {p}")
+    return p
+
+
+def headroom(p: int) -> int:
+    """Largest magnitude a decoded integer may have: ``(p − 1) / 2``."""
+    return (p - 1) // 2
+
+
+def centred(v: torch.Tensor, p: int) -> torch.Tensor:
+    """Centred representatives in ``(−p/2, p/2]`` of field elements ``v`` in ``[0, p)``."""
+    v = torch.remainder(v.to(torch.float64), float(p))
+    return torch.where(v > p // 2, v - p, v)
+
+
+def to_field(q: torch.Tensor, p: int) -> torch.Tensor:
+    """Signed integers -> field elements in ``[0, p)`` (float64)."""
+    return torch.remainder(q.to(torch.float64), float(p))
+
+
+def quantize(x: torch.Tensor, exponent: int, uniforms: torch.Tensor | None = None) -> torch.Tensor:
+    """``round(2^exponent · x)`` as float64 integers; stochastic rounding when ``uniforms`` (in [0,1)) is given."""
+    scaled = x.detach().to(torch.float64) * math.ldexp(1.0, exponent)
+    if uniforms is None:
+        return torch.round(scaled)
+    low = torch.floor(scaled)
+    return low + (uniforms.reshape(scaled.shape) < (scaled - low)).to(torch.float64)
+
+
+def decode(v: torch.Tensor, exponent: int, p: int) -> torch.Tensor:
+    """Field elements -> reals: centred representative times ``2^-exponent`` (float64)."""
+    return centred(v, p) * math.ldexp(1.0, -exponent)
+
+
+# -- overflow-free scales ----------------------------------------------------------------
+
+def _window_sq(fn: str, a: torch.Tensor, b_shape, params: dict) -> torch.Tensor:
+    """Squared ℓ2 norms of every window of ``a`` that one output element of ``fn`` reads (a superset)."""
+    a2 = a.to(torch.float64).square()
+    if fn in ("matmul", "bmm"):
+        return a2.sum(-1)
+    if fn == "conv2d":
+        kh, kw = b_shape[2], b_shape[3]
+        ones = torch.ones(1, 1, kh, kw, dtype=torch.float64)
+        return F.conv2d(a2.sum(1, keepdim=True), ones, stride=params.get("stride", 1),
+                        padding=params.get("padding", 0), dilation=params.get("dilation", 1))
+    if fn == "conv2d_input":
+        # input position i reads dY positions (i + pad − t·dil)/stride for taps t: within a run of
+        # floor((k−1)·dil/stride) + 1 consecutive positions, so full box sums of that size cover it.
+        stride = _pair(params.get("stride", 1))
+        dil = _pair(params.get("dilation", 1))
+        k = (b_shape[2], b_shape[3])
+        box = tuple((k[i] - 1) * dil[i] // stride[i] + 1 for i in range(2))
+        ones = torch.ones(1, 1, *box, dtype=torch.float64)
+        return F.conv2d(a2.sum(1, keepdim=True), ones, padding=(box[0] - 1, box[1] - 1))
+    raise ValueError(f"no overflow bound for bilinear function {fn!r}")
+
+
+def _column_sq(fn: str, b: torch.Tensor) -> torch.Tensor:
+    """Squared ℓ2 norms of every column / filter of ``b`` that one output element reads."""
+    b2 = b.to(torch.float64).square()
+    if fn in ("matmul", "bmm"):
+        return b2.sum(-2)
+    if fn == "conv2d":  # filters w[o]
+        return b2.sum((1, 2, 3))
+    if fn == "conv2d_input":  # w[:, c]
+        return b2.sum((0, 2, 3))
+    raise ValueError(f"no overflow bound for bilinear function {fn!r}")
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def norm_bound(fn: str, a: torch.Tensor, b: torch.Tensor, params: dict) -> float:
+    """A rigorous bound on ``max |fn(a, b)|`` (Cauchy–Schwarz over windows and columns)."""
+    wa = float(_window_sq(fn, a, tuple(b.shape), params).max()) if a.numel() else 0.0
+    cb = float(_column_sq(fn, b).max()) if b.numel() else 0.0
+    return math.sqrt(wa) * math.sqrt(cb) * (1 + 1e-9)  # float64 sums of squares: relative error far below 1e-9
+
+
+def _log2(v: float) -> float:
+    return math.log2(v) if v > 0 else 0.0
+
+
+def encode_pair(fn: str, a: torch.Tensor, b: torch.Tensor, params: dict, p: int, *,
+                uniforms: torch.Tensor | None = None, b_exponent: int | None = None):
+    """Quantize ``a`` and ``b`` for ``fn`` so that ``fn(ã, b̃)`` cannot wrap mod p.
+
+    Returns ``(qa, qb, la, lb)``: signed float64 integer tensors and their exponents.
+    ``uniforms`` (same numel as ``a``) switches ``a`` to stochastic rounding.  With
+    ``b_exponent`` given, ``b`` is taken as already quantized with that exponent
+    (Slalom's fixed weight scale) and only ``la`` is chosen.
+    """
+    limit = headroom(p)
+    fixed_b = b_exponent is not None
+    bound = norm_bound(fn, a, b, params)
+    if not math.isfinite(bound):
+        from ..errors import BlindtrainError
+
+        raise BlindtrainError("a non-finite value (inf or nan) cannot be encoded into the field; "
+                              "training diverged: lower --lr")
+    if bound == 0.0:  # a or b is zero: so is the product
+        la = 0
+        lb = b_exponent if fixed_b else 0
+        qb = b.to(torch.float64) if fixed_b else quantize(b, lb)
+        return quantize(a, la, uniforms) * 0.0, qb, la, lb
+    if fixed_b:
+        lb = b_exponent
+        la = math.floor(math.log2(limit / bound))
+    else:
+        total = math.floor(math.log2(limit / bound))
+        amax, bmax = float(a.abs().max()), float(b.abs().max())
+        la = math.floor((total + _log2(bmax) - _log2(amax)) / 2)
+        lb = total - la
+    qb = b.to(torch.float64) if fixed_b else quantize(b, lb)
+    for _ in range(64):
+        qa = quantize(a, la, uniforms)
+        if norm_bound(fn, qa, qb, params) <= limit:
+            return qa, qb, la, lb
+        # rounding pushed the bound over: take one bit from the operand with more bits to spare
+        if fixed_b or la + _log2(float(a.abs().max())) >= lb + _log2(float(b.abs().max())):
+            la -= 1
+        else:
+            lb -= 1
+            qb = quantize(b, lb)
+    raise RuntimeError("could not find overflow-free fixed-point scales")  # pragma: no cover
+
+
+def weight_exponent(w: torch.Tensor, bits: int) -> int:
+    """Exponent giving ``max|round(2^l·w)| ≤ 2^(bits−1) − 1`` (Slalom's fixed weight scale)."""
+    wmax = float(w.abs().max())
+    if wmax == 0.0:
+        return 0
+    return math.floor(math.log2((2 ** (bits - 1) - 1) / wmax))
+
+
+def error_bound(fn: str, a: torch.Tensor, b: torch.Tensor, ea: float, eb: float, params: dict) -> torch.Tensor:
+    """Elementwise bound on ``|decoded fn(ã, b̃) − fn(a, b)|`` given per-element errors ``ea``, ``eb``."""
+    a64, b64 = a.detach().to(torch.float64).abs(), b.detach().to(torch.float64).abs()
+    one_a, one_b = torch.ones_like(a64), torch.ones_like(b64)
+    return (eb * bilinear.apply(fn, a64, one_b, **params) + ea * bilinear.apply(fn, one_a, b64, **params)
+            + ea * eb * bilinear.apply(fn, one_a, one_b, **params))

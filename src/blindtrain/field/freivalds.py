@@ -1,0 +1,95 @@
+"""Freivalds' check of an offloaded bilinear op over F_p.
+
+For ``Y = f(A, B)`` with B's output-channel dimension of size m, draw a secret
+``s ∈ S^{m×k}`` with ``S = [−2^19, 2^19]`` (k repetitions, default 2) and check
+
+    contract(Y, s) ≡ f(A, contract(B, s))   (mod p)
+
+where ``contract`` sums over the output channels: ``Y·s`` and ``B·s`` for matmul;
+for convolutions the *channel-contracted* form ``Σ_o s_o·Y[:, o] = conv(A, Σ_o s_o·W[o])``
+(forward) and ``Σ_c s_c·dX[:, c] = conv2d_input(dY, Σ_c s_c·W[:, c])`` (input gradient).
+The check costs ``k/m`` of the op plus ``O(|Y| + |B|)``.
+
+Soundness: if ``Y ≠ f(A, B)`` some row of the difference D is non-zero; for each
+repetition at most one value of the corresponding ``s`` coordinate (of the
+``|S| = 2^20 + 1`` distinct residues) makes that row vanish, so a wrong result
+passes with probability at most ``|S|^-k``: ``k·log2(2^20 + 1) ≈ 40`` bits for k = 2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .modular import mod_bilinear
+
+S_BOUND = 2**19
+SUPPORTED = ("matmul", "conv2d", "conv2d_input")
+
+
+def soundness_bits(repetitions: int, bound: int = S_BOUND) -> float:
+    """``−log2`` of the probability that a wrong result passes one check."""
+    return repetitions * math.log2(2 * bound + 1)
+
+
+def channels(fn: str, b_shape) -> int:
+    """Size of the output-channel dimension of ``fn``'s result (what ``s`` contracts)."""
+    if fn == "matmul":
+        return int(b_shape[-1])
+    if fn == "conv2d":
+        return int(b_shape[0])
+    if fn == "conv2d_input":
+        return int(b_shape[1])
+    raise ValueError(f"no Freivalds form for {fn!r}")
+
+
+def draw(rng, fn: str, b_shape, repetitions: int, *, label: tuple) -> torch.Tensor:
+    """Secret check vectors ``s`` (m×k, float64 integers in [−2^19, 2^19]) from the enclave CSPRNG."""
+    m = channels(fn, b_shape)
+    return torch.from_numpy(rng.integers(-S_BOUND, S_BOUND, (m, repetitions), label=label).astype("float64"))
+
+
+def contract_weight(fn: str, b: torch.Tensor, s: torch.Tensor, p: int) -> torch.Tensor:
+    """``B·s`` mod p in the layout ``f`` takes as its second operand (k output channels)."""
+    b = b.to(torch.float64)
+    k = s.shape[1]
+    if fn == "matmul":  # (n, m) @ (m, k)
+        return mod_bilinear("matmul", b, s, p)
+    if fn == "conv2d":  # w (m, c, kh, kw) -> (k, c, kh, kw)
+        m = b.shape[0]
+        return mod_bilinear("matmul", s.t(), b.reshape(m, -1), p).reshape(k, *b.shape[1:])
+    if fn == "conv2d_input":  # w (m, c, kh, kw) -> (m, k, kh, kw)
+        m, c, kh, kw = b.shape
+        flat = b.permute(1, 0, 2, 3).reshape(c, -1)
+        return mod_bilinear("matmul", s.t(), flat, p).reshape(k, m, kh, kw).permute(1, 0, 2, 3).contiguous()
+    raise ValueError(f"no Freivalds form for {fn!r}")
+
+
+def contract_output(fn: str, y: torch.Tensor, s: torch.Tensor, p: int) -> torch.Tensor:
+    """``Σ_o s_o·Y[..o..]`` mod p over the output channels (last dim for matmul, dim 1 for convolutions)."""
+    y = y.to(torch.float64)
+    if fn == "matmul":
+        return mod_bilinear("matmul", y, s, p)
+    moved = y.movedim(1, -1)
+    return mod_bilinear("matmul", moved, s, p).movedim(-1, 1)
+
+
+def expected(fn: str, a: torch.Tensor, bs: torch.Tensor, p: int, params: dict) -> torch.Tensor:
+    """``f(A, B·s)`` mod p."""
+    params = dict(params)
+    if fn == "conv2d_input":
+        size = list(params["input_size"])
+        size[1] = bs.shape[1]
+        params["input_size"] = tuple(size)
+    return mod_bilinear(fn, a, bs, p, params)
+
+
+def check(fn: str, a: torch.Tensor, y: torch.Tensor, bs: torch.Tensor, s: torch.Tensor, p: int,
+          params: dict) -> bool:
+    """Whether ``y`` passes Freivalds' check as ``f(a, b) mod p`` (``bs = contract_weight(fn, b, s, p)``)."""
+    if not torch.isfinite(y).all():
+        return False
+    left = contract_output(fn, y, s, p)
+    right = expected(fn, a, bs, p, params)
+    return left.shape == right.shape and bool(torch.equal(left, right))

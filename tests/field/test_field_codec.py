@@ -1,0 +1,135 @@
+"""Fixed-point codec and exact modular ops (hypothesis property tests)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from blindtrain.errors import UsageError
+from blindtrain.field import codec
+from blindtrain.field.modular import contraction_length, mod_bilinear
+
+P = codec.DEFAULT_MODULUS
+floats = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float32, st.integers(1, 40), elements=floats), st.integers(-4, 14))
+def test_round_to_nearest_roundtrip(x, exponent):
+    x = torch.from_numpy(x)
+    q = codec.quantize(x, exponent)
+    if float(q.abs().max()) > codec.headroom(P):
+        return  # does not fit the field at this exponent (encode_pair never picks it)
+    back = codec.decode(codec.to_field(q, P), exponent, P)
+    assert float((back - x.double()).abs().max()) <= 0.5 * 2.0**-exponent + 1e-12
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float32, st.integers(1, 40), elements=floats), st.integers(-4, 12),
+       arrays(np.float64, 40, elements=st.floats(0, 1, exclude_max=True)))
+def test_stochastic_roundtrip(x, exponent, uniforms):
+    x = torch.from_numpy(x)
+    u = torch.from_numpy(uniforms[: x.numel()])
+    q = codec.quantize(x, exponent, u)
+    if float(q.abs().max()) > codec.headroom(P):
+        return
+    back = codec.decode(codec.to_field(q, P), exponent, P)
+    assert float((back - x.double()).abs().max()) < 2.0**-exponent + 1e-12
+
+
+def test_stochastic_rounding_is_unbiased():
+    x = torch.full((200_000,), 0.3)
+    u = torch.from_numpy(np.random.default_rng(0).random(200_000))
+    assert abs(float(codec.quantize(x, 0, u).mean()) - 0.3) < 0.005
+
+
+def test_centred_representatives():
+    v = torch.tensor([0.0, 1.0, P // 2, P // 2 + 1, P - 1])
+    assert codec.centred(v, P).tolist() == [0, 1, P // 2, -(P // 2), -1]
+
+
+def test_modulus_validation():
+    assert codec.check_modulus(2**21 - 9) == 2**21 - 9
+    for bad in (2**24 - 2, 2**24 + 43, 101, "x"):
+        with pytest.raises(UsageError):
+            codec.check_modulus(bad)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 5), st.integers(1, 5), st.sampled_from([P, 2**21 - 9, 65521]))
+def test_mod_matmul_exact_with_limbs(n, b, m, p):
+    g = torch.Generator().manual_seed(n * 31 + b)
+    a = torch.randint(0, p, (b, n), generator=g).double()
+    w = torch.randint(-p // 2, p // 2, (n, m), generator=g).double()
+    expected = (a.long().numpy().astype(object) @ w.long().numpy().astype(object)) % p
+    got = mod_bilinear("matmul", a, w, p)
+    assert got.long().numpy().tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("fn", ["conv2d", "conv2d_input"])
+def test_mod_conv_exact_with_limbs(fn):
+    g = torch.Generator().manual_seed(1)
+    w = torch.randint(-P // 2, P // 2, (4, 3, 3, 3), generator=g).double()
+    params = {"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1)}
+    if fn == "conv2d":
+        a = torch.randint(0, P, (2, 3, 7, 7), generator=g).double()
+    else:
+        a = torch.randint(0, P, (2, 4, 4, 4), generator=g).double()
+        params["input_size"] = (2, 3, 7, 7)
+    got = mod_bilinear(fn, a, w, P, params)
+    # reference: split both operands into 8-bit digits (every partial sum tiny), recombine in Python ints
+    from blindtrain import bilinear
+
+    def digits(t):
+        t = torch.remainder(t, P).long()
+        return [((t >> (8 * i)) & 255).double() for i in range(3)]
+
+    total = torch.zeros_like(got, dtype=torch.float64).long()
+    for i, da in enumerate(digits(a)):
+        for j, dw in enumerate(digits(w)):
+            part = bilinear.apply(fn, da, dw, **params).long() % P
+            total = (total + part * (pow(2, 8 * (i + j), P))) % P
+    assert torch.equal(got.long(), total)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(["matmul", "conv2d", "conv2d_input"]), st.integers(1, 3), st.integers(1, 2),
+       st.floats(1e-3, 1e3), st.floats(1e-3, 1e3), st.booleans())
+def test_encode_pair_never_wraps(fn, stride, dilation, scale_a, scale_b, stochastic):
+    g = torch.Generator().manual_seed(int(scale_a * 1000) % 9973)
+    params = {}
+    if fn == "matmul":
+        a, b = torch.randn(5, 33, generator=g), torch.randn(33, 7, generator=g)
+    else:
+        b = torch.randn(4, 3, 3, 3, generator=g)
+        params = {"stride": (stride, stride), "padding": (1, 1), "dilation": (dilation, dilation)}
+        x = torch.randn(2, 3, 9, 9, generator=g)
+        if fn == "conv2d":
+            a = x
+        else:
+            y = torch.nn.functional.conv2d(x, b, **params)
+            a = torch.randn(y.shape, generator=g)
+            params["input_size"] = tuple(x.shape)
+    a, b = a * scale_a, b * scale_b
+    u = torch.rand(a.shape, generator=g).double() if stochastic else None
+    qa, qb, la, lb = codec.encode_pair(fn, a, b, params, P, uniforms=u)
+    from blindtrain import bilinear
+
+    exact = bilinear.apply(fn, qa, qb, **params)  # small integers: exact in float64
+    assert float(exact.abs().max()) <= codec.headroom(P)
+    decoded = codec.decode(mod_bilinear(fn, codec.to_field(qa, P), qb, P, params), la + lb, P)
+    rho = 1.0 if stochastic else 0.5
+    bound = codec.error_bound(fn, a, b, rho * 2.0**-la, 0.5 * 2.0**-lb, params)
+    assert bool(((decoded - bilinear.apply(fn, a.double(), b.double(), **params)).abs() <= bound + 1e-9).all())
+    # and the precision is not thrown away: at least 6 bits per operand relative to its largest element
+    assert la + math.log2(float(a.abs().max())) >= 6 and lb + math.log2(float(b.abs().max())) >= 6
+
+
+def test_contraction_lengths():
+    assert contraction_length("matmul", (4, 9), (9, 3)) == 9
+    assert contraction_length("conv2d", (1, 3, 8, 8), (6, 3, 5, 5)) == 75
+    assert contraction_length("conv2d_input", (1, 6, 8, 8), (6, 3, 5, 5)) == 150

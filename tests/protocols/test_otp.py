@@ -1,0 +1,255 @@
+"""``otp``: oracle tests against plain PyTorch, training accuracy, transcript privacy, integrity via the CLI."""
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from scipy import stats
+from torch import nn
+
+from blindtrain import Session, bilinear
+from blindtrain import checkpoint as ckpt
+from blindtrain import data as datasets
+from blindtrain.cli import main
+from blindtrain.costs import trace_ops
+from blindtrain.crypto import KeyStore
+from blindtrain.errors import UsageError
+from blindtrain.field import codec
+from blindtrain.models import build
+from blindtrain.train import TrainConfig, run_training
+from blindtrain.transcript import load as load_transcript
+
+P = codec.DEFAULT_MODULUS
+
+
+def _oracle(layer: nn.Module, x_shape, unmask: str):
+    torch.manual_seed(0)
+    ref = copy.deepcopy(layer)
+    session = Session(protocol="otp", device="cpu", enclave_key=bytes(32), unmask=unmask)
+    model, _ = session.prepare(nn.Sequential(layer))
+    x = torch.randn(x_shape, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = model(x), ref(x_ref)
+    g = torch.randn(y.shape)
+    (y * g).sum().backward()
+    (y_ref * g).sum().backward()
+    exps = session.protocol.exponents
+    session.close()
+    return x, x_ref, y, y_ref, g, ref, exps
+
+
+@pytest.mark.parametrize("unmask", ["enclave", "mask-worker"])
+@pytest.mark.parametrize("kind", ["linear", "conv2d"])
+def test_oracle_forward_and_both_gradients(kind, unmask):
+    torch.manual_seed(1)
+    if kind == "linear":
+        layer, x_shape = nn.Linear(40, 24), (16, 40)
+    else:
+        layer, x_shape = nn.Conv2d(3, 8, 3, stride=2, padding=1), (4, 3, 9, 9)
+    x, x_ref, y, y_ref, g, ref, exps = _oracle(layer, x_shape, unmask)
+    w = ref.weight.detach().double()
+    la, lb = exps["0.forward"]
+    if kind == "linear":
+        fwd = codec.error_bound("matmul", x_ref.detach(), w.t(), 0.5 * 2.0**-la, 0.5 * 2.0**-lb, {})
+    else:
+        params = {"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1)}
+        fwd = codec.error_bound("conv2d", x_ref.detach(), w, 0.5 * 2.0**-la, 0.5 * 2.0**-lb, params)
+    err = (y.detach().double() - y_ref.detach().double()).abs()
+    assert bool((err <= fwd + 1e-5).all()), float((err - fwd).max())
+    assert float(err.max()) > 0  # it really went through the field
+    # input gradient: dY stochastically rounded (error < 2^-la), weights rounded to nearest
+    la, lb = exps["0.grad_input"]
+    if kind == "linear":
+        bwd = codec.error_bound("matmul", g, w, 2.0**-la, 0.5 * 2.0**-lb, {})
+    else:
+        bwd = codec.error_bound("conv2d_input", g, w, 2.0**-la, 0.5 * 2.0**-lb,
+                                {**params, "input_size": tuple(x_shape)})
+    err = (x.grad.double() - x_ref.grad.double()).abs()
+    assert bool((err <= bwd + 1e-5).all())
+    # weight gradient: a both-private product, computed in the enclave in float32
+    torch.testing.assert_close(layer.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer.bias.grad, ref.bias.grad)
+
+
+def test_mask_worker_results_are_verified_too():
+    from blindtrain.errors import IntegrityError
+    from blindtrain.worker.adversaries import Adversary, AdversarySpec
+
+    session = Session(protocol="otp", device="cpu", unmask="mask-worker")
+    model, _ = session.prepare(nn.Sequential(nn.Linear(8, 4)))
+    model(torch.randn(2, 8))  # starts the mask worker
+    session.boundary.transport("mask", 0).worker.adversary = Adversary(AdversarySpec("tamper", step=0),
+                                                                       in_process=True)
+    with pytest.raises(IntegrityError, match="mask worker"):
+        model(torch.randn(2, 8))
+    session.close()
+
+
+def test_non_finite_values_fail_clearly():
+    from blindtrain.errors import BlindtrainError
+
+    session = Session(protocol="otp", device="cpu")
+    model, _ = session.prepare(nn.Sequential(nn.Linear(8, 4)))
+    with pytest.raises(BlindtrainError, match="non-finite"):
+        model(torch.full((2, 8), float("nan")))
+    session.close()
+
+
+def test_bad_options_are_usage_errors():
+    with pytest.raises(UsageError, match="unmask"):
+        Session(protocol="otp", unmask="cloud")
+    with pytest.raises(UsageError, match="prime"):
+        Session(protocol="otp", modulus=2**24 - 2)
+
+
+def _accuracy(protocol, activation, lr, epochs=3, **options):
+    metrics = run_training(TrainConfig(protocol=protocol, activation=activation, epochs=epochs, lr=lr, seed=0,
+                                       device="cpu", progress=False, protocol_options=options),
+                           echo=lambda *a: None)
+    return metrics["test_accuracy"]
+
+
+def test_mlp_relu_trains_like_plain():
+    """Acceptance: 3 epochs of mlp on digits within 3 points of plain (the other activations: slow tests)."""
+    plain, otp = _accuracy("plain", "relu", 0.05), _accuracy("otp", "relu", 0.05)
+    assert plain > 0.85
+    assert abs(plain - otp) <= 0.03
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activation,lr", [("sigmoid", 0.5), ("arctan", 0.05), ("softplus", 0.05)])
+def test_mlp_every_activation_trains_like_plain(activation, lr):
+    plain, otp = _accuracy("plain", activation, lr), _accuracy("otp", activation, lr)
+    assert plain > 0.6
+    assert abs(plain - otp) <= 0.03
+
+
+def test_mask_worker_mode_trains():
+    assert _accuracy("otp", "relu", 0.05, epochs=1, unmask="mask-worker") > 0.6
+
+
+# -- the transcript ----------------------------------------------------------------------------
+
+def _chi_square(values, p=P, bins=256):
+    values = np.asarray(values, dtype=np.int64).ravel()
+    edges = (np.arange(bins + 1, dtype=np.int64) * p) // bins
+    observed = np.histogram(values, bins=edges)[0]
+    return float(stats.chisquare(observed, np.diff(edges) / p * values.size).pvalue)
+
+
+@pytest.fixture(scope="module")
+def otp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("otp")
+    metrics = run_training(TrainConfig(protocol="otp", steps=6, batch_size=64, device="cpu", progress=False,
+                                       transcript=str(out / "run.npz"), metrics=str(out / "m.json"),
+                                       protocol_options={"unmask": "mask-worker"}), echo=lambda *a: None)
+    return out, metrics
+
+
+def test_transcript_masked_tensors_are_uniform_and_uncorrelated(otp_run):
+    out, metrics = otp_run
+    meta, arrays = load_transcript(out / "run.npz")
+    assert {m["kind"] for m in meta} == {"masked", "public"}
+    masked = [m for m in meta if m["kind"] == "masked"]
+    assert all(m["modulus"] == P and m["operand"] == "A" for m in masked)
+    values = np.concatenate([arrays[m["key"]].ravel() for m in masked])
+    assert values.min() >= 0 and values.max() < P and np.all(values == np.floor(values))
+    assert _chi_square(values) > 1e-4
+    # the first layer's masked input against the plaintext training batch it hides
+    data = datasets.load("digits", seed=0)
+    batches = list(data.batches(batch_size=64, epoch=0, seed=0))
+    checked = 0
+    for m in masked:
+        if m["layer"] == "1" and m["op"] == "forward" and m["step"] < 6:
+            x = batches[m["step"]][0].reshape(64, -1).numpy().ravel()
+            r = stats.pearsonr(arrays[m["key"]].ravel(), x).statistic
+            assert abs(r) < 5 / math.sqrt(x.size)
+            assert _chi_square(arrays[m["key"]], bins=16) > 1e-5
+            checked += 1
+    assert checked == 6
+    # no two masked messages are equal, and every pad was fresh
+    summary = metrics["protocol_summary"]
+    assert summary["pads_drawn"] == len(masked) and summary["pads_all_distinct"]
+    assert len({arrays[m["key"]].tobytes() for m in masked}) == len(masked)
+
+
+def test_mask_worker_sees_only_pads_and_weights(otp_run):
+    out, _ = otp_run
+    meta, arrays = load_transcript(out / "run.mask.npz")
+    main_meta, main_arrays = load_transcript(out / "run.npz")
+    assert {m["kind"] for m in meta} == {"pad", "public"}
+    pads = [arrays[m["key"]] for m in meta if m["kind"] == "pad"]
+    assert len(pads) == sum(m["kind"] == "masked" for m in main_meta)
+    assert _chi_square(np.concatenate([p.ravel() for p in pads])) > 1e-4
+    masked = {main_arrays[m["key"]].tobytes() for m in main_meta if m["kind"] == "masked"}
+    assert not any(p.tobytes() in masked for p in pads)
+
+
+def test_metrics_split_enclave_time(tmp_path):
+    metrics = run_training(TrainConfig(protocol="otp", model="lenet", steps=2, device="cpu", progress=False,
+                                       metrics=str(tmp_path / "m.json")), echo=lambda *a: None)
+    split = json.loads((tmp_path / "m.json").read_text())["enclave_seconds_by_category"]
+    for category in ("masking", "unmask_factor", "both_private", "decode_verify", "encode"):
+        assert split[category] > 0, category
+    assert {"nonlinear", "other"} <= set(split)
+    assert metrics["integrity_soundness_bits"] >= 40
+    assert metrics["integrity_checks"] == metrics["protocol_summary"]["offloaded_ops"] > 0
+    assert metrics["protocol_summary"]["both_private_ops_in_enclave"] > 0
+
+
+@pytest.mark.parametrize("model,unmask", [("mlp", "enclave"), ("lenet", "mask-worker")])
+def test_cost_model_bytes_equal_the_ledger(model, unmask):
+    torch.manual_seed(0)
+    net = build(model, (1, 8, 8), 10)
+    ops = trace_ops(copy.deepcopy(net), (1, 8, 8), batch=16)
+    session = Session(protocol="otp", device="cpu", unmask=unmask)
+    cost = session.protocol.cost_model(ops, batch=16, input_numel=64, classes=10)
+    wrapped, opt = session.prepare(net, torch.optim.SGD(net.parameters(), lr=0.1))
+    loss = nn.functional.cross_entropy(wrapped(torch.randn(16, 1, 8, 8)), torch.randint(0, 10, (16,)))
+    loss.backward()
+    opt.step()
+    assert session.ledger.bytes_to_worker == cost.bytes_to_worker
+    assert session.ledger.bytes_from_worker == cost.bytes_from_worker
+    assert session.ledger.messages == cost.round_trips
+    session.close()
+
+
+def test_protocols_table_states_the_leak():
+    out = CliRunner().invoke(main, ["protocols"]).output
+    block = out[out.index("otp "):]
+    assert "sees every weight" in block and "gradients can leak the training data" in block
+
+
+# -- integrity: every adversary except crash, in every layer type, through the CLI --------------
+
+LAYERS = {"conv2d": "features.0", "linear": "classifier.1"}
+
+
+@pytest.mark.parametrize("layer_type", sorted(LAYERS))
+@pytest.mark.parametrize("adversary", ["tamper", "noise", "zeros", "replay"])
+def test_adversary_detected(adversary, layer_type, tmp_path):
+    _assert_detected(f"{adversary}:layer={LAYERS[layer_type]}", LAYERS[layer_type], "forward", tmp_path)
+
+
+@pytest.mark.parametrize("layer_type", sorted(LAYERS))
+def test_adversary_on_input_gradient_detected(layer_type, tmp_path):
+    layer = LAYERS[layer_type] if layer_type == "linear" else "features.3"  # features.0 has no input gradient
+    _assert_detected(f"tamper:layer={layer},op=grad_input", layer, "grad_input", tmp_path)
+
+
+def _assert_detected(spec, layer, op, tmp_path):
+    ckpt_path, keystore = tmp_path / "c.ckpt", tmp_path / "key"
+    result = CliRunner().invoke(main, [
+        "train", "--protocol", "otp", "--model", "lenet", "--steps", "3", "--device", "cpu", "--quiet",
+        "--adversary", spec, "--checkpoint", str(ckpt_path), "--checkpoint-every", "1",
+        "--keystore", str(keystore), "--metrics", str(tmp_path / "m.json")])
+    assert result.exit_code == 3, result.output
+    assert f"layer '{layer}'" in result.output and f"op '{op}'" in result.output and "step 1" in result.output
+    # the checkpoint is the one written after step 0 completed; nothing from the tampered step
+    assert ckpt.load(ckpt_path, keystore=KeyStore(keystore))["step"] == 1
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["status"] == "integrity_violation" and metrics["integrity_failures"] == 1
