@@ -45,6 +45,8 @@ class Preset:
             baselines plain and enclave plus every inference-only protocol, so their ratios
             have a denominator), ``"all"`` or ``"none"`` (inference-only protocols still are).
         lr: SGD learning rate of the bench's steps.
+        cell_budget_s: if set, a cell whose warm-up step shows it would take longer times fewer steps
+            (at least 2), so a slow protocol cannot blow the preset's time budget.
     """
 
     name: str
@@ -55,6 +57,7 @@ class Preset:
     inference: str = "needed"
     lr: float = 0.01
     description: str = ""
+    cell_budget_s: float | None = None  # cap a cell's timed steps at ~this many seconds (>= 2 steps)
 
 
 def _mlp(width: int, batches=(64,)) -> ModelSpec:
@@ -71,7 +74,7 @@ QUICK = Preset(
         ModelSpec("resnet18", "resnet18", {}, (8,)),
         ModelSpec("vit-tiny", "vit-tiny", {}, (8,)),
     ),
-    warmup=1, steps=4, eval_samples=256, inference="needed",
+    warmup=1, steps=4, eval_samples=256, inference="needed", cell_budget_s=12.0,
 )
 
 FULL = Preset(
