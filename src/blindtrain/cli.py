@@ -177,6 +177,17 @@ def protocols(as_json: bool) -> None:
         click.echo(f"  {info.summary}\n")
 
 
+def _command_line(ctx) -> list[str]:
+    """The bench's command line as given (options that differ from their defaults), for results.json."""
+    words = ["blindtrain", ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default or param.name == "quiet":
+            continue
+        words += [param.opts[0]] if value is True else [param.opts[0], str(value)]
+    return words
+
+
 @main.command()
 @click.option("--preset", default="quick", show_default=True, help="quick (2-core CPU, <10 min), full (GPU), tiny")
 @click.option("--models", help="comma-separated preset labels or model names, e.g. mlp-1024,lenet or mlp")
@@ -198,7 +209,7 @@ def bench(preset, models, protocols, batch_sizes, steps, device, out, profile, c
     try:
         run_bench(preset=preset, models=models, protocols=protocols, batch_sizes=batch_sizes, steps=steps,
                   device=device, out=out, seed=seed, profile=profile, cell_budget=cell_budget,
-                  progress=not quiet, command=["blindtrain", *sys.argv[1:]], echo=click.echo)
+                  progress=not quiet, command=_command_line(click.get_current_context()), echo=click.echo)
     except BlindtrainError as exc:
         _fail(exc)
 

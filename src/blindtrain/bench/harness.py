@@ -180,7 +180,7 @@ def run_cell(cell: dict, *, preset: Preset, dataset, ops, device: str, seed: int
         if not all(math.isfinite(v) for v in losses):
             out["notes"] = ["the loss became non-finite during the bench's steps"]
         out["test_accuracy"] = None
-        if mode == "train" and preset.eval_samples:
+        if mode == "train" and preset.eval_samples and spec.evaluate:
             n = preset.eval_samples
             out["test_accuracy"] = evaluate(model, dataset.x_test[:n], dataset.y_test[:n], batch_size=max(batch, 64))
             out["eval_samples"] = min(n, len(dataset.y_test))
@@ -198,7 +198,7 @@ def run_cell(cell: dict, *, preset: Preset, dataset, ops, device: str, seed: int
         out["ledger"] = metrics
         out["cost_model"] = _cost_model(session.protocol, ops, spec, dataset, batch, mode)
         out["checks"] = _checks(out, per_step)
-        out["projections"] = _projections(out, profiles, batch)
+        out["projections"] = _projections(out, profiles, batch, device)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - a failing cell is a result, not a crash of the bench
@@ -270,11 +270,17 @@ def _checks(cell: dict, per_step: list[dict]) -> dict:
     return result
 
 
-def _projections(cell: dict, profiles: dict, batch: int) -> dict:
+def _projections(cell: dict, profiles: dict, batch: int, worker_device: str) -> dict:
     cost = cell["cost_model"]
     if not cost.get("available"):
         return {}
-    out = {name: projection.project(cost, prof, enclave_peak_bytes=cell.get("enclave_peak_bytes") or 0, batch=batch)
+    # The measured peak is the trusted process's resident memory.  With an in-process CPU worker it
+    # includes the worker's tensors (for plain: the whole model), so it is no estimate of the enclave's
+    # footprint: the paging term is then reported but left out of the projected step time.
+    trusted_peak = cell.get("enclave_peak_bytes") or 0
+    include_paging = str(worker_device).startswith("cuda")
+    out = {name: projection.project(cost, prof, enclave_peak_bytes=trusted_peak, batch=batch,
+                                    include_paging=include_paging)
            for name, prof in profiles.items()}
     local = profiles.get("local")
     if local is not None:

@@ -104,8 +104,12 @@ def calibrate(worker_device: str = "cpu") -> DeviceProfile:
         link_gbps=link / 1e9, transition_cycles=0, page_cycles=0, epc_bytes=2**62, calibrated=True)
 
 
-def project(cost: dict, profile: DeviceProfile, *, enclave_peak_bytes: int = 0, batch: int = 1) -> dict:
-    """Projected seconds per step of a modelled step ``cost`` (a ``StepCost.as_dict()``) on ``profile``."""
+def project(cost: dict, profile: DeviceProfile, *, enclave_peak_bytes: int = 0, batch: int = 1,
+            include_paging: bool = True) -> dict:
+    """Projected seconds per step of a modelled step ``cost`` (a ``StepCost.as_dict()``) on ``profile``.
+
+    ``include_paging=False`` reports the paging term under ``terms_excluded`` instead of adding it
+    (when ``enclave_peak_bytes`` is not a trustworthy enclave footprint, e.g. an in-process CPU worker)."""
     terms = {
         "enclave_compute": cost["enclave_flops"] / (profile.enclave_gflops * 1e9)
         + cost["enclave_elementwise"] / (profile.enclave_gelems * 1e9),
@@ -114,8 +118,11 @@ def project(cost: dict, profile: DeviceProfile, *, enclave_peak_bytes: int = 0, 
         "transitions": cost["round_trips"] * 2 * profile.transition_cycles / profile.cpu_hz,
         "paging": max(enclave_peak_bytes - profile.epc_bytes, 0) / 4096 * 2 * profile.page_cycles / profile.cpu_hz,
     }
+    excluded = {}
+    if not include_paging:
+        excluded["paging"] = terms.pop("paging")
     total = sum(terms.values())
-    return {"profile": profile.name, "step_seconds": total, "steps_per_second": 1 / total if total > 0 else None,
+    return {"profile": profile.name, "step_seconds": total, "terms_excluded": excluded, "steps_per_second": 1 / total if total > 0 else None,
             "samples_per_second": batch / total if total > 0 else None, "terms": terms,
             "label": "projection from the cost model, not a measurement"}
 

@@ -129,8 +129,8 @@ def _explain(a: dict, b: dict, profile: str, worker_device: str) -> str:
     ra, rb = sa["median"] / ta, sb["median"] / tb
     sgx = ""
     if profile != "local":
-        sa_t = pa["terms"]["transitions"] + pa["terms"]["paging"]
-        sb_t = pb["terms"]["transitions"] + pb["terms"]["paging"]
+        sa_t = pa["terms"]["transitions"] + pa["terms"].get("paging", 0.0)
+        sb_t = pb["terms"]["transitions"] + pb["terms"].get("paging", 0.0)
         sgx = (f"; the projection adds modelled SGX transition/paging costs the emulation does not incur "
                f"({_ms(sa_t)} vs {_ms(sb_t)} ms)")
     return (f"the cost model leaves out costs that dominate here: measured/projected step time is "
@@ -192,6 +192,12 @@ def _caveats(results: dict) -> list[str]:
     if results["preset"]["eval_samples"]:
         notes.append("Test accuracy is measured after only the bench's few steps on synthetic data: a sanity check "
                      "that a protocol trains like `plain` (same seed, same batches), not a trained accuracy.")
+    notes.append("Enclave peak memory is the trusted process's resident-memory growth during the cell. With an "
+                 "in-process CPU worker it includes the worker's tensors (for `plain`, the whole model), and memory "
+                 "freed by an earlier cell may be reused; so on CPU runs the modelled EPC paging is shown as an upper "
+                 "bound and left out of projected step times." if cpu_only else
+                 "Enclave peak memory is the trusted process's resident-memory growth during the cell; the worker's "
+                 "tensors live in GPU memory and are not counted. The modelled EPC paging uses it.")
     notes.append("Bytes are the tensor payloads that cross the boundary (what the ledger counts), without message "
                  "framing or transport encryption.")
     notes.append("Cost models count the bilinear ops (and what each protocol adds around them); the non-bilinear "
@@ -236,6 +242,12 @@ def _theory_table(results: dict) -> str:
                      rng(speed, lambda v: f"{v:.3g}×") + ("" if mine else " (no cost model)")])
     return _table(["protocol", "trains", "private from the worker", "trust assumption", "workers", "integrity",
                    "modelled enclave work vs `enclave`", f"projected speed vs `enclave` ({profile})"], rows)
+
+
+def _paging(projected: dict) -> str:
+    if "paging" in projected.get("terms_excluded", {}):
+        return f"{_ms(projected['terms_excluded']['paging'])} (upper bound, not in the projection)"
+    return _ms(projected["terms"].get("paging"))
 
 
 def _model_section(results: dict, model: str, cells: list[dict], order: list[str]) -> list[str]:
@@ -284,7 +296,7 @@ def _model_section(results: dict, model: str, cells: list[dict], order: list[str
         for c in ok:
             cm = c["cost_model"]
             if not cm.get("available"):
-                rows.append([f"`{c['protocol']}`", cm.get("reason", "no cost model")] + ["-"] * 7)
+                rows.append([f"`{c['protocol']}`", cm.get("reason", "no cost model")] + ["-"] * 8)
                 continue
             track = c["projections"].get("enclave_tracking", {})
             loc, dev = c["projections"]["local"], c["projections"][profile]
@@ -294,12 +306,14 @@ def _model_section(results: dict, model: str, cells: list[dict], order: list[str
                          _x(track.get("measured_over_modelled")),
                          f"{loc['steps_per_second']:.3g}" if loc["steps_per_second"] else "-",
                          f"{dev['steps_per_second']:.3g}" if dev["steps_per_second"] else "-",
-                         f"{sgx['transitions_per_step']} / {_ms(sgx['transition_seconds_per_step'])} ms"])
+                         f"{sgx['transitions_per_step']} / {_ms(sgx['transition_seconds_per_step'])} ms",
+                         _paging(dev)])
         if rows:
             out += ["Cost model per step beside the measurement (projections are **projections**, not measurements):",
                     "", _table(["protocol", "enclave FLOPs", "enclave elementwise", "worker FLOPs", "round trips",
                                 "measured / modelled enclave time", "projected steps/s (local)",
-                                f"projected steps/s ({profile})", "SGX transitions / modelled cost per step"], rows), ""]
+                                f"projected steps/s ({profile})", "SGX transitions / modelled cost per step (this run)",
+                                f"modelled EPC paging ms/step ({profile})"], rows), ""]
         for c in group:
             if c["status"] != "ok":
                 out += [f"- **`{c['protocol']}` failed**: {c['reason']}"]
