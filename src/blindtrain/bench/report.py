@@ -118,7 +118,8 @@ def _explain(a: dict, b: dict, profile: str, worker_device: str) -> str:
     if profile != "local" and not worker_device.startswith("cuda"):
         return (f"measured on CPU, where the worker is this same CPU and no faster than the enclave; the "
                 f"{profile} projection assumes a {a['_profiles'][profile]['worker_tflops']:g} TFLOP/s GPU worker "
-                f"and SGX costs (projected {_ms(pa['step_seconds'])} vs {_ms(pb['step_seconds'])} ms/step)")
+                f"and SGX costs (projected {a['protocol']} {_ms(pa['step_seconds'])} ms/step, {b['protocol']} "
+                f"{_ms(pb['step_seconds'])} ms/step)")
     if sa["min"] <= sb["max"] and sb["min"] <= sa["max"]:
         return (f"within measurement noise: the step-time ranges overlap ({a['protocol']} "
                 f"{_ms(sa['min'])}–{_ms(sa['max'])} ms, {b['protocol']} {_ms(sb['min'])}–{_ms(sb['max'])} ms)")
@@ -170,6 +171,45 @@ def ordering_check(results: dict) -> list[dict]:
     return out
 
 
+def _ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    for rank, i in enumerate(order):
+        ranks[i] = float(rank)
+    return ranks
+
+
+def spearman(xs: list[float], ys: list[float]) -> float | None:
+    """Rank correlation (ties broken by order; enough for a tracking summary)."""
+    if len(xs) < 3:
+        return None
+    rx, ry = _ranks(xs), _ranks(ys)
+    n = len(xs)
+    mx, my = sum(rx) / n, sum(ry) / n
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    vx = sum((a - mx) ** 2 for a in rx) ** 0.5
+    vy = sum((b - my) ** 2 for b in ry) ** 0.5
+    return cov / (vx * vy) if vx and vy else None
+
+
+def tracking_summary(results: dict) -> list[dict]:
+    """Per protocol: measured enclave seconds against the cost model's enclave work at the local rates."""
+    out = []
+    for name in results["protocols_requested"]:
+        pts = [c["projections"]["enclave_tracking"] for c in results["cells"]
+               if c["protocol"] == name and c["status"] == "ok" and c.get("projections", {}).get("enclave_tracking")]
+        pts = [p for p in pts if p["modelled_local_seconds"] > 0 and p["measured_seconds"] is not None]
+        if not pts:
+            out.append({"protocol": name, "cells": 0})
+            continue
+        ratios = sorted(p["measured_over_modelled"] for p in pts)
+        out.append({"protocol": name, "cells": len(pts), "ratio_median": ratios[len(ratios) // 2],
+                    "ratio_min": ratios[0], "ratio_max": ratios[-1],
+                    "spearman": spearman([p["modelled_local_seconds"] for p in pts],
+                                         [p["measured_seconds"] for p in pts])})
+    return out
+
+
 # -- report ----------------------------------------------------------------------------------
 def _caveats(results: dict) -> list[str]:
     meta, infos = results["meta"], results["protocols"]
@@ -189,6 +229,10 @@ def _caveats(results: dict) -> list[str]:
     notes.append(f"Timings are medians of {results['preset']['steps']} timed steps after {results['preset']['warmup']} "
                  f"warm-up step(s) (fewer where a cell's step was too slow for the preset's budget: see "
                  f"`timed_steps` in results.json) on a possibly shared machine; compare ratios inside this run.")
+    cut = [f"{c['protocol']}/{c['model']}/b{c['batch']}/{c['mode']} ({c['timed_steps']})" for c in results["cells"]
+           if c["status"] == "ok" and c["timed_steps"] < c["requested_steps"]]
+    if cut:
+        notes.append(f"Cells whose timed steps were cut to fit the per-cell budget: {', '.join(cut)}.")
     if results["preset"]["eval_samples"]:
         notes.append("Test accuracy is measured after only the bench's few steps on synthetic data: a sanity check "
                      "that a protocol trains like `plain` (same seed, same batches), not a trained accuracy.")
@@ -245,7 +289,7 @@ def _theory_table(results: dict) -> str:
 
 
 def _paging(projected: dict) -> str:
-    if "paging" in projected.get("terms_excluded", {}):
+    if projected.get("terms_excluded", {}).get("paging"):
         return f"{_ms(projected['terms_excluded']['paging'])} (upper bound, not in the projection)"
     return _ms(projected["terms"].get("paging"))
 
@@ -371,6 +415,22 @@ def render(results: dict) -> str:
             if c["not_modelled"]:
                 lines.append(f"  - not ranked (no cost model): {', '.join(c['not_modelled'])}")
         lines.append("")
+    lines += ["## Does measured enclave time track modelled enclave work?", "",
+              "Measured enclave seconds per step against the cost model's enclave FLOPs and elementwise operations at "
+              "the calibrated local rates, over every cell of a protocol (see `enclave_tracking.png`). A ratio near 1 "
+              "means the cost model accounts for the enclave's time; a rank correlation near 1 means it orders the "
+              "cells correctly even where unmodelled work (non-bilinear layers, optimizer, Python overhead) adds a "
+              "constant.", ""]
+    rows = []
+    for t in results.get("tracking", []):
+        if not t["cells"]:
+            rows.append([f"`{t['protocol']}`", "0", "- (no modelled enclave work or no cost model)", "-"])
+            continue
+        rows.append([f"`{t['protocol']}`", str(t["cells"]),
+                     f"{t['ratio_median']:.3g} [{t['ratio_min']:.3g}–{t['ratio_max']:.3g}]",
+                     "-" if t["spearman"] is None else f"{t['spearman']:.2f}"])
+    lines += [_table(["protocol", "cells", "measured / modelled enclave time, median [min–max]",
+                      "rank correlation (Spearman)"], rows), ""]
     lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots.PLOTS] + [""]
     lines += ["## Privacy and integrity, per protocol", ""]
     for name, info in results["protocols"].items():
@@ -392,6 +452,7 @@ def write(results: dict, out_dir: str | os.PathLike, *, command: list[str] | Non
     out.mkdir(parents=True, exist_ok=True)
     results.setdefault("meta", metadata(results["worker_device"], command))
     results["ordering"] = ordering_check(results)
+    results["tracking"] = tracking_summary(results)
     written = {"plots": [str(p) for p in plots.write_all(results, out)]}
     (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1) + "\n")
     (out / "report.md").write_text(render(results))
