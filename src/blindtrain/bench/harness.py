@@ -176,6 +176,7 @@ def run_cell(cell: dict, *, preset: Preset, dataset, ops, device: str, seed: int
                 bar.update(1)
         out.update(_summarize(per_step, batch))
         out["warmup_steps"], out["timed_steps"], out["requested_steps"] = preset.warmup, steps, preset.steps
+        out["warmup_seconds"] = warm_times
         out["final_loss"] = losses[-1] if losses else None
         if not all(math.isfinite(v) for v in losses):
             out["notes"] = ["the loss became non-finite during the bench's steps"]

@@ -233,6 +233,14 @@ def _caveats(results: dict) -> list[str]:
            if c["status"] == "ok" and c["timed_steps"] < c["requested_steps"]]
     if cut:
         notes.append(f"Cells whose timed steps were cut to fit the per-cell budget: {', '.join(cut)}.")
+    slow_start = [f"{c['protocol']}/{c['model']}/b{c['batch']}/{c['mode']} ({max(c['warmup_seconds']):.3g} s vs "
+                  f"{c['step_seconds']['median']:.3g} s)" for c in results["cells"]
+                  if c["status"] == "ok" and c.get("warmup_seconds")
+                  and max(c["warmup_seconds"]) > 3 * c["step_seconds"]["median"] + 0.05]
+    if slow_start:
+        notes.append("Warm-up steps are excluded from the timings; these cells' first step took far longer than "
+                     "their median step (one-time setup such as precomputation, key generation or allocation): "
+                     f"{', '.join(slow_start)}.")
     if results["preset"]["eval_samples"]:
         notes.append("Test accuracy is measured after only the bench's few steps on synthetic data: a sanity check "
                      "that a protocol trains like `plain` (same seed, same batches), not a trained accuracy.")
