@@ -200,3 +200,15 @@ def test_failed_cell_does_not_stop_the_run(test_protocols):
     status = {c["protocol"]: c["status"] for c in results["cells"]}
     assert status == {"enclave": "ok", "bench-broken": "failed"}
     assert math.isfinite(results["cells"][0]["steps_per_second"]["median"])
+
+
+def test_outputs_written_even_when_every_cell_fails(tmp_path, test_protocols):
+    from blindtrain.bench import report
+
+    preset = presets.select(presets.TINY, models="mlp-16,vit-micro", steps=1)
+    results = harness.run(preset, ["bench-broken"], device="cpu", progress=False)
+    assert all(c["status"] == "failed" for c in results["cells"])
+    report.write(results, tmp_path, command=["blindtrain", "bench"])
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "report.md").is_file()
+    assert all((tmp_path / name).is_file() for name in plots.PLOTS)
+    assert "out of memory" in (tmp_path / "report.md").read_text()

@@ -80,7 +80,10 @@ def throughput(results: dict, path: Path) -> Path:
         for label, x in labelled.items():
             ax.annotate(label, (x, ymin), xytext=(0, 4), textcoords="offset points", rotation=90, fontsize=7,
                         ha="center", va="bottom", color="#555555")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no successful cells", transform=ax.transAxes, ha="center")
     fig.suptitle(f"measured on {results['meta']['device_label']}  (smallest batch per model)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -119,7 +122,8 @@ def breakdown(results: dict, path: Path) -> Path:
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    fig.legend(list(handles.values()), list(handles), loc="upper right", fontsize=8, ncol=len(handles))
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="upper right", fontsize=8, ncol=len(handles))
     fig.suptitle("enclave time per step by category (mean of the timed steps)", fontsize=10, x=0.3)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     fig.savefig(path, dpi=110)
@@ -187,7 +191,10 @@ def tracking(results: dict, path: Path) -> Path:
     ax.set_ylabel("measured enclave seconds / step (median)")
     ax.set_title("does measured enclave time track modelled enclave work?", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no cell with modelled enclave work", transform=ax.transAxes, ha="center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
