@@ -34,6 +34,7 @@ class DeviceProfile:
     enclave_gelems: float        # elementwise operations per second (1e9) on the enclave
     worker_tflops: float         # sustained FP32 TFLOP/s of one worker (GPU)
     link_gbps: float             # GB/s between enclave and worker (each way, after encryption/copies)
+    enclave_cores: int = 1       # cores the enclave's threads run on (the GFLOP/s figure is for all of them)
     transition_cycles: int = 13_000
     page_cycles: int = 40_000
     epc_bytes: int = 128 * 2**20
@@ -49,13 +50,13 @@ PROFILES = {
         "sgx1-desktop-rtx3090",
         "assumed: SGX1 desktop enclave (4 cores, ~100 GFLOP/s FP32, 128 MiB EPC) beside an RTX 3090 "
         "(~35 TFLOP/s FP32 peak, 50% sustained) over PCIe 3 (~10 GB/s)",
-        enclave_gflops=100.0, enclave_gelems=2.0, worker_tflops=17.5, link_gbps=10.0,
+        enclave_gflops=100.0, enclave_gelems=2.0, worker_tflops=17.5, link_gbps=10.0, enclave_cores=4,
         epc_bytes=128 * 2**20),
     "sgx2-xeon-a100": DeviceProfile(
         "sgx2-xeon-a100",
         "assumed: SGX2 Xeon enclave (16 cores, ~500 GFLOP/s FP32, 64 GiB EPC) beside an A100 "
         "(19.5 TFLOP/s FP32 peak, 70% sustained) over PCIe 4 (~20 GB/s)",
-        enclave_gflops=500.0, enclave_gelems=8.0, worker_tflops=13.6, link_gbps=20.0,
+        enclave_gflops=500.0, enclave_gelems=8.0, worker_tflops=13.6, link_gbps=20.0, enclave_cores=16,
         epc_bytes=64 * 2**30),
 }
 DEFAULT_PROFILE = "sgx1-desktop-rtx3090"
@@ -101,7 +102,8 @@ def calibrate(worker_device: str = "cpu") -> DeviceProfile:
         "local", f"calibrated on this machine at start-up (worker device {worker_device}); "
                  "no SGX transition or paging cost (the enclave is emulated)",
         enclave_gflops=enclave_flops / 1e9, enclave_gelems=elems / 1e9, worker_tflops=worker_flops / 1e12,
-        link_gbps=link / 1e9, transition_cycles=0, page_cycles=0, epc_bytes=2**62, calibrated=True)
+        link_gbps=link / 1e9, enclave_cores=torch.get_num_threads(), transition_cycles=0, page_cycles=0,
+        epc_bytes=2**62, calibrated=True)
 
 
 def project(cost: dict, profile: DeviceProfile, *, enclave_peak_bytes: int = 0, batch: int = 1,
@@ -122,7 +124,8 @@ def project(cost: dict, profile: DeviceProfile, *, enclave_peak_bytes: int = 0, 
     if not include_paging:
         excluded["paging"] = terms.pop("paging")
     total = sum(terms.values())
-    return {"profile": profile.name, "step_seconds": total, "terms_excluded": excluded, "steps_per_second": 1 / total if total > 0 else None,
+    return {"profile": profile.name, "step_seconds": total, "terms_excluded": excluded,
+            "steps_per_second": 1 / total if total > 0 else None,
             "samples_per_second": batch / total if total > 0 else None, "terms": terms,
             "label": "projection from the cost model, not a measurement"}
 

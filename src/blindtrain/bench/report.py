@@ -288,7 +288,12 @@ def _theory_table(results: dict) -> str:
                 offload.append(work / base_work)
             if c["projections"].get(profile) and base["projections"].get(profile):
                 speed.append(base["projections"][profile]["step_seconds"] / c["projections"][profile]["step_seconds"])
-        rng = lambda v, f: "-" if not v else (f(min(v)) if abs(max(v) - min(v)) < 1e-12 else f"{f(min(v))}–{f(max(v))}")  # noqa: E731
+
+        def rng(v, f):
+            if not v:
+                return "-"
+            return f(min(v)) if abs(max(v) - min(v)) < 1e-12 else f"{f(min(v))}–{f(max(v))}"
+
         rows.append([f"`{name}`", "yes" if info["trains"] else "inference only", info["private"], trust,
                      str(workers), info["integrity"], rng(offload, lambda v: f"{v:.3g}"),
                      rng(speed, lambda v: f"{v:.3g}×") + ("" if mine else " (no cost model)")])
@@ -306,10 +311,11 @@ def _model_section(results: dict, model: str, cells: list[dict], order: list[str
     profile = results["profile"]
     first = cells[0]
     params = next((c["params"] for c in cells if c.get("params")), None)
+    flops = next((c["modelled_training_flops"] for c in cells if c.get("modelled_training_flops")), None)
     out = [f"### {model}", "",
            f"`{first['model_name']}` {json.dumps(first['model_kwargs']) if first['model_kwargs'] else ''} on "
            f"`{first['dataset']}`, {_si(params)} parameters, "
-           f"{_si(next((c.get('modelled_training_flops') for c in cells if c.get('modelled_training_flops')), None), 'FLOP')}"
+           f"{_si(flops, 'FLOP')}"
            f" of bilinear ops per training step at the first batch size.", ""]
     keyed = sorted(cells, key=lambda c: (c["batch"], c["mode"] != "train", order.index(c["protocol"])))
     groups = {}
@@ -396,9 +402,11 @@ def render(results: dict) -> str:
              f"**projection** on the device profile `{profile}` ({prof['description']}).", "",
              _theory_table(results), "",
              "Device profiles used for projections (the `local` one is calibrated at start-up; the other is assumed):",
-             "", _table(["profile", "enclave GFLOP/s", "enclave Gelem/s", "worker TFLOP/s", "link GB/s",
+             "", _table(["profile", "enclave cores", "enclave GFLOP/s", "enclave Gelem/s", "worker TFLOP/s",
+                         "link GB/s",
                          "transition cycles", "EPC page cycles", "EPC"],
-                        [[p["name"], f"{p['enclave_gflops']:.3g}", f"{p['enclave_gelems']:.3g}",
+                        [[p["name"], str(p.get("enclave_cores", "-")), f"{p['enclave_gflops']:.3g}",
+                          f"{p['enclave_gelems']:.3g}",
                           f"{p['worker_tflops']:.3g}", f"{p['link_gbps']:.3g}", str(p["transition_cycles"]),
                           str(p["page_cycles"]), _bytes(p["epc_bytes"]) if p["epc_bytes"] < 2**60 else "unbounded"]
                          for p in (local, prof)]), "",
@@ -442,7 +450,8 @@ def render(results: dict) -> str:
     lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots.PLOTS] + [""]
     lines += ["## Privacy and integrity, per protocol", ""]
     for name, info in results["protocols"].items():
-        summary = next((c.get("protocol_summary") for c in cells if c["protocol"] == name and c["status"] == "ok"), None)
+        summary = next((c.get("protocol_summary") for c in cells
+                        if c["protocol"] == name and c["status"] == "ok"), None)
         lines.append(f"- `{name}` ({info['source']}): private: {info['private']}; leaks: {info['leaks']}; "
                      f"integrity: {info['integrity']}." + (f" Summary: `{json.dumps(summary, default=str)}`"
                                                            if summary else ""))
