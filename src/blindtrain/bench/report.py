@@ -22,6 +22,7 @@ from . import plots
 from .harness import ALL_CATEGORIES
 
 NOISE_TIE = 0.20  # projected step times within 20% count as a modelled tie
+TRACKS_RHO = 0.8  # rank correlation from which measured enclave time is said to track the model
 
 
 # -- metadata --------------------------------------------------------------------------------
@@ -440,13 +441,17 @@ def render(results: dict) -> str:
     rows = []
     for t in results.get("tracking", []):
         if not t["cells"]:
-            rows.append([f"`{t['protocol']}`", "0", "- (no modelled enclave work or no cost model)", "-"])
+            rows.append([f"`{t['protocol']}`", "0", "- (no modelled enclave work or no cost model)", "-", "-"])
             continue
+        rho = t["spearman"]
+        verdict = ("too few cells" if rho is None else "tracks" if rho >= TRACKS_RHO else
+                   "weak: uniform per-FLOP and per-element rates miss per-op efficiency (convolutions vs matmuls, "
+                   "CSPRNG and mod-p elementwise work) and fixed per-step overheads; CPU noise adds to it")
         rows.append([f"`{t['protocol']}`", str(t["cells"]),
                      f"{t['ratio_median']:.3g} [{t['ratio_min']:.3g}–{t['ratio_max']:.3g}]",
-                     "-" if t["spearman"] is None else f"{t['spearman']:.2f}"])
+                     "-" if rho is None else f"{rho:.2f}", verdict])
     lines += [_table(["protocol", "cells", "measured / modelled enclave time, median [min–max]",
-                      "rank correlation (Spearman)"], rows), ""]
+                      "rank correlation (Spearman)", "verdict"], rows), ""]
     lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots.PLOTS] + [""]
     lines += ["## Privacy and integrity, per protocol", ""]
     for name, info in results["protocols"].items():
