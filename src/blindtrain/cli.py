@@ -177,5 +177,42 @@ def protocols(as_json: bool) -> None:
         click.echo(f"  {info.summary}\n")
 
 
+def _command_line(ctx) -> list[str]:
+    """The bench's command line as given (options that differ from their defaults), for results.json."""
+    words = ["blindtrain", ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default or param.name == "quiet":
+            continue
+        words += [param.opts[0]] if value is True else [param.opts[0], str(value)]
+    return words
+
+
+@main.command()
+@click.option("--preset", default="quick", show_default=True, help="quick (2-core CPU, <10 min), full (GPU), tiny")
+@click.option("--models", help="comma-separated preset labels or model names, e.g. mlp-1024,lenet or mlp")
+@click.option("--protocols", help="comma-separated protocols (default: every registered one)")
+@click.option("--batch-sizes", help="comma-separated batch sizes (override the preset's)")
+@click.option("--steps", type=int, help="timed steps per cell (override the preset's)")
+@click.option("--device", default="auto", show_default=True, help="worker device: auto, cpu, cuda")
+@click.option("--out", default="bench-out", show_default=True, type=click.Path(file_okay=False),
+              help="output directory: results.json, report.md, PNG plots")
+@click.option("--profile", default="sgx1-desktop-rtx3090", show_default=True,
+              help="device profile of the cost-model projection: sgx1-desktop-rtx3090, sgx2-xeon-a100")
+@click.option("--cell-budget", type=float, help="seconds of timed steps per cell before steps are cut (min 2)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def bench(preset, models, protocols, batch_sizes, steps, device, out, profile, cell_budget, seed, quiet) -> None:
+    """Every protocol on models of growing size, the cost model beside the measurement, a report."""
+    from .bench.cli import run_bench
+
+    try:
+        run_bench(preset=preset, models=models, protocols=protocols, batch_sizes=batch_sizes, steps=steps,
+                  device=device, out=out, seed=seed, profile=profile, cell_budget=cell_budget,
+                  progress=not quiet, command=_command_line(click.get_current_context()), echo=click.echo)
+    except BlindtrainError as exc:
+        _fail(exc)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
