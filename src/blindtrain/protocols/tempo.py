@@ -1,0 +1,679 @@
+"""``tempo``: permutation obfuscation of weights and activations (Xu & Fang), DESIGN.md.
+
+Per weighted layer (W: m×n, Linear ``y = x Wᵀ``; Conv2d: channels play n and m) and
+key epoch, the enclave draws from its CSPRNG a permutation π_n and signs s ∈ {±1}^n of
+the inner dimension, a permutation π_m and power-of-two scales c of the output dimension.
+The worker holds ``W′ = (c · W · s)[π_m][:, π_n]`` (an out×in tensor, as nn.Linear / Conv2d
+store it).  Per step and layer a fresh batch key (π_b, c_b):
+
+* forward     ``X′ = (c_b X s)[π_b][:, π_n]``; ``X′W′ᵀ = (c_b Y c)[π_b][:, π_m]``; X′ stays on the worker.
+* grad_input  ``G₁ = (c′_b dY / c)[π′_b][:, π_m]``; ``G₁W′ = (c′_b dX s)[π′_b][:, π_n]``.
+* grad_weight ``G₂ = (dY c / c_b)[π_b][:, π_m]``; ``G₂ᵀX′ = (c dW s)[π_m][:, π_n]`` — the gradient
+  already in W′'s key: the worker keeps it, and ``optimizer.step()`` has it apply SGD
+  (momentum, dampening, Nesterov, weight decay) to W′ in place.  Nothing weight-sized crosses.
+
+Decoding is exact up to float rounding (permutations, signs and powers of two are exact).
+Keys rotate every ``rotate_every`` steps: the enclave fetches W′ (and the momentum buffer),
+verifies it, decodes it, re-encodes it under a fresh key and sends it back.
+
+t-integrity (Freivalds over floats): the enclave keeps secret check matrices ρ (m×k) and
+σ (n×k) and the projections ``q = Wᵀρ`` and ``v = Wσ`` in plaintext coordinates, kept
+current incrementally from the plaintext activations and gradients it has anyway
+(``Δq = −lr·xᵀ(dY ρ)`` ...), in O(b(n+m)k).  Every result R is checked as
+``|Rρ − X q| ≤ τ`` with τ a rigorous float32 error bound (γ_K = K·u/(1−K·u) times tracked
+upper bounds of ``|W||ρ|``, plus the worker's update-rounding drift).  A wrong update of W′ on
+the worker (or a tampered held tensor) fails the next check; a fetched W′ is checked too.
+Miss probability of an error e in an entry: ≤ (τ/|e|)^k (ρ uniform in [−1, 1], k vectors).
+
+Optimizers: ``torch.optim.SGD`` (any momentum / dampening / Nesterov / weight decay) runs on
+the worker ("resident" weights).  Any other optimizer (Adam, ...): enclave-side update —
+the worker returns the obfuscated weight gradient, the enclave decodes and checks it, the
+optimizer updates the plaintext weight, and the layer is re-encrypted each step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.grad import conv2d_input, conv2d_weight
+
+from ..boundary import Ref, Request, Sent, Tag
+from ..errors import IntegrityError, UsageError
+from .base import Protocol, ProtocolInfo, register
+
+U32 = 2.0 ** -24  # float32 unit roundoff
+
+
+def _gamma(k: int) -> float:
+    return k * U32 / (1 - k * U32)
+
+
+def _conv_kw(params: dict) -> dict:
+    return {k: params[k] for k in ("stride", "padding", "dilation") if k in params}
+
+
+def _log2_factorial(n: int) -> float:
+    return math.lgamma(n + 1) / math.log(2)
+
+
+class _Layer:
+    """Per-layer tempo state (kept in ``site.state['tempo']``)."""
+
+    def __init__(self, site, param, key_prefix):
+        self.site = site
+        self.param = param
+        self.h = key_prefix
+        self.conv = site.kind == "conv2d"
+        shape = tuple(site.weight_shape)
+        self.m, self.n = shape[0], shape[1]
+        self.kernel = shape[2:]
+        self.ksz = int(np.prod(self.kernel)) if self.kernel else 1
+        self.epoch = -1
+        self.epoch_start = 0
+        self.key = None
+        self.blocks = []
+        self.resident = True
+        self.encrypted_version = None
+        self.has_buf = False
+        self.pending = None       # projections of the weight gradient awaiting optimizer.step()
+        self.batch = None         # forward batch key of this step (pb, cb)
+        self.t = {}               # tracker tensors
+
+
+@register
+class Tempo(Protocol):
+    info = ProtocolInfo(
+        name="tempo",
+        source="Tempo (Xu & Fang)",
+        trains=True,
+        private="model weights (permuted, signed, power-of-two scaled; kept encrypted on the worker), "
+                "activations and gradients (obfuscated under fresh batch keys)",
+        integrity="t-integrity: Freivalds over floats against a float32 error bound, incremental check "
+                  "projections; miss probability <= (tol/|error|)^k per result",
+        leaks="obfuscation, not encryption: per tensor the multiset of values up to sign and power-of-two "
+              "scale, zero/sparsity patterns (ReLU), tensor shapes; the spatial layout of conv activations is "
+              "kept, so first-layer image inputs are visible up to channel permutation, sign and scale; the "
+              "weight key is fixed for a key epoch, so statistics across its steps can pin the inner "
+              "permutation; row-norm statistics reveal the output scales",
+        summary="bilinear ops offloaded on permuted/scaled operands; weights stay encrypted on the worker and "
+                "are updated there (SGD); re-encrypted only on key rotation or read-out",
+    )
+    options = {"fuse_activations": False, "rotate_every": 100, "workers": 1, "check_vectors": 2,
+               "scale_range": 4, "update": "auto"}
+
+    def __init__(self, runtime, **options):
+        super().__init__(runtime, **options)
+        s = self.settings
+        try:
+            s["rotate_every"] = int(s["rotate_every"] or 100)
+            s["workers"] = int(s["workers"] or 1)
+            s["check_vectors"] = int(s["check_vectors"])
+            s["scale_range"] = int(s["scale_range"])
+        except (TypeError, ValueError):
+            raise UsageError("tempo options rotate_every, workers, check_vectors, scale_range are integers") from None
+        if s["rotate_every"] < 1 or s["workers"] < 1 or s["check_vectors"] < 1 or not 0 <= s["scale_range"] <= 30:
+            raise UsageError("tempo: --rotate-every and --workers must be >= 1, check_vectors >= 1, "
+                             "scale_range in [0, 30]")
+        if s["update"] not in ("auto", "worker", "enclave"):
+            raise UsageError("tempo option update must be auto, worker or enclave")
+        s["fuse_activations"] = bool(s["fuse_activations"])
+        self.layers: dict[str, _Layer] = {}
+        self.optimizer = None
+        self.rotations = 0
+
+    # ------------------------------------------------------------------ keys ----
+    def _label(self, *parts):
+        return ("tempo", *parts, self.runtime.next_nonce())
+
+    def _perm(self, n, *label):
+        return torch.from_numpy(self.runtime.rng.permutation(n, label=self._label("perm", *label)))
+
+    def _pow2(self, n, *label):
+        e = self.settings["scale_range"]
+        if e == 0:
+            return torch.ones(n)
+        exps = self.runtime.rng.integers(-e, e, (n,), label=self._label("scale", *label))
+        return torch.from_numpy(np.ldexp(1.0, exps).astype(np.float32))
+
+    def _signs(self, n, *label):
+        return torch.from_numpy(self.runtime.rng.signs(n, label=self._label("signs", *label)))
+
+    def _uniform(self, shape, *label):
+        u = self.runtime.rng.uniform_float(shape, label=self._label("check", *label))
+        return torch.from_numpy(u * 2.0 - 1.0).float()
+
+    def _batch_key(self, b, layer):
+        pb = self._perm(b, "batch", layer)
+        cb = self._pow2(b, "batch", layer)
+        return pb, cb
+
+    # --------------------------------------------------------------- encoding ----
+    @staticmethod
+    def _enc(x, p0, p1, s0, s1):
+        """``(s0 ⊗ s1 · x)[p0][:, p1]`` for a 2-D or 4-D tensor (s0, s1 in *original* order)."""
+        out = x.index_select(0, p0).index_select(1, p1)
+        shape = (-1, 1) + (1,) * (x.dim() - 2)
+        out.mul_((s0[p0].view(-1, 1) * s1[p1].view(1, -1)).view(out.shape[0], out.shape[1], *([1] * (x.dim() - 2))))
+        return out
+
+    @staticmethod
+    def _dec(y, p0, p1, s0, s1):
+        """Inverse of :meth:`_enc` given the scales to *divide* by (x = dec(enc(x)))."""
+        i0, i1 = torch.argsort(p0), torch.argsort(p1)
+        out = y.index_select(0, i0).index_select(1, i1)
+        out.mul_((1.0 / (s0.view(-1, 1) * s1.view(1, -1))).view(out.shape[0], out.shape[1],
+                                                                     *([1] * (y.dim() - 2))))
+        return out
+
+    # ------------------------------------------------------------------ wrap ----
+    def wrap(self, model, optimizer):
+        model, optimizer = super().wrap(model, optimizer)
+        mode = self.settings["update"]
+        resident_ok = optimizer is None or (type(optimizer) is torch.optim.SGD
+                                            and not any(g.get("maximize") for g in optimizer.param_groups))
+        if mode == "worker" and not resident_ok:
+            raise UsageError("tempo: worker-side updates support torch.optim.SGD only; use update=enclave or auto")
+        for site in self.sites:
+            if site.kind == "matmul":
+                continue
+            layer = _Layer(site, site.module.weight, f"tempo/{site.name}")
+            layer.resident = resident_ok and mode != "enclave"
+            site.state["tempo"] = layer
+            self.layers[site.name] = layer
+        self.optimizer = optimizer
+        if optimizer is not None:
+            optimizer.register_step_post_hook(self._after_optimizer_step)
+        if self.settings["fuse_activations"]:
+            from .tempo_fuse import install_fused
+
+            self.fused = install_fused(model, self)
+        return model, optimizer
+
+    def _group_of(self, param):
+        for group in self.optimizer.param_groups:
+            if any(p is param for p in group["params"]):
+                return group
+        return None
+
+    # ------------------------------------------------------- weight epochs ------
+    def _call(self, request, index=0):
+        return self.runtime.call(request, index=index)
+
+    def _blocks(self, m):
+        n = min(self.settings["workers"], m)
+        edges = [round(i * m / n) for i in range(n + 1)]
+        return [(edges[i], edges[i + 1]) for i in range(n)]
+
+    def _ensure(self, layer: _Layer, weight, training: bool):
+        """Encrypt the layer's weights if needed (first use, rotation, or a changed enclave copy)."""
+        param = layer.param
+        if layer.key is None or (param.numel() > 0 and param._version != layer.encrypted_version):
+            self._encrypt(layer, param.detach(), self._plain_buffer(layer), fetch_old=False)
+        elif training and layer.resident and self.runtime.step - layer.epoch_start >= self.settings["rotate_every"]:
+            w, buf = self._fetch(layer)
+            self._encrypt(layer, w, buf, fetch_old=True)
+        elif layer.resident and param.numel() > 0:
+            self._release(layer)  # a read-out (checkpoint) left a copy in the enclave: drop it
+
+    def _release(self, layer):
+        """The enclave no longer needs the plaintext weights: they live (encrypted) on the worker."""
+        layer.param.data = torch.empty(0, dtype=layer.param.dtype)
+        state = self.optimizer.state.get(layer.param) if self.optimizer is not None else None
+        if state:
+            state.pop("momentum_buffer", None)
+        layer.encrypted_version = layer.param._version
+
+    def _plain_buffer(self, layer):
+        if self.optimizer is None or not layer.resident:
+            return None
+        state = self.optimizer.state.get(layer.param, {})
+        buf = state.get("momentum_buffer")
+        return None if buf is None or buf.numel() == 0 else buf.detach()
+
+    def _encrypt(self, layer: _Layer, w, buf, *, fetch_old: bool):
+        """New key epoch for ``layer``: draw keys, send W′ (and the momentum buffer) to the workers."""
+        rt = self.runtime
+        site = layer.site
+        with rt.ledger.timed("encode"):
+            layer.epoch += 1
+            layer.epoch_start = rt.step
+            name = site.name
+            key = {"pn": self._perm(layer.n, "pn", name, layer.epoch), "pm": self._perm(layer.m, "pm", name, layer.epoch),
+                   "s": self._signs(layer.n, "s", name, layer.epoch), "c": self._pow2(layer.m, "c", name, layer.epoch)}
+            layer.key = key
+            layer.blocks = self._blocks(layer.m)
+            w = w.float()
+            enc_w = self._enc(w, key["pm"], key["pn"], key["c"], key["s"])
+            enc_b = None if buf is None else self._enc(buf.float(), key["pm"], key["pn"], key["c"], key["s"])
+            self._reset_tracker(layer, w, buf)
+        for k, (lo, hi) in enumerate(layer.blocks):
+            args = {"W": Sent(enc_w[lo:hi].contiguous(), "obfuscated")}
+            keep = {"W": f"{layer.h}/w"}
+            if enc_b is not None:
+                args["M"] = Sent(enc_b[lo:hi].contiguous(), "obfuscated")
+                keep["M"] = f"{layer.h}/buf"
+            self._call(Request("store", args, Tag(rt.step, name, "encrypt"), keep=keep, return_result=False), k)
+            if enc_b is None:
+                self._call(Request("free", {}, Tag(rt.step, name, "encrypt"),
+                                   params={"handles": [f"{layer.h}/buf"]}, return_result=False), k)
+        layer.has_buf = enc_b is not None
+        rt.ledger.weight_encryptions += 1
+        if fetch_old:
+            self.rotations += 1
+        layer.encrypted_version = layer.param._version
+        if layer.resident and layer.param.numel() > 0:
+            self._release(layer)
+        del enc_w, enc_b
+
+    def _fetch(self, layer: _Layer):
+        """Fetch W′ (and buffer) from the workers, decode, and check them against the projections."""
+        rt = self.runtime
+        parts_w, parts_b = [], []
+        for k, (lo, hi) in enumerate(layer.blocks):
+            parts_w.append(self._call(Request("fetch", {"X": Ref(f"{layer.h}/w")}, Tag(rt.step, layer.site.name, "fetch")),
+                                      k).result)
+            if layer.has_buf:
+                parts_b.append(self._call(Request("fetch", {"X": Ref(f"{layer.h}/buf")},
+                                                  Tag(rt.step, layer.site.name, "fetch")), k).result)
+        key = layer.key
+        with rt.ledger.timed("decode_verify"):
+            w = self._dec(torch.cat(parts_w), key["pm"], key["pn"], key["c"], key["s"])
+            buf = self._dec(torch.cat(parts_b), key["pm"], key["pn"], key["c"], key["s"]) if layer.has_buf else None
+            self._verify_held(layer, w, "w", "fetch")
+            if buf is not None:
+                self._verify_held(layer, buf, "b", "fetch")
+        return w, buf
+
+    def materialize(self) -> None:
+        """Bring the current plaintext weights (and momentum buffers) back into the enclave model."""
+        for layer in self.layers.values():
+            if layer.key is None or not layer.resident or layer.param.numel() > 0:
+                continue  # never encrypted, enclave-updated, or already in the enclave
+            w, buf = self._fetch(layer)
+            with torch.no_grad():
+                layer.param.data = w.reshape(layer.site.weight_shape).to(layer.param.dtype)
+            if buf is not None and self.optimizer is not None:
+                self.optimizer.state[layer.param]["momentum_buffer"] = buf.reshape(layer.site.weight_shape)
+            layer.encrypted_version = layer.param._version
+
+    # ------------------------------------------------------------ tracker -------
+    def _proj_q(self, layer, w, rho):
+        """``Wᵀρ`` (linear: n×k) / ``Σ_m ρ[m,j] W[m]`` (conv: k×n×kh×kw)."""
+        if layer.conv:
+            return torch.einsum("mnhw,mk->knhw", w, rho)
+        return w.t() @ rho
+
+    def _proj_v(self, layer, w, sigma):
+        if layer.conv:
+            return torch.einsum("mnhw,nk->mkhw", w, sigma)
+        return w @ sigma
+
+    def _reset_tracker(self, layer, w, buf):
+        k = self.settings["check_vectors"]
+        name = layer.site.name
+        t = layer.t
+        if "rho" not in t:
+            t["rho"] = self._uniform((layer.m, k), "rho", name)
+            t["sigma"] = self._uniform((layer.n, k), "sigma", name)
+            t["arho"], t["asigma"] = t["rho"].abs(), t["sigma"].abs()
+        w = w.float()
+        aw = w.abs()
+        for d, proj in (("q", self._proj_q), ("v", self._proj_v)):
+            vec = t["rho"] if d == "q" else t["sigma"]
+            avec = t["arho"] if d == "q" else t["asigma"]
+            t[d + "w"] = proj(layer, w.double(), vec.double())
+            t[d + "wa"] = proj(layer, aw, avec).double()
+            t[d + "we"] = t[d + "wa"] * (2 * _gamma(layer.m if d == "q" else layer.n * layer.ksz))
+            if buf is not None:
+                bf = buf.float()
+                t[d + "b"] = proj(layer, bf.double(), vec.double())
+                t[d + "ba"] = proj(layer, bf.abs(), avec).double()
+                t[d + "be"] = t[d + "ba"] * (2 * _gamma(layer.m))
+            else:
+                for s in ("b", "ba", "be"):
+                    t.pop(d + s, None)
+        self._refresh_check_mats(layer)
+
+    def _refresh_check_mats(self, layer):
+        """float32 copies of the projections and the error bounds used by the checks this step."""
+        t = layer.t
+        K = layer.n * layer.ksz
+        t["q32"] = t["qw"].float()
+        t["qtol"] = (t["qwa"] * (2 * _gamma(K) + 2 * U32) + t["qwe"]).float()
+        Kv = layer.m * layer.ksz
+        t["v32"] = t["vw"].float()
+        t["vtol"] = (t["vwa"] * (2 * _gamma(Kv) + 2 * U32) + t["vwe"]).float()
+
+    def _verify_held(self, layer, w, which, op):
+        t = layer.t
+        w = w.reshape(layer.site.weight_shape).float()
+        for d, proj, vec in (("q", self._proj_q, t["rho"]), ("v", self._proj_v, t["sigma"])):
+            got = proj(layer, w.double(), vec.double())
+            want, bound = t[d + which], t[d + which + "a"]
+            tol = 2 * (t[d + which + "e"] + bound * (4 * _gamma(layer.m + layer.n) + 1e-12)) + 1e-30
+            ok = bool(((got - want).abs() <= tol).all())
+            self.runtime.ledger.record_check(passed=ok)
+            if not ok:
+                raise IntegrityError(layer=layer.site.name, op=op, step=self.runtime.step,
+                                     detail=f"worker-held {'weights' if which == 'w' else 'momentum'} do not match "
+                                            f"the tracked check projections")
+
+    def _fail_if(self, ok, layer_name, op, detail):
+        self.runtime.ledger.record_check(passed=ok)
+        if not ok:
+            raise IntegrityError(layer=layer_name, op=op, step=self.runtime.step, detail=detail)
+
+    # ---------------------------------------------------------- layer hooks -----
+    def forward(self, site, x, weight):
+        layer = site.state["tempo"]
+        rt = self.runtime
+        training = site.module.training  # (autograd.Function.forward runs with grad mode off)
+        self._ensure(layer, weight, training)
+        key = layer.key
+        b = x.shape[0]
+        with rt.ledger.timed("encode"):
+            pb, cb = self._batch_key(b, site.name)
+            xe = self._enc(x.detach().float(), pb, key["pn"], cb, key["s"])
+        layer.batch = (pb, cb) if training else None
+        parts = []
+        for k, (lo, hi) in enumerate(layer.blocks):
+            if layer.conv:
+                req = Request("bilinear", {"A": Sent(xe, "obfuscated"), "B": Ref(f"{layer.h}/w")},
+                              Tag(rt.step, site.name, "forward"), params={"fn": "conv2d", **site.conv_params})
+            else:
+                req = Request("matmul_nt", {"A": Sent(xe, "obfuscated"), "B": Ref(f"{layer.h}/w")},
+                              Tag(rt.step, site.name, "forward"))
+            if training:
+                req.keep = {"A": f"{layer.h}/x"}
+            parts.append(self._call(req, k).result)
+        with rt.ledger.timed("decode_verify"):
+            ye = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+            y = self._dec(ye, pb, key["pm"], cb, key["c"])
+            self._check_forward(layer, x.detach().float(), y)
+        return y.to(x.dtype)
+
+    def _check_forward(self, layer, x, y):
+        t = layer.t
+        if layer.conv:
+            kw = _conv_kw(layer.site.conv_params)
+            lhs = torch.einsum("bmhw,mk->bkhw", y, t["rho"])
+            rhs = F.conv2d(x, t["q32"], **kw)
+            tol = F.conv2d(x.abs(), t["qtol"], **kw) + _gamma(layer.m) * torch.einsum("bmhw,mk->bkhw", y.abs(), t["arho"])
+        else:
+            lhs = y @ t["rho"]
+            ax = x.abs()
+            rhs = x @ t["q32"]
+            tol = ax @ t["qtol"] + _gamma(layer.m) * (y.abs() @ t["arho"])
+        ok = bool(((lhs - rhs).abs() <= 2 * tol + 1e-30).all())
+        self._fail_if(ok, layer.site.name, "forward", "forward result fails the Freivalds check")
+
+    def grad_input(self, site, grad_y, weight, input_shape):
+        layer = site.state["tempo"]
+        rt = self.runtime
+        key = layer.key
+        b = grad_y.shape[0]
+        with rt.ledger.timed("encode"):
+            pb, cb = self._batch_key(b, site.name)
+            ge = self._enc(grad_y.float(), pb, key["pm"], cb, 1.0 / key["c"])
+        parts = []
+        for k, (lo, hi) in enumerate(layer.blocks):
+            g = ge if len(layer.blocks) == 1 else ge[:, lo:hi].contiguous()
+            if layer.conv:
+                req = Request("bilinear", {"A": Sent(g, "obfuscated"), "B": Ref(f"{layer.h}/w")},
+                              Tag(rt.step, site.name, "grad_input"),
+                              params={"fn": "conv2d_input", **site.conv_params, "input_size": tuple(input_shape)})
+            else:
+                req = Request("bilinear", {"A": Sent(g, "obfuscated"), "B": Ref(f"{layer.h}/w")},
+                              Tag(rt.step, site.name, "grad_input"), params={"fn": "matmul"})
+            parts.append(self._call(req, k).result)
+        with rt.ledger.timed("decode_verify"):
+            re = parts[0]
+            for p in parts[1:]:
+                re = re + p
+            dx = self._dec(re, pb, key["pn"], cb, key["s"])
+            self._check_grad_input(layer, grad_y.float(), dx)
+        return dx.to(grad_y.dtype)
+
+    def _check_grad_input(self, layer, gy, dx):
+        t = layer.t
+        if layer.conv:
+            kw = _conv_kw(layer.site.conv_params)
+            lhs = torch.einsum("bnhw,nk->bkhw", dx, t["sigma"])
+            size = (dx.shape[0], t["sigma"].shape[1], *dx.shape[2:])
+            rhs = conv2d_input(size, t["v32"], gy, **kw)
+            tol = conv2d_input(size, t["vtol"], gy.abs(), **kw) + \
+                _gamma(layer.n) * torch.einsum("bnhw,nk->bkhw", dx.abs(), t["asigma"])
+        else:
+            lhs = dx @ t["sigma"]
+            rhs = gy @ t["v32"]
+            tol = gy.abs() @ t["vtol"] + _gamma(layer.n) * (dx.abs() @ t["asigma"])
+        ok = bool(((lhs - rhs).abs() <= 2 * tol + 1e-30).all())
+        self._fail_if(ok, layer.site.name, "grad_input", "input gradient fails the Freivalds check")
+
+    def _grad_projections(self, layer, x, gy):
+        """Projections of the weight gradient dW on ρ and σ (and their abs bounds), from plaintext x, dY."""
+        t = layer.t
+        if layer.conv:
+            kw = _conv_kw(layer.site.conv_params)
+            k = t["rho"].shape[1]
+            gr = torch.einsum("bmhw,mk->bkhw", gy, t["rho"])
+            agr = torch.einsum("bmhw,mk->bkhw", gy.abs(), t["arho"])
+            ax = x.abs()
+            q = conv2d_weight(x, (k, layer.n, *layer.kernel), gr, **kw)
+            qa = conv2d_weight(ax, (k, layer.n, *layer.kernel), agr, **kw)
+            xs = torch.einsum("bnhw,nk->bkhw", x, t["sigma"])
+            axs = torch.einsum("bnhw,nk->bkhw", ax, t["asigma"])
+            v = conv2d_weight(xs, (layer.m, k, *layer.kernel), gy, **kw)
+            va = conv2d_weight(axs, (layer.m, k, *layer.kernel), gy.abs(), **kw)
+            rows = gy.shape[0] * gy.shape[2] * gy.shape[3]
+        else:
+            ax, agy = x.abs(), gy.abs()
+            q = x.t() @ (gy @ t["rho"])
+            qa = ax.t() @ (agy @ t["arho"])
+            v = gy.t() @ (x @ t["sigma"])
+            va = agy.t() @ (ax @ t["asigma"])
+            rows = x.shape[0]
+        err = 3 * _gamma(rows) + _gamma(max(layer.m, layer.n)) + 4 * U32
+        return {"q": q.double(), "qa": qa.double(), "qe": qa.double() * err,
+                "v": v.double(), "va": va.double(), "ve": va.double() * err}
+
+    def _grad_weight_request(self, layer, ge, lo, hi, *, keep):
+        site = layer.site
+        g = ge if len(layer.blocks) == 1 else ge[:, lo:hi].contiguous()
+        extra = {"keep_result": f"{layer.h}/g", "return_result": False} if keep else {}
+        tag = Tag(self.runtime.step, site.name, "grad_weight")
+        if layer.conv:
+            return Request("bilinear", {"A": Ref(f"{layer.h}/x"), "B": Sent(g, "obfuscated")}, tag,
+                           params={"fn": "conv2d_weight", **site.conv_params,
+                                   "weight_size": (hi - lo, layer.n, *layer.kernel)}, **extra)
+        return Request("bilinear", {"A": Sent(g, "obfuscated"), "B": Ref(f"{layer.h}/x")}, tag,
+                       params={"fn": "matmul_tn"}, **extra)
+
+    def grad_weight(self, site, x, grad_y, weight_shape):
+        layer = site.state["tempo"]
+        rt = self.runtime
+        key = layer.key
+        pb, cb = layer.batch
+        with rt.ledger.timed("encode"):
+            ge = self._enc(grad_y.float(), pb, key["pm"], 1.0 / cb, key["c"])
+        if layer.resident:
+            for k, (lo, hi) in enumerate(layer.blocks):
+                self._call(self._grad_weight_request(layer, ge, lo, hi, keep=True), k)
+            with rt.ledger.timed("decode_verify"):
+                layer.pending = self._grad_projections(layer, x.detach().float(), grad_y.float())
+            return None
+        # enclave-side update: the obfuscated gradient comes back, is decoded and checked
+        parts = []
+        for k, (lo, hi) in enumerate(layer.blocks):
+            parts.append(self._call(self._grad_weight_request(layer, ge, lo, hi, keep=False), k).result)
+        with rt.ledger.timed("decode_verify"):
+            dw = self._dec(torch.cat(parts), key["pm"], key["pn"], key["c"], key["s"])
+            proj = self._grad_projections(layer, x.detach().float(), grad_y.float())
+            t = layer.t
+            got = self._proj_q(layer, dw.double(), t["rho"].double())
+            tol = 2 * (proj["qe"] + proj["qa"] * 2 * _gamma(layer.m)) + 1e-30
+            self._fail_if(bool(((got - proj["q"]).abs() <= tol).all()), site.name, "grad_weight",
+                          "weight gradient fails the Freivalds check")
+        return dw.to(x.dtype)
+
+    # ----------------------------------------------------- the optimizer step -----
+    def _after_optimizer_step(self, optimizer, args, kwargs):
+        """Apply SGD to the worker-held weights (in their key) and advance the check projections."""
+        rt = self.runtime
+        for layer in self.layers.values():
+            P = layer.pending
+            if P is None:
+                continue
+            layer.pending = None
+            group = self._group_of(layer.param)
+            if group is None:
+                self._drop_grad(layer)
+                continue
+            lr, mu = float(group["lr"]), float(group.get("momentum", 0.0))
+            damp, wd = float(group.get("dampening", 0.0)), float(group.get("weight_decay", 0.0))
+            nesterov = bool(group.get("nesterov", False))
+            params = {"target": f"{layer.h}/w", "grad": f"{layer.h}/g", "buffer": f"{layer.h}/buf", "lr": lr,
+                      "momentum": mu, "dampening": damp, "weight_decay": wd, "nesterov": nesterov}
+            for k in range(len(layer.blocks)):
+                self._call(Request("sgd_step", {}, Tag(rt.step, layer.site.name, "update"), params=params,
+                                   return_result=False), k)
+            with rt.ledger.timed("decode_verify"):
+                self._advance(layer, P, lr, mu, damp, wd, nesterov)
+
+    def _drop_grad(self, layer):
+        for k in range(len(layer.blocks)):
+            self._call(Request("free", {}, Tag(self.runtime.step, layer.site.name, "update"),
+                               params={"handles": [f"{layer.h}/g"]}, return_result=False), k)
+
+    def _advance(self, layer, P, lr, mu, damp, wd, nesterov):
+        """The SGD recurrences on the projections (exact, float64), their abs bounds and rounding drift."""
+        t, u = layer.t, U32
+        for d in ("q", "v"):
+            g, ga, ge = P[d], P[d + "a"], P[d + "e"]
+            w, wa, we = t[d + "w"], t[d + "wa"], t[d + "we"]
+            if wd != 0:
+                dd, da = g + wd * w, ga + abs(wd) * wa
+                de = ge + abs(wd) * we + 2 * u * da
+            else:
+                dd, da, de = g, ga, ge
+            if mu != 0:
+                if layer.has_buf:
+                    b = mu * t[d + "b"] + (1 - damp) * dd
+                    ba = abs(mu) * t[d + "ba"] + abs(1 - damp) * da
+                    be = abs(mu) * t[d + "be"] + abs(1 - damp) * de + 3 * u * ba
+                else:
+                    b, ba, be = dd.clone(), da.clone(), de.clone()
+                t[d + "b"], t[d + "ba"], t[d + "be"] = b, ba, be
+                if nesterov:
+                    st, sa = dd + mu * b, da + abs(mu) * ba
+                    se = de + abs(mu) * be + 2 * u * sa
+                else:
+                    st, sa, se = b, ba, be
+            else:
+                st, sa, se = dd, da, de
+            t[d + "w"] = w - lr * st
+            t[d + "wa"] = wa + abs(lr) * sa
+            t[d + "we"] = we + abs(lr) * se + 3 * u * (t[d + "wa"] + abs(lr) * sa)
+        if mu != 0:
+            layer.has_buf = True
+        self._refresh_check_mats(layer)
+
+    # ------------------------------------------------- both-private products ------
+    def _bmm(self, site, op, a, b):
+        """``a @ b`` (…×p×q, …×q×r), both operands obfuscated under fresh keys, checked."""
+        rt = self.runtime
+        lead = a.shape[:-2]
+        p, q = a.shape[-2:]
+        r = b.shape[-1]
+        a3 = a.detach().float().reshape(-1, p, q)
+        b3 = b.detach().float().reshape(-1, q, r)
+        L = a3.shape[0]
+        with rt.ledger.timed("encode"):
+            pl, pp, pq, pr = (self._perm(L, "L", site.name), self._perm(p, "p", site.name),
+                              self._perm(q, "q", site.name), self._perm(r, "r", site.name))
+            sq = self._signs(q, "sq", site.name)
+            ca, cr = self._pow2(p, "ca", site.name), self._pow2(r, "cr", site.name)
+            ae = a3.index_select(0, pl).index_select(1, pp).index_select(2, pq)
+            ae.mul_(ca[pp].view(1, -1, 1) * sq[pq].view(1, 1, -1))
+            be = b3.index_select(0, pl).index_select(1, pq).index_select(2, pr)
+            be.mul_(sq[pq].view(1, -1, 1) * cr[pr].view(1, 1, -1))
+        blocks = self._blocks(p)
+        parts = []
+        for k, (lo, hi) in enumerate(blocks):
+            part = ae if len(blocks) == 1 else ae[:, lo:hi].contiguous()
+            req = Request("bilinear", {"A": Sent(part, "obfuscated"), "B": Sent(be, "obfuscated")},
+                          Tag(rt.step, site.name, op), params={"fn": "bmm"})
+            parts.append(self._call(req, k).result)
+        with rt.ledger.timed("decode_verify"):
+            ye = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+            y = ye.index_select(0, torch.argsort(pl)).index_select(1, torch.argsort(pp)).index_select(
+                2, torch.argsort(pr))
+            y.mul_((1.0 / ca).view(1, -1, 1) * (1.0 / cr).view(1, 1, -1))
+            k = self.settings["check_vectors"]
+            rho = self._uniform((r, k), "bmm-rho", site.name)
+            lhs = y @ rho
+            rhs = a3 @ (b3 @ rho)
+            tol = 2 * _gamma(q) * (a3.abs() @ (b3.abs() @ rho.abs())) + _gamma(r) * (y.abs() @ rho.abs()) \
+                + _gamma(q + r) * (a3.abs() @ (b3 @ rho).abs())
+            ok = bool(((lhs - rhs).abs() <= 2 * tol + 1e-30).all())
+            self._fail_if(ok, site.name, op, "attention product fails the Freivalds check")
+        return y.reshape(*lead, p, r).to(a.dtype)
+
+    def matmul(self, site, a, b):
+        return self._bmm(site, "forward", a, b)
+
+    def matmul_grads(self, site, a, b, grad_y, needs):
+        grad_a = grad_b = None
+        if needs[0]:
+            grad_a = self._bmm(site, "grad_input", grad_y, b.transpose(-2, -1))
+        if needs[1]:
+            grad_b = self._bmm(site, "grad_weight", a.transpose(-2, -1), grad_y)
+        return grad_a, grad_b
+
+    # -------------------------------------------------------------- reporting ------
+    def privacy(self) -> dict:
+        """Per-layer key entropy and what the worker's view fixes of it (bits)."""
+        e = self.settings["scale_range"]
+        scale_bits = math.log2(2 * e + 1)
+        out = {}
+        for name, layer in self.layers.items():
+            perm = _log2_factorial(layer.n) + _log2_factorial(layer.m)
+            signs = float(layer.n)
+            scales = layer.m * scale_bits
+            out[name] = {
+                "key_entropy_bits": perm + signs + scales,
+                "permutation_bits": perm, "sign_bits": signs, "scale_bits": scales,
+                "fixed_by_view_bits": scales,
+                "effective_bits": perm + signs,
+                "fixed_by_view": "output scales (row-norm ratios of W′ against the known init distribution); "
+                                 "the multiset of |W| per row up to its scale; shapes",
+                "batch_key_bits_per_step": None,
+            }
+        return out
+
+    def detection(self, ratio: float = 2.0 ** 10) -> dict:
+        k = self.settings["check_vectors"]
+        return {"check_vectors": k,
+                "miss_probability_bound": "(tolerance/|error|)^k per checked result",
+                f"miss_probability_at_error_{int(ratio)}x_tolerance": ratio ** -k,
+                "soundness_bits_at_that_error": k * math.log2(ratio)}
+
+    def summary(self) -> dict:
+        layers = {}
+        for name, layer in self.layers.items():
+            k = self.settings["check_vectors"]
+            words = 2 * (layer.n + layer.m) * k * layer.ksz * 8 * 3 * (2 if layer.has_buf else 1) \
+                + (layer.m + layer.n) * k * 4 * 2
+            keys = (layer.n + layer.m) * 8 + layer.n * 4 + layer.m * 4
+            layers[name] = {"epoch": layer.epoch, "resident_on_worker": layer.resident,
+                            "enclave_state_bytes": words + keys, "weight_bytes": layer.m * layer.n * layer.ksz * 4}
+        self.runtime.ledger.integrity_soundness_bits = self.detection()["soundness_bits_at_that_error"]
+        return {"options": dict(self.settings),
+                "rotate_every": self.settings["rotate_every"], "rotations": self.rotations,
+                "fused_activations": self.settings["fuse_activations"],
+                "optimizer_update": "worker (SGD on W′ in place)" if any(l.resident for l in self.layers.values())
+                else "enclave (decode gradient, re-encrypt each step)",
+                "integrity": self.detection(), "privacy": self.privacy(), "layers": layers}
