@@ -123,6 +123,7 @@ class Tempo(Protocol):
         self.layers: dict[str, _Layer] = {}
         self.optimizer = None
         self.rotations = 0
+        runtime.ledger.integrity_soundness_bits = self.detection()["soundness_bits_at_that_error"]
 
     # ------------------------------------------------------------------ keys ----
     def _label(self, *parts):
