@@ -678,3 +678,71 @@ class Tempo(Protocol):
                 "optimizer_update": "worker (SGD on W′ in place)" if any(l.resident for l in self.layers.values())
                 else "enclave (decode gradient, re-encrypt each step)",
                 "integrity": self.detection(), "privacy": self.privacy(), "layers": layers}
+
+    # -------------------------------------------------------------- cost model ------
+    def cost_model(self, ops, *, batch, input_numel, classes, training=True):
+        """Bytes and messages of one steady-state step (between key rotations), as the ledger counts them.
+
+        A key rotation adds, per weighted layer, once every ``rotate_every`` steps: W′ (and the momentum
+        buffer) fetched and sent again (``2 × weight bytes`` each way in total), ``2N`` messages
+        (``3N`` with a buffer).  With a non-SGD optimizer (enclave-side update) the weight gradient comes back
+        and W′ is re-sent every step; that is included when no optimizer state says otherwise.
+        """
+        from ..costs import FLOAT32, StepCost
+
+        workers = self.settings["workers"]
+        k = self.settings["check_vectors"]
+        resident = all(layer.resident for layer in self.layers.values()) if self.layers else \
+            self.settings["update"] != "enclave"
+        cost = StepCost(workers=workers, trust="worker sees obfuscated (permuted, signed, scaled) operands")
+        used = ops if training else [op for op in ops if op.op == "forward"]
+        messages = 0
+        for op in used:
+            a, b, out = op.numel("A"), op.numel("B"), op.numel("out")
+            if op.kind == "matmul":
+                n = min(workers, op.a_shape[-2])
+                cost.bytes_to_worker += (a + n * b) * FLOAT32
+                cost.bytes_from_worker += out * FLOAT32
+                cost.worker_flops += op.flops
+                cost.enclave_elementwise += 2 * (a + b + out)
+                cost.enclave_flops += 2 * k * (a + b + 2 * out)
+                messages += n
+                continue
+            m = op.b_shape[0] if op.op != "grad_weight" else op.out_shape[0]
+            if op.kind == "linear" and op.op == "forward":
+                m = op.b_shape[1]
+            elif op.kind == "linear" and op.op == "grad_input":
+                m = op.b_shape[0]
+            elif op.kind == "linear":
+                m = op.out_shape[1]
+            n = min(workers, m)
+            cost.worker_flops += op.flops
+            if op.op == "forward":
+                cost.bytes_to_worker += n * a * FLOAT32
+                cost.bytes_from_worker += out * FLOAT32
+                cost.enclave_elementwise += 3 * (a + out)
+                cost.enclave_flops += 4 * k * (a + out)
+                messages += n
+            elif op.op == "grad_input":
+                cost.bytes_to_worker += a * FLOAT32
+                cost.bytes_from_worker += n * out * FLOAT32
+                cost.enclave_elementwise += 3 * (a + out)
+                cost.enclave_flops += 4 * k * (a + out)
+                messages += n
+            else:
+                cost.bytes_to_worker += b * FLOAT32
+                cost.enclave_elementwise += 3 * b
+                cost.enclave_flops += 8 * k * (a + b)
+                if resident:
+                    messages += 2 * n  # the kept gradient, then the SGD step
+                else:
+                    cost.bytes_from_worker += out * FLOAT32
+                    cost.bytes_to_worker += out * FLOAT32  # re-encryption of the updated weights
+                    messages += 3 * n  # gradient back, store, free (no momentum buffer on the worker)
+        cost.round_trips = messages
+        cost.notes = [f"steady state between key rotations (every {self.settings['rotate_every']} steps); a rotation "
+                      "adds 2x the layer's weight bytes (x2 with a momentum buffer), fetched then re-sent",
+                      "no weight-sized tensor crosses in a steady-state step with SGD (weights stay on the worker)",
+                      f"enclave per step: encode/decode passes and Freivalds checks with k={k} vectors, "
+                      "O(activations), independent of the number of weights"]
+        return cost
