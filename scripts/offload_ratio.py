@@ -4,7 +4,7 @@
 
 Per model: the same model, batch and data under ``enclave`` and ``tempo``; one warm-up step
 (tempo encrypts the weights there) is excluded, then ``--steps`` steady-state steps are timed
-from the ledgers.  Prints the ratio and where tempo's remaining enclave time goes.
+from the ledgers, the protocols' steps interleaved so that load on a shared machine hits both alike.  Prints the ratio and where tempo's remaining enclave time goes.
 """
 
 from __future__ import annotations
@@ -26,31 +26,57 @@ CONFIGS = {
 }
 
 
-def measure(protocol: str, cfg: dict, steps: int, dataset, **options) -> dict:
-    torch.manual_seed(0)
-    model = build(cfg["model"], dataset.input_shape, dataset.num_classes, hidden=cfg["hidden"])
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    session = bt.Session(protocol=protocol, device="cpu", seed=None, **options)
-    model, optimizer = session.prepare(model, optimizer)
-    model.train()
-    batches = dataset.batches(batch_size=cfg["batch"], epoch=0, seed=0)
-    ledger = session.ledger
-    marks = None
-    for index in range(steps + 1):
-        x, y = next(batches)
-        if index == 1:
-            marks = (ledger.enclave_seconds, dict(ledger.enclave_breakdown()), ledger.bytes_to_worker,
-                     ledger.bytes_from_worker, ledger.messages)
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    breakdown = {k: (v - marks[1].get(k, 0.0)) / steps for k, v in ledger.enclave_breakdown().items()}
-    out = {"enclave_s_per_step": (ledger.enclave_seconds - marks[0]) / steps, "breakdown_per_step": breakdown,
-           "bytes_to_per_step": (ledger.bytes_to_worker - marks[2]) / steps,
-           "bytes_from_per_step": (ledger.bytes_from_worker - marks[3]) / steps,
-           "messages_per_step": (ledger.messages - marks[4]) / steps,
-           "worker_s": ledger.worker_seconds, "peak_bytes": ledger.enclave_peak_bytes}
-    session.close()
+class Runner:
+    """One model + optimizer + session under a protocol; steps are timed from its ledger."""
+
+    def __init__(self, protocol: str, cfg: dict, dataset, **options) -> None:
+        torch.manual_seed(0)
+        model = build(cfg["model"], dataset.input_shape, dataset.num_classes, hidden=cfg["hidden"])
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        self.session = bt.Session(protocol=protocol, device="cpu", seed=None, **options)
+        self.model, self.optimizer = self.session.prepare(model, optimizer)
+        self.model.train()
+        self.batches = dataset.batches(batch_size=cfg["batch"], epoch=0, seed=0)
+        self.totals = {"enclave_s": 0.0, "bytes": 0, "messages": 0}
+        self.breakdown: dict[str, float] = {}
+        self.steps = 0
+
+    def step(self, timed: bool = True) -> None:
+        ledger = self.session.ledger
+        before = (ledger.enclave_seconds, dict(ledger.enclave_breakdown()),
+                  ledger.bytes_to_worker + ledger.bytes_from_worker, ledger.messages)
+        x, y = next(self.batches)
+        self.optimizer.zero_grad()
+        F.cross_entropy(self.model(x), y).backward()
+        self.optimizer.step()
+        if timed:
+            self.steps += 1
+            self.totals["enclave_s"] += ledger.enclave_seconds - before[0]
+            self.totals["bytes"] += ledger.bytes_to_worker + ledger.bytes_from_worker - before[2]
+            self.totals["messages"] += ledger.messages - before[3]
+            for k, v in ledger.enclave_breakdown().items():
+                self.breakdown[k] = self.breakdown.get(k, 0.0) + v - before[1].get(k, 0.0)
+
+    def result(self) -> dict:
+        n = max(self.steps, 1)
+        return {"enclave_s_per_step": self.totals["enclave_s"] / n, "bytes_per_step": self.totals["bytes"] / n,
+                "messages_per_step": self.totals["messages"] / n,
+                "breakdown_per_step": {k: v / n for k, v in self.breakdown.items()},
+                "peak_bytes": self.session.ledger.enclave_peak_bytes}
+
+
+def measure_interleaved(cfg: dict, steps: int, dataset, variants: dict) -> dict:
+    """Steps of every variant interleaved (enclave, tempo, enclave, tempo ...) so that load from other
+    processes on a shared machine hits them alike; one warm-up step each (tempo encrypts there)."""
+    runners = {name: Runner(protocol, cfg, dataset, **options) for name, (protocol, options) in variants.items()}
+    for runner in runners.values():
+        runner.step(timed=False)
+    for _ in range(steps):
+        for runner in runners.values():
+            runner.step()
+    out = {name: runner.result() for name, runner in runners.items()}
+    for runner in runners.values():
+        runner.session.close()
     return out
 
 
@@ -67,13 +93,14 @@ def main() -> None:
     results = {}
     for name in args.models.split(","):
         cfg = CONFIGS[name]
-        base = measure("enclave", cfg, args.steps, synthetic)
-        tempo = measure("tempo", cfg, args.steps, synthetic)
-        row = {"enclave": base, "tempo": tempo, "ratio": tempo["enclave_s_per_step"] / base["enclave_s_per_step"]}
+        variants = {"enclave": ("enclave", {}), "tempo": ("tempo", {})}
         if args.fuse:
-            fused = measure("tempo", cfg, args.steps, synthetic, fuse_activations=True)
-            row["tempo_fused"] = fused
-            row["ratio_fused"] = fused["enclave_s_per_step"] / base["enclave_s_per_step"]
+            variants["tempo_fused"] = ("tempo", {"fuse_activations": True})
+        row = measure_interleaved(cfg, args.steps, synthetic, variants)
+        base, tempo = row["enclave"], row["tempo"]
+        row["ratio"] = tempo["enclave_s_per_step"] / base["enclave_s_per_step"]
+        if args.fuse:
+            row["ratio_fused"] = row["tempo_fused"]["enclave_s_per_step"] / base["enclave_s_per_step"]
         results[name] = row
         print(f"{name}: enclave {base['enclave_s_per_step']:.3f} s/step, tempo {tempo['enclave_s_per_step']:.3f} "
               f"s/step -> offload ratio {row['ratio']:.3f}", flush=True)
@@ -82,8 +109,9 @@ def main() -> None:
         if args.fuse:
             print(f"   fused: {row['tempo_fused']['enclave_s_per_step']:.3f} s/step ratio {row['ratio_fused']:.3f}; "
                   f"messages/step {tempo['messages_per_step']:.0f} -> {row['tempo_fused']['messages_per_step']:.0f}; "
-                  f"bytes/step {tempo['bytes_to_per_step'] + tempo['bytes_from_per_step']:.0f} -> "
-                  f"{row['tempo_fused']['bytes_to_per_step'] + row['tempo_fused']['bytes_from_per_step']:.0f}",
+                  f"bytes/step {tempo['bytes_per_step']:.0f} -> {row['tempo_fused']['bytes_per_step']:.0f}; "
+                  f"nonlinear s/step {tempo['breakdown_per_step'].get('nonlinear', 0):.4f} -> "
+                  f"{row['tempo_fused']['breakdown_per_step'].get('nonlinear', 0):.4f}",
                   flush=True)
     print(json.dumps({k: {"ratio": v["ratio"], **({"ratio_fused": v["ratio_fused"]} if "ratio_fused" in v else {})}
                       for k, v in results.items()}))

@@ -181,3 +181,12 @@ def test_honest_run_passes_and_reports_privacy_and_detection(tmp_path):
     summary = data["protocol_summary"]
     assert summary["privacy"]["1"]["key_entropy_bits"] > 100
     assert data["integrity_soundness_bits"] > 0 and data["integrity_failures"] == 0
+
+
+@pytest.mark.slow
+def test_resnet50_runs_a_training_step(synthetic):
+    losses, session, _, _ = _curve("tempo", "resnet50", synthetic, steps=1, batch=2, lr=0.01)
+    metrics = session.metrics()
+    session.close()
+    assert np.isfinite(losses[0]) and metrics["integrity_failures"] == 0
+    assert metrics["weight_encryptions"] == 54  # 53 convs (incl. 4 projection shortcuts) + the classifier
