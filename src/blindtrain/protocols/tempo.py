@@ -38,10 +38,10 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.grad import conv2d_input, conv2d_weight
 
 from ..boundary import Ref, Request, Sent, Tag
 from ..errors import IntegrityError, UsageError
+from ..tempo import thin
 from .base import Protocol, ProtocolInfo, register
 
 U32 = 2.0 ** -24  # float32 unit roundoff
@@ -407,10 +407,10 @@ class Tempo(Protocol):
     def _check_forward(self, layer, x, y):
         t = layer.t
         if layer.conv:
-            kw = _conv_kw(layer.site.conv_params)
-            lhs = torch.einsum("bmhw,mk->bkhw", y, t["rho"])
-            rhs = F.conv2d(x, t["q32"], **kw)
-            tol = F.conv2d(x.abs(), t["qtol"], **kw) + _gamma(layer.m) * torch.einsum("bmhw,mk->bkhw", y.abs(), t["arho"])
+            cp = layer.site.conv_params
+            lhs = thin.channels(y, t["rho"])
+            rhs = thin.conv(x, t["q32"], cp)
+            tol = thin.conv(x.abs(), t["qtol"], cp) + _gamma(layer.m) * thin.channels(y.abs(), t["arho"])
         else:
             lhs = _thin(y, t["rho"])
             rhs = _thin(x, t["q32"])
@@ -448,12 +448,12 @@ class Tempo(Protocol):
     def _check_grad_input(self, layer, gy, dx):
         t = layer.t
         if layer.conv:
-            kw = _conv_kw(layer.site.conv_params)
-            lhs = torch.einsum("bnhw,nk->bkhw", dx, t["sigma"])
+            cp = layer.site.conv_params
+            lhs = thin.channels(dx, t["sigma"])
             size = (dx.shape[0], t["sigma"].shape[1], *dx.shape[2:])
-            rhs = conv2d_input(size, t["v32"], gy, **kw)
-            tol = conv2d_input(size, t["vtol"], gy.abs(), **kw) + \
-                _gamma(layer.n) * torch.einsum("bnhw,nk->bkhw", dx.abs(), t["asigma"])
+            rhs = thin.conv_input(gy, t["v32"], size, cp)
+            tol = thin.conv_input(gy.abs(), t["vtol"], size, cp) + \
+                _gamma(layer.n) * thin.channels(dx.abs(), t["asigma"])
         else:
             lhs = _thin(dx, t["sigma"])
             rhs = _thin(gy, t["v32"])
@@ -465,17 +465,12 @@ class Tempo(Protocol):
         """Projections of the weight gradient dW on ρ and σ (and their abs bounds), from plaintext x, dY."""
         t = layer.t
         if layer.conv:
-            kw = _conv_kw(layer.site.conv_params)
-            k = t["rho"].shape[1]
-            gr = torch.einsum("bmhw,mk->bkhw", gy, t["rho"])
-            agr = torch.einsum("bmhw,mk->bkhw", gy.abs(), t["arho"])
-            ax = x.abs()
-            q = conv2d_weight(x, (k, layer.n, *layer.kernel), gr, **kw)
-            qa = conv2d_weight(ax, (k, layer.n, *layer.kernel), agr, **kw)
-            xs = torch.einsum("bnhw,nk->bkhw", x, t["sigma"])
-            axs = torch.einsum("bnhw,nk->bkhw", ax, t["asigma"])
-            v = conv2d_weight(xs, (layer.m, k, *layer.kernel), gy, **kw)
-            va = conv2d_weight(axs, (layer.m, k, *layer.kernel), gy.abs(), **kw)
+            cp, kernel = layer.site.conv_params, layer.kernel
+            ax, agy = x.abs(), gy.abs()
+            q = thin.conv_weight_thin_out(x, thin.channels(gy, t["rho"]), kernel, cp)
+            qa = thin.conv_weight_thin_out(ax, thin.channels(agy, t["arho"]), kernel, cp)
+            v = thin.conv_weight_thin_in(thin.channels(x, t["sigma"]), gy, kernel, cp)
+            va = thin.conv_weight_thin_in(thin.channels(ax, t["asigma"]), agy, kernel, cp)
             rows = gy.shape[0] * gy.shape[2] * gy.shape[3]
         else:
             ax, agy = x.abs(), gy.abs()
