@@ -41,6 +41,8 @@ import torch.nn.functional as F
 
 from ..boundary import Ref, Request, Sent, Tag
 from ..errors import IntegrityError, UsageError
+from torch.nn.grad import conv2d_input, conv2d_weight
+
 from ..tempo import thin
 from .base import Protocol, ProtocolInfo, register
 
@@ -161,21 +163,26 @@ class Tempo(Protocol):
 
     # --------------------------------------------------------------- encoding ----
     @staticmethod
-    def _enc(x, p0, p1, s0, s1):
-        """``(s0 ⊗ s1 · x)[p0][:, p1]`` for a 2-D or 4-D tensor (s0, s1 in *original* order)."""
-        out = x.index_select(0, p0).index_select(1, p1)
-        shape = (-1, 1) + (1,) * (x.dim() - 2)
-        out.mul_((s0[p0].view(-1, 1) * s1[p1].view(1, -1)).view(out.shape[0], out.shape[1], *([1] * (x.dim() - 2))))
-        return out
+    def _gather(x, p0, p1, scale):
+        """``x[p0][:, p1] * scale`` (scale: d0×d1), one gather pass and one scaling pass."""
+        d0, d1 = x.shape[0], x.shape[1]
+        if x.dim() == 2:
+            out = x.index_select(0, p0).index_select(1, p1)
+            return out.mul_(scale)
+        rows = (p0.view(-1, 1) * d1 + p1.view(1, -1)).view(-1)
+        out = x.reshape(d0 * d1, -1).index_select(0, rows)
+        out.mul_(scale.reshape(-1, 1))
+        return out.view(d0, d1, *x.shape[2:])
 
-    @staticmethod
-    def _dec(y, p0, p1, s0, s1):
-        """Inverse of :meth:`_enc` given the scales to *divide* by (x = dec(enc(x)))."""
-        i0, i1 = torch.argsort(p0), torch.argsort(p1)
-        out = y.index_select(0, i0).index_select(1, i1)
-        out.mul_((1.0 / (s0.view(-1, 1) * s1.view(1, -1))).view(out.shape[0], out.shape[1],
-                                                                     *([1] * (y.dim() - 2))))
-        return out
+    @classmethod
+    def _enc(cls, x, p0, p1, s0, s1):
+        """``(s0 ⊗ s1 · x)[p0][:, p1]`` for a 2-D or 4-D tensor (s0, s1 in *original* order)."""
+        return cls._gather(x, p0, p1, s0[p0].view(-1, 1) * s1[p1].view(1, -1))
+
+    @classmethod
+    def _dec(cls, y, p0, p1, s0, s1):
+        """Inverse of :meth:`_enc` given the same keys (x = dec(enc(x))), exact."""
+        return cls._gather(y, torch.argsort(p0), torch.argsort(p1), 1.0 / (s0.view(-1, 1) * s1.view(1, -1)))
 
     # ------------------------------------------------------------------ wrap ----
     def wrap(self, model, optimizer):
@@ -334,17 +341,25 @@ class Tempo(Protocol):
             vec = t["rho"] if d == "q" else t["sigma"]
             avec = t["arho"] if d == "q" else t["asigma"]
             t[d + "w"] = proj(layer, w.double(), vec.double())
-            t[d + "wa"] = proj(layer, aw, avec).double()
+            t[d + "wa"] = self._reduce(layer, d, proj(layer, aw, avec).double())
             t[d + "we"] = t[d + "wa"] * (2 * _gamma(layer.m if d == "q" else layer.n * layer.ksz))
             if buf is not None:
                 bf = buf.float()
                 t[d + "b"] = proj(layer, bf.double(), vec.double())
-                t[d + "ba"] = proj(layer, bf.abs(), avec).double()
+                t[d + "ba"] = self._reduce(layer, d, proj(layer, bf.abs(), avec).double())
                 t[d + "be"] = t[d + "ba"] * (2 * _gamma(layer.m))
             else:
                 for s in ("b", "ba", "be"):
                     t.pop(d + s, None)
         self._refresh_check_mats(layer)
+
+    @staticmethod
+    def _reduce(layer, d, bound):
+        """Conv layers keep the abs bounds as their max over the wide channel (n for q, m for v): the
+        checks' tolerances then need only channel-norm maps of the activations (one pass each)."""
+        if not layer.conv:
+            return bound
+        return bound.amax(dim=1, keepdim=True) if d == "q" else bound.amax(dim=0, keepdim=True)
 
     def _refresh_check_mats(self, layer):
         """float32 copies of the projections and the error bounds used by the checks this step."""
@@ -410,7 +425,10 @@ class Tempo(Protocol):
             cp = layer.site.conv_params
             lhs = thin.channels(y, t["rho"])
             rhs = thin.conv(x, t["q32"], cp)
-            tol = thin.conv(x.abs(), t["qtol"], cp) + _gamma(layer.m) * thin.channels(y.abs(), t["arho"])
+            # |X| ⋆ T ≤ (Σ_n |X_n|) ⋆ max_n T ; |Y||ρ| ≤ Σ_m |Y_m| (|ρ| ≤ 1)
+            l1x = torch.linalg.vector_norm(x, 1, dim=1, keepdim=True)
+            tol = F.conv2d(l1x, t["qtol"], **_conv_kw(cp)) + \
+                _gamma(layer.m) * torch.linalg.vector_norm(y, 1, dim=1, keepdim=True)
         else:
             lhs = _thin(y, t["rho"])
             rhs = _thin(x, t["q32"])
@@ -452,8 +470,9 @@ class Tempo(Protocol):
             lhs = thin.channels(dx, t["sigma"])
             size = (dx.shape[0], t["sigma"].shape[1], *dx.shape[2:])
             rhs = thin.conv_input(gy, t["v32"], size, cp)
-            tol = thin.conv_input(gy.abs(), t["vtol"], size, cp) + \
-                _gamma(layer.n) * thin.channels(dx.abs(), t["asigma"])
+            l1g = torch.linalg.vector_norm(gy, 1, dim=1, keepdim=True)
+            tol = conv2d_input(size, t["vtol"], l1g, **_conv_kw(cp)) + \
+                _gamma(layer.n) * torch.linalg.vector_norm(dx, 1, dim=1, keepdim=True)
         else:
             lhs = _thin(dx, t["sigma"])
             rhs = _thin(gy, t["v32"])
@@ -466,11 +485,16 @@ class Tempo(Protocol):
         t = layer.t
         if layer.conv:
             cp, kernel = layer.site.conv_params, layer.kernel
-            ax, agy = x.abs(), gy.abs()
             q = thin.conv_weight_thin_out(x, thin.channels(gy, t["rho"]), kernel, cp)
-            qa = thin.conv_weight_thin_out(ax, thin.channels(agy, t["arho"]), kernel, cp)
             v = thin.conv_weight_thin_in(thin.channels(x, t["sigma"]), gy, kernel, cp)
-            va = thin.conv_weight_thin_in(thin.channels(ax, t["asigma"]), agy, kernel, cp)
+            # bounds on max_n |ΔW|ᵀ|ρ| and max_m |ΔW||σ| from channel-norm maps (|ρ|, |σ| ≤ 1)
+            kw = _conv_kw(cp)
+            l1x = torch.linalg.vector_norm(x, 1, dim=1, keepdim=True)
+            mx = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True)
+            l1g = torch.linalg.vector_norm(gy, 1, dim=1, keepdim=True)
+            mg = torch.linalg.vector_norm(gy, float("inf"), dim=1, keepdim=True)
+            qa = conv2d_weight(mx, (1, 1, *kernel), l1g, **kw)
+            va = conv2d_weight(l1x, (1, 1, *kernel), mg, **kw)
             rows = gy.shape[0] * gy.shape[2] * gy.shape[3]
         else:
             ax, agy = x.abs(), gy.abs()

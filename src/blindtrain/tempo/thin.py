@@ -3,7 +3,7 @@
 The Freivalds checks of a conv layer contract its results with a few (k) secret vectors, so
 every product the enclave computes has ``J = k`` channels on one side.  ``F.conv2d`` and
 its gradients would unfold (im2col) the wide side k_h·k_w times, as costly as the layer's own
-unfolding.  Here the wide side is read once, by a 1×1 convolution or a batched GEMM into
+unfolding.  Here the wide side is read once, by a batched GEMM into
 ``J·k_h·k_w`` thin maps, and the spatial taps are shifted adds on those thin maps.
 
 All four equal their ``torch`` counterparts (tested): ``conv(x, w)`` with ``w: J×n×kh×kw``,
@@ -42,7 +42,8 @@ def conv(x, weight, params):
     J, n, kh, kw = weight.shape
     b, _, h, w = x.shape
     ho, wo = _out_size(h, w, kh, kw, s, p, d)
-    z = F.conv2d(x, weight.permute(0, 2, 3, 1).reshape(J * kh * kw, n, 1, 1))
+    z = torch.matmul(weight.permute(0, 2, 3, 1).reshape(J * kh * kw, n), x.reshape(b, n, h * w)).view(
+        b, J * kh * kw, h, w)
     z = F.pad(z, (p[1], p[1], p[0], p[0])).view(b, J, kh, kw, h + 2 * p[0], w + 2 * p[1])
     out = torch.zeros(b, J, ho, wo, dtype=x.dtype)
     for u, v, (sy, sx) in _taps(kh, kw, s, d, ho, wo):
@@ -56,7 +57,8 @@ def conv_input(grad, weight, input_size, params):
     m, J, kh, kw = weight.shape
     b, _, ho, wo = grad.shape
     h, w = input_size[2], input_size[3]
-    z = F.conv2d(grad, weight.permute(1, 2, 3, 0).reshape(J * kh * kw, m, 1, 1)).view(b, J, kh, kw, ho, wo)
+    z = torch.matmul(weight.permute(1, 2, 3, 0).reshape(J * kh * kw, m), grad.reshape(b, m, ho * wo)).view(
+        b, J, kh, kw, ho, wo)
     hp = max(h + 2 * p[0], d[0] * (kh - 1) + s[0] * (ho - 1) + 1)
     wp = max(w + 2 * p[1], d[1] * (kw - 1) + s[1] * (wo - 1) + 1)
     out = torch.zeros(b, J, hp, wp, dtype=grad.dtype)
