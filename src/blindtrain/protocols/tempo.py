@@ -41,8 +41,6 @@ import torch.nn.functional as F
 
 from ..boundary import Ref, Request, Sent, Tag
 from ..errors import IntegrityError, UsageError
-from torch.nn.grad import conv2d_input, conv2d_weight
-
 from ..tempo import thin
 from .base import Protocol, ProtocolInfo, register
 
@@ -59,6 +57,16 @@ def _thin(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if b.shape[1] > 4:
         return a @ b
     return torch.stack([torch.mv(a, b[:, j]) for j in range(b.shape[1])], 1)
+
+
+def _l1(t: torch.Tensor) -> torch.Tensor:
+    """Σ over channels of |t| (N×1×H×W); a plain reduction, much faster than linalg.vector_norm on dim 1."""
+    return t.abs().sum(1, keepdim=True)
+
+
+def _linf(t: torch.Tensor) -> torch.Tensor:
+    """max over channels of |t| (N×1×H×W)."""
+    return torch.maximum(t.amax(1, keepdim=True), -t.amin(1, keepdim=True))
 
 
 def _conv_kw(params: dict) -> dict:
@@ -203,7 +211,7 @@ class Tempo(Protocol):
         if optimizer is not None:
             optimizer.register_step_post_hook(self._after_optimizer_step)
         if self.settings["fuse_activations"]:
-            from .tempo_fuse import install_fused
+            from ..tempo.fuse import install_fused
 
             self.fused = install_fused(model, self)
         return model, optimizer
@@ -419,6 +427,50 @@ class Tempo(Protocol):
             self._check_forward(layer, x.detach().float(), y)
         return y.to(x.dtype)
 
+    def fused_forward(self, site, x, weight, bias, spec):
+        """Forward with bias, activation (and max-pool) on the worker; returns (z, argmax or None)."""
+        layer = site.state["tempo"]
+        rt = self.runtime
+        training = site.module.training
+        self._ensure(layer, weight, training)
+        key = layer.key
+        b = x.shape[0]
+        with rt.ledger.timed("encode"):
+            pb, cb = self._perm(b, "batch", site.name), torch.ones(b)  # unit batch scales: bias added on the worker
+            xe = self._enc(x.detach().float(), pb, key["pn"], cb, key["s"])
+            be = None
+            if bias is not None:
+                be = (bias.detach().float() * key["c"])[key["pm"]]
+                be = be.view(1, -1, 1, 1) if layer.conv else be.view(1, -1)
+        layer.batch = (pb, cb) if training else None
+        params = {"fn": "conv2d", **site.conv_params} if layer.conv else {"fn": "matmul_nt"}
+        params.update(act=spec["act"], slope=spec["slope"], pool=spec["pool"])
+        parts = []
+        for k, (lo, hi) in enumerate(layer.blocks):
+            args = {"A": Sent(xe, "obfuscated"), "B": Ref(f"{layer.h}/w")}
+            if be is not None:
+                args["C"] = Sent(be[:, lo:hi].contiguous(), "obfuscated")
+            req = Request("bilinear_act", args, Tag(rt.step, site.name, "forward"), params=params)
+            if training:
+                req.keep = {"A": f"{layer.h}/x"}
+            parts.append(self._call(req, k).result)
+        with rt.ledger.timed("decode_verify"):
+            out = parts[0] if len(parts) == 1 else torch.cat(parts, 2 if spec["pool"] else 1)
+            values = out[0] if spec["pool"] else out
+            z = self._dec(values, pb, key["pm"], cb, key["c"])
+            idx = None
+            if spec["pool"]:
+                idx = self._dec(out[1], pb, key["pm"], torch.ones(b), torch.ones(layer.m)).long()
+                spec["pre_pool_shape"] = (b, layer.m, values.shape[2] * spec["pool"], values.shape[3] * spec["pool"])
+                h_in = x.shape[2] + 2 * site.conv_params["padding"][0]
+                w_in = x.shape[3] + 2 * site.conv_params["padding"][1]
+                kh, kw = layer.kernel
+                s = site.conv_params["stride"]
+                spec["pre_pool_shape"] = (b, layer.m, (h_in - kh) // s[0] + 1, (w_in - kw) // s[1] + 1)
+            ok = bool((z >= 0).all()) if spec["act"] == "relu" else True  # the only check a nonlinear result allows
+            self._fail_if(ok, site.name, "forward", "fused ReLU output has negative entries")
+        return z.to(x.dtype), idx
+
     def _check_forward(self, layer, x, y):
         t = layer.t
         if layer.conv:
@@ -426,9 +478,7 @@ class Tempo(Protocol):
             lhs = thin.channels(y, t["rho"])
             rhs = thin.conv(x, t["q32"], cp)
             # |X| ⋆ T ≤ (Σ_n |X_n|) ⋆ max_n T ; |Y||ρ| ≤ Σ_m |Y_m| (|ρ| ≤ 1)
-            l1x = torch.linalg.vector_norm(x, 1, dim=1, keepdim=True)
-            tol = F.conv2d(l1x, t["qtol"], **_conv_kw(cp)) + \
-                _gamma(layer.m) * torch.linalg.vector_norm(y, 1, dim=1, keepdim=True)
+            tol = thin.conv(_l1(x), t["qtol"], cp) + _gamma(layer.m) * _l1(y)
         else:
             lhs = _thin(y, t["rho"])
             rhs = _thin(x, t["q32"])
@@ -470,9 +520,7 @@ class Tempo(Protocol):
             lhs = thin.channels(dx, t["sigma"])
             size = (dx.shape[0], t["sigma"].shape[1], *dx.shape[2:])
             rhs = thin.conv_input(gy, t["v32"], size, cp)
-            l1g = torch.linalg.vector_norm(gy, 1, dim=1, keepdim=True)
-            tol = conv2d_input(size, t["vtol"], l1g, **_conv_kw(cp)) + \
-                _gamma(layer.n) * torch.linalg.vector_norm(dx, 1, dim=1, keepdim=True)
+            tol = thin.conv_input(_l1(gy), t["vtol"], size, cp) + _gamma(layer.n) * _l1(dx)
         else:
             lhs = _thin(dx, t["sigma"])
             rhs = _thin(gy, t["v32"])
@@ -488,13 +536,8 @@ class Tempo(Protocol):
             q = thin.conv_weight_thin_out(x, thin.channels(gy, t["rho"]), kernel, cp)
             v = thin.conv_weight_thin_in(thin.channels(x, t["sigma"]), gy, kernel, cp)
             # bounds on max_n |ΔW|ᵀ|ρ| and max_m |ΔW||σ| from channel-norm maps (|ρ|, |σ| ≤ 1)
-            kw = _conv_kw(cp)
-            l1x = torch.linalg.vector_norm(x, 1, dim=1, keepdim=True)
-            mx = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True)
-            l1g = torch.linalg.vector_norm(gy, 1, dim=1, keepdim=True)
-            mg = torch.linalg.vector_norm(gy, float("inf"), dim=1, keepdim=True)
-            qa = conv2d_weight(mx, (1, 1, *kernel), l1g, **kw)
-            va = conv2d_weight(l1x, (1, 1, *kernel), mg, **kw)
+            qa = thin.conv_weight_thin_out(_linf(x), _l1(gy), kernel, cp)
+            va = thin.conv_weight_thin_in(_l1(x), _linf(gy), kernel, cp)
             rows = gy.shape[0] * gy.shape[2] * gy.shape[3]
         else:
             ax, agy = x.abs(), gy.abs()

@@ -69,3 +69,22 @@ def _act_pool(worker, args, params):
     if params.get("pool"):
         x = F.max_pool2d(x, params["pool"])
     return x
+
+
+@instruction("bilinear_act")
+def _bilinear_act(worker, args, params):
+    """``pool(act(f(A, B) + C))`` for ``params["fn"]`` (a bilinear function or ``matmul_nt``); with
+    ``pool``, returns ``stack([values, argmax positions as floats])``."""
+    from .. import bilinear
+
+    a, b = args["A"], args["B"]
+    fn_params = {k: v for k, v in params.items() if k not in ("fn", "act", "slope", "pool")}
+    y = torch.matmul(a, b.transpose(-2, -1)) if params["fn"] == "matmul_nt" else \
+        bilinear.apply(params["fn"], a, b, **fn_params)
+    if "C" in args:
+        y = y + args["C"]
+    y = F.leaky_relu(y, params["slope"]) if params.get("act") == "leaky_relu" else F.relu(y)
+    if params.get("pool"):
+        values, index = F.max_pool2d(y, params["pool"], return_indices=True)
+        return torch.stack([values, index.to(values.dtype)])
+    return y
