@@ -190,3 +190,19 @@ def test_resnet50_runs_a_training_step(synthetic):
     session.close()
     assert np.isfinite(losses[0]) and metrics["integrity_failures"] == 0
     assert metrics["weight_encryptions"] == 54  # 53 convs (incl. 4 projection shortcuts) + the classifier
+
+
+@pytest.mark.parametrize("model_name,dataset_name", [("mlp", "digits"), ("lenet", "synthetic")])
+def test_fused_activations_match_plain_and_run_on_the_worker(model_name, dataset_name, digits, synthetic):
+    dataset = digits if model_name == "mlp" else synthetic
+    plain, s1, _, _ = _curve("plain", model_name, dataset, steps=6, batch=16, lr=0.02)
+    fused, s2, model, _ = _curve("tempo", model_name, dataset, steps=6, batch=16, lr=0.02, transcript=True,
+                                 fuse_activations=True)
+    metrics = s2.metrics()
+    path = "/tmp/_tempo_fused_transcript.npz"
+    s2.save_transcripts(path)
+    s1.close(), s2.close()
+    assert _max_rel(fused, plain) <= 1e-4
+    assert metrics["integrity_failures"] == 0
+    assert not any(isinstance(m, (torch.nn.ReLU, torch.nn.MaxPool2d)) for m in model.modules())
+    assert set(model.state_dict()) == set(build(model_name, dataset.input_shape, dataset.num_classes).state_dict())

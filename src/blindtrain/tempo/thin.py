@@ -36,35 +36,54 @@ def _out_size(h, w, kh, kw, s, p, d):
     return ((h + 2 * p[0] - d[0] * (kh - 1) - 1) // s[0] + 1, (w + 2 * p[1] - d[1] * (kw - 1) - 1) // s[1] + 1)
 
 
-def conv(x, weight, params):
-    """``F.conv2d(x, weight, **params)`` for a weight with few output channels J."""
-    s, p, d = _geom(params)
+def conv(x, weight, params, extra=None):
+    """``F.conv2d(x, weight, **params)`` for a weight with few output channels J.
+
+    ``extra`` (e×n, optional): also return ``channels(x, extraᵀ)`` from the same read of ``x``."""
     J, n, kh, kw = weight.shape
     b, _, h, w = x.shape
+    w2 = weight.permute(0, 2, 3, 1).reshape(J * kh * kw, n)
+    if extra is not None:
+        w2 = torch.cat([w2, extra])
+    z = torch.matmul(w2, x.reshape(b, n, h * w))
+    out = conv_taps(z[:, :J * kh * kw], (J, kh, kw), (h, w), params)
+    return out if extra is None else (out, z[:, J * kh * kw:].reshape(b, -1, h, w))
+
+
+def conv_taps(z, jkk, hw, params):
+    """The spatial taps of :func:`conv` from ``z = W(J·kh·kw × n) · x`` (b × J·kh·kw × h·w)."""
+    s, p, d = _geom(params)
+    J, kh, kw = jkk
+    h, w = hw
+    b = z.shape[0]
     ho, wo = _out_size(h, w, kh, kw, s, p, d)
-    z = torch.matmul(weight.permute(0, 2, 3, 1).reshape(J * kh * kw, n), x.reshape(b, n, h * w)).view(
-        b, J * kh * kw, h, w)
-    z = F.pad(z, (p[1], p[1], p[0], p[0])).view(b, J, kh, kw, h + 2 * p[0], w + 2 * p[1])
-    out = torch.zeros(b, J, ho, wo, dtype=x.dtype)
+    z = F.pad(z.reshape(b, J * kh * kw, h, w), (p[1], p[1], p[0], p[0])).view(b, J, kh, kw, h + 2 * p[0], w + 2 * p[1])
+    out = torch.zeros(b, J, ho, wo, dtype=z.dtype)
     for u, v, (sy, sx) in _taps(kh, kw, s, d, ho, wo):
         out += z[:, :, u, v, sy, sx]
     return out
 
 
-def conv_input(grad, weight, input_size, params):
-    """``conv2d_input(input_size, weight, grad, **params)`` for a weight ``m×J×kh×kw`` (J small)."""
+def conv_input(grad, weight, input_size, params, extra=None):
+    """``conv2d_input(input_size, weight, grad, **params)`` for a weight ``m×J×kh×kw`` (J small).
+
+    ``extra`` (e×m, optional): also return ``channels(grad, extraᵀ)`` from the same read of ``grad``."""
     s, p, d = _geom(params)
     m, J, kh, kw = weight.shape
     b, _, ho, wo = grad.shape
     h, w = input_size[2], input_size[3]
-    z = torch.matmul(weight.permute(1, 2, 3, 0).reshape(J * kh * kw, m), grad.reshape(b, m, ho * wo)).view(
-        b, J, kh, kw, ho, wo)
+    w2 = weight.permute(1, 2, 3, 0).reshape(J * kh * kw, m)
+    if extra is not None:
+        w2 = torch.cat([w2, extra])
+    zz = torch.matmul(w2, grad.reshape(b, m, ho * wo))
+    z = zz[:, :J * kh * kw].reshape(b, J, kh, kw, ho, wo)
     hp = max(h + 2 * p[0], d[0] * (kh - 1) + s[0] * (ho - 1) + 1)
     wp = max(w + 2 * p[1], d[1] * (kw - 1) + s[1] * (wo - 1) + 1)
     out = torch.zeros(b, J, hp, wp, dtype=grad.dtype)
     for u, v, (sy, sx) in _taps(kh, kw, s, d, ho, wo):
         out[:, :, sy, sx] += z[:, :, u, v]
-    return out[:, :, p[0]:p[0] + h, p[1]:p[1] + w]
+    out = out[:, :, p[0]:p[0] + h, p[1]:p[1] + w]
+    return out if extra is None else (out, zz[:, J * kh * kw:].reshape(b, -1, ho, wo))
 
 
 def conv_weight_thin_out(x, grad, kernel, params):
