@@ -75,6 +75,9 @@ def measure_interleaved(cfg: dict, steps: int, dataset, variants: dict) -> dict:
         for runner in runners.values():
             runner.step()
     out = {name: runner.result() for name, runner in runners.items()}
+    for name, runner in runners.items():
+        if runner.session.protocol_name == "tempo":
+            out[name + "_summary"] = runner.session.protocol.summary()
     for runner in runners.values():
         runner.session.close()
     return out
@@ -98,12 +101,19 @@ def main() -> None:
             variants["tempo_fused"] = ("tempo", {"fuse_activations": True})
         row = measure_interleaved(cfg, args.steps, synthetic, variants)
         base, tempo = row["enclave"], row["tempo"]
+        row["tempo_summary"] = row.pop("tempo_summary", {"layers": {}})
+        row.pop("tempo_fused_summary", None)
         row["ratio"] = tempo["enclave_s_per_step"] / base["enclave_s_per_step"]
         if args.fuse:
             row["ratio_fused"] = row["tempo_fused"]["enclave_s_per_step"] / base["enclave_s_per_step"]
         results[name] = row
         print(f"{name}: enclave {base['enclave_s_per_step']:.3f} s/step, tempo {tempo['enclave_s_per_step']:.3f} "
               f"s/step -> offload ratio {row['ratio']:.3f}", flush=True)
+        state = sum(v["enclave_state_bytes"] for v in row["tempo_summary"]["layers"].values())
+        weights = sum(v["weight_bytes"] for v in row["tempo_summary"]["layers"].values())
+        print(f"   enclave peak memory above session start: enclave {base['peak_bytes'] / 2**20:.1f} MiB, tempo "
+              f"{tempo['peak_bytes'] / 2**20:.1f} MiB; tempo per-layer check/key state {state / 2**20:.2f} MiB in all "
+              f"vs {weights / 2**20:.1f} MiB of weights (held by the worker)", flush=True)
         print("   tempo enclave time per step by category:",
               {k: round(v, 4) for k, v in tempo["breakdown_per_step"].items()}, flush=True)
         if args.fuse:

@@ -99,6 +99,8 @@ class _Layer:
         self.pending = None       # projections of the weight gradient awaiting optimizer.step()
         self.batch = None         # forward batch key of this step (pb, cb)
         self.t = {}               # tracker tensors
+        self.last_batch = 0
+        self.saved = self.saved_g = None
 
 
 @register
@@ -406,7 +408,7 @@ class Tempo(Protocol):
         training = site.module.training  # (autograd.Function.forward runs with grad mode off)
         self._ensure(layer, weight, training)
         key = layer.key
-        b = x.shape[0]
+        b = layer.last_batch = x.shape[0]
         with rt.ledger.timed("encode"):
             pb, cb = self._batch_key(b, site.name)
             xe = self._enc(x.detach().float(), pb, key["pn"], cb, key["s"])
@@ -733,7 +735,8 @@ class Tempo(Protocol):
                 "effective_bits": perm + signs,
                 "fixed_by_view": "output scales (row-norm ratios of W′ against the known init distribution); "
                                  "the multiset of |W| per row up to its scale; shapes",
-                "batch_key_bits_per_step": None,
+                "batch_key_bits_per_step": (_log2_factorial(layer.last_batch) + layer.last_batch * scale_bits)
+                if layer.last_batch else None,
             }
         return out
 
@@ -747,12 +750,13 @@ class Tempo(Protocol):
     def summary(self) -> dict:
         layers = {}
         for name, layer in self.layers.items():
-            k = self.settings["check_vectors"]
-            words = 2 * (layer.n + layer.m) * k * layer.ksz * 8 * 3 * (2 if layer.has_buf else 1) \
-                + (layer.m + layer.n) * k * 4 * 2
-            keys = (layer.n + layer.m) * 8 + layer.n * 4 + layer.m * 4
+            held = [v for v in layer.t.values() if torch.is_tensor(v)]
+            held += [v for v in (layer.key or {}).values() if torch.is_tensor(v)]
+            state = sum(v.numel() * v.element_size() for v in held)
+            plain = layer.param.numel() * layer.param.element_size()
             layers[name] = {"epoch": layer.epoch, "resident_on_worker": layer.resident,
-                            "enclave_state_bytes": words + keys, "weight_bytes": layer.m * layer.n * layer.ksz * 4}
+                            "enclave_state_bytes": state, "enclave_plaintext_weight_bytes": plain,
+                            "weight_bytes": layer.m * layer.n * layer.ksz * 4}
         self.runtime.ledger.integrity_soundness_bits = self.detection()["soundness_bits_at_that_error"]
         return {"options": dict(self.settings),
                 "rotate_every": self.settings["rotate_every"], "rotations": self.rotations,
