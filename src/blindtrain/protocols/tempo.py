@@ -437,7 +437,7 @@ class Tempo(Protocol):
         training = site.module.training
         self._ensure(layer, weight, training)
         key = layer.key
-        b = x.shape[0]
+        b = layer.last_batch = x.shape[0]
         with rt.ledger.timed("encode"):
             pb, cb = self._perm(b, "batch", site.name), torch.ones(b)  # unit batch scales: bias added on the worker
             xe = self._enc(x.detach().float(), pb, key["pn"], cb, key["s"])
@@ -724,6 +724,7 @@ class Tempo(Protocol):
         e = self.settings["scale_range"]
         scale_bits = math.log2(2 * e + 1)
         out = {}
+        first = next(iter(self.layers), None)
         for name, layer in self.layers.items():
             perm = _log2_factorial(layer.n) + _log2_factorial(layer.m)
             signs = float(layer.n)
@@ -738,6 +739,13 @@ class Tempo(Protocol):
                 "batch_key_bits_per_step": (_log2_factorial(layer.last_batch) + layer.last_batch * scale_bits)
                 if layer.last_batch else None,
             }
+            if name == first:
+                out[name]["model_input"] = (
+                    "conv: the input images are visible to the worker up to a channel permutation, per-channel sign "
+                    "and per-sample power-of-two scale (spatial layout kept): effectively in the clear"
+                    if layer.conv else
+                    "linear: input features permuted and signed under a key fixed for the key epoch; feature "
+                    "statistics across the epoch's batches can pin the permutation")
         return out
 
     def detection(self, ratio: float = 2.0 ** 10) -> dict:
