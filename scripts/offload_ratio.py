@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--models", default="mlp4096,resnet18")
     parser.add_argument("--fuse", action="store_true", help="also measure tempo with fused activations")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--option", action="append", default=[], help="tempo option KEY=VALUE")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,9 +97,10 @@ def main() -> None:
     results = {}
     for name in args.models.split(","):
         cfg = CONFIGS[name]
-        variants = {"enclave": ("enclave", {}), "tempo": ("tempo", {})}
+        options = {k: int(v) if v.isdigit() else v for k, v in (o.split("=", 1) for o in args.option)}
+        variants = {"enclave": ("enclave", {}), "tempo": ("tempo", options)}
         if args.fuse:
-            variants["tempo_fused"] = ("tempo", {"fuse_activations": True})
+            variants["tempo_fused"] = ("tempo", {**options, "fuse_activations": True})
         row = measure_interleaved(cfg, args.steps, synthetic, variants)
         base, tempo = row["enclave"], row["tempo"]
         row["tempo_summary"] = row.pop("tempo_summary", {"layers": {}})

@@ -47,8 +47,17 @@ from .base import Protocol, ProtocolInfo, register
 U32 = 2.0 ** -24  # float32 unit roundoff
 
 
+#: λ of the probabilistic rounding-error bound (Higham & Mary, SIAM J. Sci. Comput. 2019): an inner
+#: product of length K computed in float32 errs by at most λ·√K·u·Σ|x_k||w_k| with probability at
+#: least 1 − 2K·exp(−λ²(1−u)²/2) (≈ 1 − 10^-54 for λ = 16) under independent rounding errors.
+LAMBDA = 16.0
+
+
 def _gamma(k: int) -> float:
-    return k * U32 / (1 - k * U32)
+    """Rounding-error factor of a length-``k`` float32 inner product: the smaller of the worst-case
+    γ_k = k·u/(1−k·u) and the probabilistic λ·√k·u (see :data:`LAMBDA`)."""
+    worst = k * U32 / (1 - k * U32)
+    return min(worst, LAMBDA * math.sqrt(k) * U32)
 
 
 def _thin(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -361,6 +370,12 @@ class Tempo(Protocol):
             else:
                 for s in ("b", "ba", "be"):
                     t.pop(d + s, None)
+        if not layer.conv:
+            # row / column norms of W (and of the momentum buffer): the linear checks' tolerances
+            wd64 = w.double()
+            t["Nw"], t["Mw"] = wd64.norm(dim=1), wd64.norm(dim=0)
+            if buf is not None:
+                t["Nb"], t["Mb"] = buf.double().norm(dim=1), buf.double().norm(dim=0)
         self._refresh_check_mats(layer)
 
     @staticmethod
@@ -381,6 +396,18 @@ class Tempo(Protocol):
         Kv = layer.m * layer.ksz
         t["v32"] = t["vw"].float()
         t["vtol"] = (t["vwa"] * (2 * _gamma(Kv) + _gamma(layer.n) + 2 * U32) + t["vwe"]).float()
+        if not layer.conv:
+            # Linear: per-row tolerances (all O(k) per row given the rows' norms):
+            #   Σ_j ρ_j err_ij, |err_ij| ≤ γ_n ‖x_i‖‖W_j‖, aggregated over j with random signs (Hoeffding, λ):
+            #   λ γ_n ‖x_i‖ (Σ_j ρ_j² ‖W_j‖²)^½ ; the check's own products: γ_n ‖x_i‖‖q‖ + γ_m ‖y_i‖‖ρ‖ ; drift ‖x_i‖‖e‖.
+            rq = ((t["rho"].double() ** 2).t() @ t["Nw"] ** 2).sqrt()
+            rv = ((t["sigma"].double() ** 2).t() @ t["Mw"] ** 2).sqrt()
+            t["ftol_x"] = (LAMBDA * _gamma(layer.n) * rq + _gamma(layer.n) * t["qw"].norm(dim=0)
+                           + t["qwe"].norm(dim=0)).float()
+            t["ftol_y"] = (_gamma(layer.m) * t["rho"].double().norm(dim=0)).float()
+            t["btol_g"] = (LAMBDA * _gamma(layer.m) * rv + _gamma(layer.m) * t["vw"].norm(dim=0)
+                           + t["vwe"].norm(dim=0)).float()
+            t["btol_x"] = (_gamma(layer.n) * t["sigma"].double().norm(dim=0)).float()
 
     def _verify_held(self, layer, w, which, op):
         t = layer.t
@@ -488,7 +515,7 @@ class Tempo(Protocol):
         else:
             lhs = _thin(y, t["rho"])
             rhs = _thin(x, t["q32"])
-            tol = _thin(x.abs(), t["qtol"])
+            tol = x.norm(dim=1, keepdim=True) * t["ftol_x"] + y.norm(dim=1, keepdim=True) * t["ftol_y"]
         ok = bool(((lhs - rhs).abs() <= 2 * tol + 1e-30).all())
         self._fail_if(ok, layer.site.name, "forward", "forward result fails the Freivalds check")
 
@@ -532,7 +559,7 @@ class Tempo(Protocol):
         else:
             lhs = _thin(dx, t["sigma"])
             rhs = _thin(gy, t["v32"])
-            tol = _thin(gy.abs(), t["vtol"])
+            tol = gy.norm(dim=1, keepdim=True) * t["btol_g"] + dx.norm(dim=1, keepdim=True) * t["btol_x"]
         ok = bool(((lhs - rhs).abs() <= 2 * tol + 1e-30).all())
         self._fail_if(ok, layer.site.name, "grad_input", "input gradient fails the Freivalds check")
 
@@ -561,9 +588,14 @@ class Tempo(Protocol):
             v = _thin(gy.t(), _thin(x, t["sigma"]))
             va = _thin(agy.t(), _thin(ax, t["asigma"]))
             rows = x.shape[0]
+            # norm bounds of the gradient's rows / columns: ‖Σ_b g_bj x_b‖ ≤ Σ_b |g_bj| ‖x_b‖
+            norms = {"N": torch.mv(agy.t(), x.norm(dim=1)).double(), "M": torch.mv(ax.t(), gy.norm(dim=1)).double()}
         err = 3 * _gamma(rows) + _gamma(max(layer.m, layer.n)) + 4 * U32
-        return {"q": q.double(), "qa": qa.double(), "qe": qa.double() * err,
-                "v": v.double(), "va": va.double(), "ve": va.double() * err}
+        out = {"q": q.double(), "qa": qa.double(), "qe": qa.double() * err,
+               "v": v.double(), "va": va.double(), "ve": va.double() * err}
+        if not layer.conv:
+            out.update(norms)
+        return out
 
     def _grad_weight_request(self, layer, ge, lo, hi, *, keep):
         site = layer.site
@@ -662,6 +694,17 @@ class Tempo(Protocol):
             t[d + "w"] = w - lr * st
             t[d + "wa"] = wa + abs(lr) * sa
             t[d + "we"] = we + abs(lr) * se + 3 * u * (t[d + "wa"] + abs(lr) * sa)
+        if not layer.conv:
+            for d in ("N", "M"):  # upper bounds of the rows' / columns' norms, by the triangle inequality
+                g, w = P[d], t[d + "w"]
+                dd = g + abs(wd) * w if wd != 0 else g
+                if mu != 0:
+                    b = abs(mu) * t[d + "b"] + abs(1 - damp) * dd if layer.has_buf else dd.clone()
+                    t[d + "b"] = b
+                    st = dd + abs(mu) * b if nesterov else b
+                else:
+                    st = dd
+                t[d + "w"] = (w + abs(lr) * st) * (1 + 4 * u)
         if mu != 0:
             layer.has_buf = True
         self._refresh_check_mats(layer)
