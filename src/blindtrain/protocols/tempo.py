@@ -361,12 +361,13 @@ class Tempo(Protocol):
             avec = t["arho"] if d == "q" else t["asigma"]
             t[d + "w"] = proj(layer, w.double(), vec.double())
             t[d + "wa"] = self._reduce(layer, d, proj(layer, aw, avec).double())
-            t[d + "we"] = t[d + "wa"] * (2 * _gamma(layer.m if d == "q" else layer.n * layer.ksz))
+            # the projections are computed in float64 from the exact float32 weights
+            t[d + "we"] = t[d + "wa"] * (2.0 ** -50 * max(layer.m, layer.n * layer.ksz))
             if buf is not None:
                 bf = buf.float()
                 t[d + "b"] = proj(layer, bf.double(), vec.double())
                 t[d + "ba"] = self._reduce(layer, d, proj(layer, bf.abs(), avec).double())
-                t[d + "be"] = t[d + "ba"] * (2 * _gamma(layer.m))
+                t[d + "be"] = t[d + "ba"] * (2.0 ** -50 * max(layer.m, layer.n * layer.ksz))
             else:
                 for s in ("b", "ba", "be"):
                     t.pop(d + s, None)
