@@ -159,7 +159,13 @@ class Tempo(Protocol):
         return ("tempo", *parts, self.runtime.next_nonce())
 
     def _perm(self, n, *label):
-        return torch.from_numpy(self.runtime.rng.permutation(n, label=self._label("perm", *label)))
+        """A uniform permutation: ranks of n CSPRNG 64-bit words (ties, probability < n²/2^65, fall back to
+        the CSPRNG's Fisher-Yates); vectorized, unlike a Python Fisher-Yates loop."""
+        words = np.frombuffer(self.runtime.rng.random_bytes(8 * n, label=self._label("perm", *label)), dtype=np.uint64)
+        perm = np.argsort(words, kind="stable")
+        if n > 1 and np.any(words[perm[1:]] == words[perm[:-1]]):  # pragma: no cover - astronomically rare
+            perm = self.runtime.rng.permutation(n, label=self._label("perm-fy", *label))
+        return torch.from_numpy(perm.astype(np.int64))
 
     def _pow2(self, n, *label):
         e = self.settings["scale_range"]
@@ -507,12 +513,16 @@ class Tempo(Protocol):
         if layer.conv:
             cp = layer.site.conv_params
             lhs = thin.channels(y, t["rho"])
-            rhs, xs = thin.conv(x, t["q32"], cp, extra=t["sigma"].t())
-            # |X| ⋆ T ≤ (Σ_n |X_n|) ⋆ max_n T
-            l1x = _l1(x)
+            k = t["sigma"].shape[1]
+            ones = torch.ones(1, layer.n)
+            rhs, extra = thin.conv(x, t["q32"], cp, extra=torch.cat([t["sigma"].t(), ones]))
+            xs, csum = extra[:, :k], extra[:, k:]
+            lo, hi = torch.aminmax(x)
+            # |X| ⋆ T ≤ (Σ_n |X_n|) ⋆ max_n T ; after a ReLU X ≥ 0 and Σ_n |X_n| comes with the GEMM
+            l1x = csum if lo >= 0 else _l1(x)
             tol = thin.conv(l1x, t["qtol"], cp)
             if layer.site.module.training:  # what the weight-gradient projections need, from this read of X
-                layer.saved = {"xs": xs, "l1x": l1x, "linfx": _linf(x)}
+                layer.saved = {"xs": xs, "l1x": l1x, "linfx": x.amax(1, keepdim=True) if lo >= 0 else _linf(x)}
         else:
             lhs = _thin(y, t["rho"])
             rhs = _thin(x, t["q32"])
