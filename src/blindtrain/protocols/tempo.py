@@ -823,6 +823,9 @@ class Tempo(Protocol):
         return {"options": dict(self.settings),
                 "rotate_every": self.settings["rotate_every"], "rotations": self.rotations,
                 "fused_activations": self.settings["fuse_activations"],
+                "fused_layers": list(getattr(self, "fused", [])),
+                "fused_integrity": "forward results of fused layers are not Freivalds-checked (nonlinear); only "
+                                   "ReLU outputs' signs are" if self.settings["fuse_activations"] else None,
                 "optimizer_update": "worker (SGD on W′ in place)" if any(l.resident for l in self.layers.values())
                 else "enclave (decode gradient, re-encrypt each step)",
                 "integrity": self.detection(), "privacy": self.privacy(), "layers": layers}
