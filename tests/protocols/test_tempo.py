@@ -206,3 +206,32 @@ def test_fused_activations_match_plain_and_run_on_the_worker(model_name, dataset
     assert metrics["integrity_failures"] == 0
     assert not any(isinstance(m, (torch.nn.ReLU, torch.nn.MaxPool2d)) for m in model.modules())
     assert set(model.state_dict()) == set(build(model_name, dataset.input_shape, dataset.num_classes).state_dict())
+
+
+@pytest.mark.parametrize("workers,model_name", [(1, "mlp"), (2, "lenet")])
+def test_cost_model_equals_the_ledger_in_steady_state(workers, model_name, digits, synthetic):
+    import math
+
+    from blindtrain.costs import trace_ops
+
+    dataset = digits if model_name == "mlp" else synthetic
+    torch.manual_seed(0)
+    model = build(model_name, dataset.input_shape, dataset.num_classes)
+    ops = trace_ops(model, dataset.input_shape, batch=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    with bt.Session(protocol="tempo", device="cpu", workers=workers, seed=None) as session:
+        model, opt = session.prepare(model, opt)
+        batches = dataset.batches(batch_size=8, epoch=0, seed=0)
+        for index in range(3):
+            x, y = next(batches)
+            if index == 2:
+                ledger = session.ledger
+                before = (ledger.bytes_to_worker, ledger.bytes_from_worker, ledger.messages)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        cost = session.protocol.cost_model(ops, batch=8, input_numel=math.prod(dataset.input_shape),
+                                           classes=dataset.num_classes)
+        measured = (ledger.bytes_to_worker - before[0], ledger.bytes_from_worker - before[1],
+                    ledger.messages - before[2])
+    assert (cost.bytes_to_worker, cost.bytes_from_worker, cost.round_trips) == measured
