@@ -86,7 +86,7 @@ def main() -> None:
 @click.option("--activation", default="relu", show_default=True, help="mlp activation: relu, sigmoid, arctan, softplus")
 @click.option("--dataset", default="digits", show_default=True, help="digits, synthetic, cifar10")
 @click.option("--data-dir", type=click.Path(), help="directory of the CIFAR-10 python batches")
-@click.option("--protocol", default="enclave", show_default=True, help="see `blindtrain protocols`")
+@click.option("--protocol", default="tempo", show_default=True, help="see `blindtrain protocols`")
 @click.option("--epochs", type=int, default=5, show_default=True)
 @click.option("--steps", type=int, help="run this many optimizer steps (overrides --epochs)")
 @click.option("--batch-size", type=int, default=64, show_default=True)

@@ -63,7 +63,7 @@ class Session:
         **protocol_options: the protocol's own options (``unmask=``, ``fuse_activations=`` ...).
     """
 
-    def __init__(self, *, protocol: str = "enclave", device: str = "auto", seed: int | None = 0,
+    def __init__(self, *, protocol: str = "tempo", device: str = "auto", seed: int | None = 0,
                  transport: str = "inproc", threads: int | None = None, adversary: str | None = None,
                  transcript: bool = False, enclave_key: bytes | None = None, epc_bytes: int = 128 * 2**20,
                  worker_threads: int | None = None, worker_timeout: float = 600.0, **protocol_options) -> None:

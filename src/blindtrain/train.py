@@ -34,7 +34,7 @@ class TrainConfig:
     activation: str = "relu"
     dataset: str = "digits"
     data_dir: str | None = None
-    protocol: str = "enclave"
+    protocol: str = "tempo"
     epochs: int = 5
     steps: int | None = None
     batch_size: int = 64

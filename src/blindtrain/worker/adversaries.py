@@ -5,6 +5,11 @@ It strikes once, at the first result that matches its trigger (step at or after
 ``step``, and the given ``layer`` / ``op`` if set), except ``crash``, which kills
 the worker there.  Spec syntax: ``NAME`` or ``NAME:step=2,layer=fc1,op=grad_input``.
 
+``target=state`` (with ``tamper``, ``noise`` or ``zeros``) corrupts a tensor the worker
+*holds* between requests (e.g. weights kept on the worker) instead of a returned result:
+at the first matching request, before running it, the longest-held float tensor (whose
+handle has ``layer`` as a ``/``-separated component, if given) is changed in place.
+
 The adversary is the attacker, not the enclave: it may use ordinary randomness.
 """
 
@@ -26,6 +31,7 @@ class AdversarySpec:
     step: int = 1
     layer: str | None = None
     op: str | None = None
+    target: str = "result"
 
     @classmethod
     def parse(cls, text: str | None) -> "AdversarySpec":
@@ -37,8 +43,13 @@ class AdversarySpec:
         fields: dict = {}
         for item in filter(None, rest.split(",")):
             key, eq, value = item.partition("=")
-            if not eq or key not in ("step", "layer", "op"):
-                raise UsageError(f"bad adversary option {item!r}; use step=N, layer=NAME, op=NAME")
+            if not eq or key not in ("step", "layer", "op", "target"):
+                raise UsageError(f"bad adversary option {item!r}; use step=N, layer=NAME, op=NAME, "
+                                 f"target=result|state")
+            if key == "target" and value not in ("result", "state"):
+                raise UsageError(f"adversary target must be result or state, got {value!r}")
+            if key == "target" and value == "state" and name not in ("tamper", "noise", "zeros"):
+                raise UsageError("target=state applies to tamper, noise and zeros")
             if key == "step":
                 try:
                     fields[key] = int(value)
@@ -64,8 +75,24 @@ class Adversary:
         return (tag.step >= spec.step and (spec.layer is None or spec.layer == tag.layer)
                 and (spec.op is None or spec.op == tag.op))
 
+    def before_request(self, tag, state: dict) -> None:
+        """``target=state``: corrupt a held tensor before the first matching request runs."""
+        if self.spec.target != "state" or self.struck or not self._matches(tag):
+            return
+        layer = self.spec.layer
+        held = [h for h, t in state.items()
+                if torch.is_tensor(t) and t.is_floating_point() and t.numel() > 0
+                and (layer is None or layer in h.split("/"))]
+        if not held:
+            return
+        self.struck = True
+        victim = state[held[0]]  # the longest held: a model-sized tensor kept across steps
+        victim.copy_(self._corrupt(victim, None))
+
     def on_result(self, tag, result: torch.Tensor, modulus: int | None) -> torch.Tensor:
         name = self.spec.name
+        if self.spec.target == "state":
+            return result
         if name == "honest" or self.struck or not self._matches(tag):
             if name == "replay":
                 self._history[(tuple(result.shape), result.dtype)] = result.clone()
@@ -84,6 +111,10 @@ class Adversary:
             self.struck = True
             return earlier.to(result.device)
         self.struck = True
+        return self._corrupt(result, modulus)
+
+    def _corrupt(self, result: torch.Tensor, modulus: int | None) -> torch.Tensor:
+        name = self.spec.name
         out = result.clone()
         flat = out.view(-1)
         if name == "zeros":

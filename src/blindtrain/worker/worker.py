@@ -55,6 +55,7 @@ class Worker:
 
     def handle(self, request: Request) -> Response:
         start = time.perf_counter()
+        self.adversary.before_request(request.tag, self.state)
         args = {name: self._resolve(arg) for name, arg in request.args.items()}
         for name, handle in request.keep.items():
             self.state[handle] = args[name]

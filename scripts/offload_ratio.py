@@ -1,0 +1,133 @@
+"""Offload ratio enclave_seconds(tempo) / enclave_seconds(enclave), measured in one process on CPU.
+
+    PYTHONPATH=src python scripts/offload_ratio.py [--steps 3] [--models mlp4096,resnet18] [--fuse]
+
+Per model: the same model, batch and data under ``enclave`` and ``tempo``; one warm-up step
+(tempo encrypts the weights there) is excluded, then ``--steps`` steady-state steps are timed
+from the ledgers, the protocols' steps interleaved so that load on a shared machine hits both alike.  Prints the ratio and where tempo's remaining enclave time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+
+import blindtrain as bt
+from blindtrain import data as datasets
+from blindtrain.models import build
+
+CONFIGS = {
+    "mlp4096": dict(model="mlp", hidden=(4096, 4096, 4096), batch=64),
+    "resnet18": dict(model="resnet18", hidden=None, batch=32),
+    "lenet": dict(model="lenet", hidden=None, batch=64),
+}
+
+
+class Runner:
+    """One model + optimizer + session under a protocol; steps are timed from its ledger."""
+
+    def __init__(self, protocol: str, cfg: dict, dataset, **options) -> None:
+        torch.manual_seed(0)
+        model = build(cfg["model"], dataset.input_shape, dataset.num_classes, hidden=cfg["hidden"])
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        self.session = bt.Session(protocol=protocol, device="cpu", seed=None, **options)
+        self.model, self.optimizer = self.session.prepare(model, optimizer)
+        self.model.train()
+        self.batches = dataset.batches(batch_size=cfg["batch"], epoch=0, seed=0)
+        self.totals = {"enclave_s": 0.0, "bytes": 0, "messages": 0}
+        self.breakdown: dict[str, float] = {}
+        self.steps = 0
+
+    def step(self, timed: bool = True) -> None:
+        ledger = self.session.ledger
+        before = (ledger.enclave_seconds, dict(ledger.enclave_breakdown()),
+                  ledger.bytes_to_worker + ledger.bytes_from_worker, ledger.messages)
+        x, y = next(self.batches)
+        self.optimizer.zero_grad()
+        F.cross_entropy(self.model(x), y).backward()
+        self.optimizer.step()
+        if timed:
+            self.steps += 1
+            self.totals["enclave_s"] += ledger.enclave_seconds - before[0]
+            self.totals["bytes"] += ledger.bytes_to_worker + ledger.bytes_from_worker - before[2]
+            self.totals["messages"] += ledger.messages - before[3]
+            for k, v in ledger.enclave_breakdown().items():
+                self.breakdown[k] = self.breakdown.get(k, 0.0) + v - before[1].get(k, 0.0)
+
+    def result(self) -> dict:
+        n = max(self.steps, 1)
+        return {"enclave_s_per_step": self.totals["enclave_s"] / n, "bytes_per_step": self.totals["bytes"] / n,
+                "messages_per_step": self.totals["messages"] / n,
+                "breakdown_per_step": {k: v / n for k, v in self.breakdown.items()},
+                "peak_bytes": self.session.ledger.enclave_peak_bytes}
+
+
+def measure_interleaved(cfg: dict, steps: int, dataset, variants: dict) -> dict:
+    """Steps of every variant interleaved (enclave, tempo, enclave, tempo ...) so that load from other
+    processes on a shared machine hits them alike; one warm-up step each (tempo encrypts there)."""
+    runners = {name: Runner(protocol, cfg, dataset, **options) for name, (protocol, options) in variants.items()}
+    for runner in runners.values():
+        runner.step(timed=False)
+    for _ in range(steps):
+        for runner in runners.values():
+            runner.step()
+    out = {name: runner.result() for name, runner in runners.items()}
+    for name, runner in runners.items():
+        if runner.session.protocol_name == "tempo":
+            out[name + "_summary"] = runner.session.protocol.summary()
+    for runner in runners.values():
+        runner.session.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--models", default="mlp4096,resnet18")
+    parser.add_argument("--fuse", action="store_true", help="also measure tempo with fused activations")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--option", action="append", default=[], help="tempo option KEY=VALUE")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    synthetic = datasets.load("synthetic", seed=0)
+    results = {}
+    for name in args.models.split(","):
+        cfg = CONFIGS[name]
+        options = {k: int(v) if v.isdigit() else v for k, v in (o.split("=", 1) for o in args.option)}
+        variants = {"enclave": ("enclave", {}), "tempo": ("tempo", options)}
+        if args.fuse:
+            variants["tempo_fused"] = ("tempo", {**options, "fuse_activations": True})
+        row = measure_interleaved(cfg, args.steps, synthetic, variants)
+        base, tempo = row["enclave"], row["tempo"]
+        row["tempo_summary"] = row.pop("tempo_summary", {"layers": {}})
+        row.pop("tempo_fused_summary", None)
+        row["ratio"] = tempo["enclave_s_per_step"] / base["enclave_s_per_step"]
+        if args.fuse:
+            row["ratio_fused"] = row["tempo_fused"]["enclave_s_per_step"] / base["enclave_s_per_step"]
+        results[name] = row
+        print(f"{name}: enclave {base['enclave_s_per_step']:.3f} s/step, tempo {tempo['enclave_s_per_step']:.3f} "
+              f"s/step -> offload ratio {row['ratio']:.3f}", flush=True)
+        state = sum(v["enclave_state_bytes"] for v in row["tempo_summary"]["layers"].values())
+        weights = sum(v["weight_bytes"] for v in row["tempo_summary"]["layers"].values())
+        print(f"   enclave peak memory above session start: enclave {base['peak_bytes'] / 2**20:.1f} MiB, tempo "
+              f"{tempo['peak_bytes'] / 2**20:.1f} MiB; tempo per-layer check/key state {state / 2**20:.2f} MiB in all "
+              f"vs {weights / 2**20:.1f} MiB of weights (held by the worker)", flush=True)
+        print("   tempo enclave time per step by category:",
+              {k: round(v, 4) for k, v in tempo["breakdown_per_step"].items()}, flush=True)
+        if args.fuse:
+            print(f"   fused: {row['tempo_fused']['enclave_s_per_step']:.3f} s/step ratio {row['ratio_fused']:.3f}; "
+                  f"messages/step {tempo['messages_per_step']:.0f} -> {row['tempo_fused']['messages_per_step']:.0f}; "
+                  f"bytes/step {tempo['bytes_per_step']:.0f} -> {row['tempo_fused']['bytes_per_step']:.0f}; "
+                  f"nonlinear s/step {tempo['breakdown_per_step'].get('nonlinear', 0):.4f} -> "
+                  f"{row['tempo_fused']['breakdown_per_step'].get('nonlinear', 0):.4f}",
+                  flush=True)
+    print(json.dumps({k: {"ratio": v["ratio"], **({"ratio_fused": v["ratio_fused"]} if "ratio_fused" in v else {})}
+                      for k, v in results.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,899 @@
+"""``tempo``: permutation obfuscation of weights and activations (Xu & Fang), DESIGN.md.
+
+Per weighted layer (W: m×n, Linear ``y = x Wᵀ``; Conv2d: channels play n and m) and
+key epoch, the enclave draws from its CSPRNG a permutation π_n and signs s ∈ {±1}^n of
+the inner dimension, a permutation π_m and power-of-two scales c of the output dimension.
+The worker holds ``W′ = (c · W · s)[π_m][:, π_n]`` (an out×in tensor, as nn.Linear / Conv2d
+store it).  Per step and layer a fresh batch key (π_b, c_b):
+
+* forward     ``X′ = (c_b X s)[π_b][:, π_n]``; ``X′W′ᵀ = (c_b Y c)[π_b][:, π_m]``; X′ stays on the worker.
+* grad_input  ``G₁ = (c′_b dY / c)[π′_b][:, π_m]``; ``G₁W′ = (c′_b dX s)[π′_b][:, π_n]``.
+* grad_weight ``G₂ = (dY c / c_b)[π_b][:, π_m]``; ``G₂ᵀX′ = (c dW s)[π_m][:, π_n]`` — the gradient
+  already in W′'s key: the worker keeps it, and ``optimizer.step()`` has it apply SGD
+  (momentum, dampening, Nesterov, weight decay) to W′ in place.  Nothing weight-sized crosses.
+
+Decoding is exact up to float rounding (permutations, signs and powers of two are exact).
+Keys rotate every ``rotate_every`` steps: the enclave fetches W′ (and the momentum buffer),
+verifies it, decodes it, re-encodes it under a fresh key and sends it back.
+
+t-integrity (Freivalds over floats): the enclave keeps secret check matrices ρ (m×k) and
+σ (n×k) and the projections ``q = Wᵀρ`` and ``v = Wσ`` in plaintext coordinates, kept
+current incrementally from the plaintext activations and gradients it has anyway
+(``Δq = −lr·xᵀ(dY ρ)`` ...), in O(b(n+m)k).  Every result R is checked as
+``|Rρ − X q| ≤ τ`` with τ a rigorous float32 error bound (γ_K = K·u/(1−K·u) times tracked
+upper bounds of ``|W||ρ|``, plus the worker's update-rounding drift).  A wrong update of W′ on
+the worker (or a tampered held tensor) fails the next check; a fetched W′ is checked too.
+Miss probability of an error e in an entry: ≤ (τ/|e|)^k (ρ uniform in [−1, 1], k vectors).
+
+Optimizers: ``torch.optim.SGD`` (any momentum / dampening / Nesterov / weight decay) runs on
+the worker ("resident" weights).  Any other optimizer (Adam, ...): enclave-side update —
+the worker returns the obfuscated weight gradient, the enclave decodes and checks it, the
+optimizer updates the plaintext weight, and the layer is re-encrypted each step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..boundary import Ref, Request, Sent, Tag
+from ..errors import IntegrityError, UsageError
+from ..tempo import thin
+from .base import Protocol, ProtocolInfo, register
+
+U32 = 2.0 ** -24  # float32 unit roundoff
+
+
+#: λ of the probabilistic rounding-error bound (Higham & Mary, SIAM J. Sci. Comput. 2019): an inner
+#: product of length K computed in float32 errs by at most λ·√K·u·Σ|x_k||w_k| with probability at
+#: least 1 − 2K·exp(−λ²(1−u)²/2) (≈ 1 − 10^-54 for λ = 16) under independent rounding errors.
+LAMBDA = 16.0
+
+
+def _gamma(k: int) -> float:
+    """Rounding-error factor of a length-``k`` float32 inner product: the smaller of the worst-case
+    γ_k = k·u/(1−k·u) and the probabilistic λ·√k·u (see :data:`LAMBDA`)."""
+    worst = k * U32 / (1 - k * U32)
+    return min(worst, LAMBDA * math.sqrt(k) * U32)
+
+
+def _thin(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for a thin ``b`` (a few check vectors): matrix-vector products, which stay fast
+    (single pass, no thread barriers) where a skinny GEMM does not."""
+    if b.shape[1] > 4:
+        return a @ b
+    return torch.stack([torch.mv(a, b[:, j]) for j in range(b.shape[1])], 1)
+
+
+def _l1(t: torch.Tensor) -> torch.Tensor:
+    """Σ over channels of |t| (N×1×H×W); a plain reduction, much faster than linalg.vector_norm on dim 1."""
+    return t.abs().sum(1, keepdim=True)
+
+
+def _linf(t: torch.Tensor) -> torch.Tensor:
+    """max over channels of |t| (N×1×H×W)."""
+    return torch.maximum(t.amax(1, keepdim=True), -t.amin(1, keepdim=True))
+
+
+def _conv_kw(params: dict) -> dict:
+    return {k: params[k] for k in ("stride", "padding", "dilation") if k in params}
+
+
+def _log2_factorial(n: int) -> float:
+    return math.lgamma(n + 1) / math.log(2)
+
+
+class _Layer:
+    """Per-layer tempo state (kept in ``site.state['tempo']``)."""
+
+    def __init__(self, site, param, key_prefix):
+        self.site = site
+        self.param = param
+        self.h = key_prefix
+        self.conv = site.kind == "conv2d"
+        shape = tuple(site.weight_shape)
+        self.m, self.n = shape[0], shape[1]
+        self.kernel = shape[2:]
+        self.ksz = int(np.prod(self.kernel)) if self.kernel else 1
+        self.epoch = -1
+        self.epoch_start = 0
+        self.key = None
+        self.blocks = []
+        self.resident = True
+        self.encrypted_version = None
+        self.has_buf = False
+        self.pending = None       # projections of the weight gradient awaiting optimizer.step()
+        self.batch = None         # forward batch key of this step (pb, cb)
+        self.t = {}               # tracker tensors
+        self.last_batch = 0
+        self.saved = self.saved_g = None
+
+
+@register
+class Tempo(Protocol):
+    info = ProtocolInfo(
+        name="tempo",
+        source="Tempo (Xu & Fang)",
+        trains=True,
+        private="model weights (permuted, signed, power-of-two scaled; kept encrypted on the worker), "
+                "activations and gradients (obfuscated under fresh batch keys)",
+        integrity="t-integrity: Freivalds over floats against a float32 error bound, incremental check "
+                  "projections; miss probability <= (tol/|error|)^k per result",
+        leaks="obfuscation, not encryption: per tensor the multiset of values up to sign and power-of-two "
+              "scale, zero/sparsity patterns (ReLU), tensor shapes; the spatial layout of conv activations is "
+              "kept, so first-layer image inputs are visible up to channel permutation, sign and scale; the "
+              "weight key is fixed for a key epoch, so statistics across its steps can pin the inner "
+              "permutation; row-norm statistics reveal the output scales",
+        summary="bilinear ops offloaded on permuted/scaled operands; weights stay encrypted on the worker and "
+                "are updated there (SGD); re-encrypted only on key rotation or read-out",
+    )
+    options = {"fuse_activations": False, "rotate_every": 100, "workers": 1, "check_vectors": 2,
+               "scale_range": 4, "update": "auto"}
+
+    def __init__(self, runtime, **options):
+        super().__init__(runtime, **options)
+        s = self.settings
+        try:
+            s["rotate_every"] = int(s["rotate_every"] or 100)
+            s["workers"] = int(s["workers"] or 1)
+            s["check_vectors"] = int(s["check_vectors"])
+            s["scale_range"] = int(s["scale_range"])
+        except (TypeError, ValueError):
+            raise UsageError("tempo options rotate_every, workers, check_vectors, scale_range are integers") from None
+        if s["rotate_every"] < 1 or s["workers"] < 1 or s["check_vectors"] < 1 or not 0 <= s["scale_range"] <= 30:
+            raise UsageError("tempo: --rotate-every and --workers must be >= 1, check_vectors >= 1, "
+                             "scale_range in [0, 30]")
+        if s["update"] not in ("auto", "worker", "enclave"):
+            raise UsageError("tempo option update must be auto, worker or enclave")
+        s["fuse_activations"] = bool(s["fuse_activations"])
+        self.layers: dict[str, _Layer] = {}
+        self.optimizer = None
+        self.rotations = 0
+        runtime.ledger.integrity_soundness_bits = self.detection()["soundness_bits_at_that_error"]
+
+    # ------------------------------------------------------------------ keys ----
+    def _label(self, *parts):
+        return ("tempo", *parts, self.runtime.next_nonce())
+
+    def _perm(self, n, *label):
+        """A uniform permutation: ranks of n CSPRNG 64-bit words (ties, probability < n²/2^65, fall back to
+        the CSPRNG's Fisher-Yates); vectorized, unlike a Python Fisher-Yates loop."""
+        words = np.frombuffer(self.runtime.rng.random_bytes(8 * n, label=self._label("perm", *label)), dtype=np.uint64)
+        perm = np.argsort(words, kind="stable")
+        if n > 1 and np.any(words[perm[1:]] == words[perm[:-1]]):  # pragma: no cover - astronomically rare
+            perm = self.runtime.rng.permutation(n, label=self._label("perm-fy", *label))
+        return torch.from_numpy(perm.astype(np.int64))
+
+    def _pow2(self, n, *label):
+        e = self.settings["scale_range"]
+        if e == 0:
+            return torch.ones(n)
+        exps = self.runtime.rng.integers(-e, e, (n,), label=self._label("scale", *label))
+        return torch.from_numpy(np.ldexp(1.0, exps).astype(np.float32))
+
+    def _signs(self, n, *label):
+        return torch.from_numpy(self.runtime.rng.signs(n, label=self._label("signs", *label)))
+
+    def _uniform(self, shape, *label):
+        u = self.runtime.rng.uniform_float(shape, label=self._label("check", *label))
+        return torch.from_numpy(u * 2.0 - 1.0).float()
+
+    def _batch_key(self, b, layer):
+        pb = self._perm(b, "batch", layer)
+        cb = self._pow2(b, "batch", layer)
+        return pb, cb
+
+    # --------------------------------------------------------------- encoding ----
+    @staticmethod
+    def _gather(x, p0, p1, scale):
+        """``x[p0][:, p1] * scale`` (scale: d0×d1), one gather pass and one scaling pass."""
+        d0, d1 = x.shape[0], x.shape[1]
+        if x.dim() == 2:
+            out = x.index_select(0, p0).index_select(1, p1)
+            return out.mul_(scale)
+        rows = (p0.view(-1, 1) * d1 + p1.view(1, -1)).view(-1)
+        out = x.reshape(d0 * d1, -1).index_select(0, rows)
+        out.mul_(scale.reshape(-1, 1))
+        return out.view(d0, d1, *x.shape[2:])
+
+    @classmethod
+    def _enc(cls, x, p0, p1, s0, s1):
+        """``(s0 ⊗ s1 · x)[p0][:, p1]`` for a 2-D or 4-D tensor (s0, s1 in *original* order)."""
+        return cls._gather(x, p0, p1, s0[p0].view(-1, 1) * s1[p1].view(1, -1))
+
+    @classmethod
+    def _dec(cls, y, p0, p1, s0, s1):
+        """Inverse of :meth:`_enc` given the same keys (x = dec(enc(x))), exact."""
+        return cls._gather(y, torch.argsort(p0), torch.argsort(p1), 1.0 / (s0.view(-1, 1) * s1.view(1, -1)))
+
+    # ------------------------------------------------------------------ wrap ----
+    def wrap(self, model, optimizer):
+        model, optimizer = super().wrap(model, optimizer)
+        mode = self.settings["update"]
+        resident_ok = optimizer is None or (type(optimizer) is torch.optim.SGD
+                                            and not any(g.get("maximize") for g in optimizer.param_groups))
+        if mode == "worker" and not resident_ok:
+            raise UsageError("tempo: worker-side updates support torch.optim.SGD only; use update=enclave or auto")
+        for site in self.sites:
+            if site.kind == "matmul":
+                continue
+            layer = _Layer(site, site.module.weight, f"tempo/{site.name}")
+            layer.resident = resident_ok and mode != "enclave"
+            site.state["tempo"] = layer
+            self.layers[site.name] = layer
+        self.optimizer = optimizer
+        if optimizer is not None:
+            optimizer.register_step_post_hook(self._after_optimizer_step)
+        if self.settings["fuse_activations"]:
+            from ..tempo.fuse import install_fused
+
+            self.fused = install_fused(model, self)
+        return model, optimizer
+
+    def _group_of(self, param):
+        for group in self.optimizer.param_groups:
+            if any(p is param for p in group["params"]):
+                return group
+        return None
+
+    # ------------------------------------------------------- weight epochs ------
+    def _call(self, request, index=0):
+        return self.runtime.call(request, index=index)
+
+    def _blocks(self, m):
+        n = min(self.settings["workers"], m)
+        edges = [round(i * m / n) for i in range(n + 1)]
+        return [(edges[i], edges[i + 1]) for i in range(n)]
+
+    def _ensure(self, layer: _Layer, weight, training: bool):
+        """Encrypt the layer's weights if needed (first use, rotation, or a changed enclave copy)."""
+        param = layer.param
+        if layer.key is None or (param.numel() > 0 and param._version != layer.encrypted_version):
+            self._encrypt(layer, param.detach(), self._plain_buffer(layer), fetch_old=False)
+        elif training and layer.resident and self.runtime.step - layer.epoch_start >= self.settings["rotate_every"]:
+            w, buf = self._fetch(layer)
+            self._encrypt(layer, w, buf, fetch_old=True)
+        elif layer.resident and param.numel() > 0:
+            self._release(layer)  # a read-out (checkpoint) left a copy in the enclave: drop it
+
+    def _release(self, layer):
+        """The enclave no longer needs the plaintext weights: they live (encrypted) on the worker."""
+        layer.param.data = torch.empty(0, dtype=layer.param.dtype)
+        state = self.optimizer.state.get(layer.param) if self.optimizer is not None else None
+        if state:
+            state.pop("momentum_buffer", None)
+        layer.encrypted_version = layer.param._version
+
+    def _plain_buffer(self, layer):
+        if self.optimizer is None or not layer.resident:
+            return None
+        state = self.optimizer.state.get(layer.param, {})
+        buf = state.get("momentum_buffer")
+        return None if buf is None or buf.numel() == 0 else buf.detach()
+
+    def _encrypt(self, layer: _Layer, w, buf, *, fetch_old: bool):
+        """New key epoch for ``layer``: draw keys, send W′ (and the momentum buffer) to the workers."""
+        rt = self.runtime
+        site = layer.site
+        with rt.ledger.timed("encode"):
+            layer.epoch += 1
+            layer.epoch_start = rt.step
+            name = site.name
+            key = {"pn": self._perm(layer.n, "pn", name, layer.epoch), "pm": self._perm(layer.m, "pm", name, layer.epoch),
+                   "s": self._signs(layer.n, "s", name, layer.epoch), "c": self._pow2(layer.m, "c", name, layer.epoch)}
+            layer.key = key
+            layer.blocks = self._blocks(layer.m)
+            w = w.float()
+            enc_w = self._enc(w, key["pm"], key["pn"], key["c"], key["s"])
+            enc_b = None if buf is None else self._enc(buf.float(), key["pm"], key["pn"], key["c"], key["s"])
+            self._reset_tracker(layer, w, buf)
+        for k, (lo, hi) in enumerate(layer.blocks):
+            args = {"W": Sent(enc_w[lo:hi].contiguous(), "obfuscated")}
+            keep = {"W": f"{layer.h}/w"}
+            if enc_b is not None:
+                args["M"] = Sent(enc_b[lo:hi].contiguous(), "obfuscated")
+                keep["M"] = f"{layer.h}/buf"
+            self._call(Request("store", args, Tag(rt.step, name, "encrypt"), keep=keep, return_result=False), k)
+            if enc_b is None:
+                self._call(Request("free", {}, Tag(rt.step, name, "encrypt"),
+                                   params={"handles": [f"{layer.h}/buf"]}, return_result=False), k)
+        layer.has_buf = enc_b is not None
+        rt.ledger.weight_encryptions += 1
+        if fetch_old:
+            self.rotations += 1
+        layer.encrypted_version = layer.param._version
+        if layer.resident and layer.param.numel() > 0:
+            self._release(layer)
+        del enc_w, enc_b
+
+    def _fetch(self, layer: _Layer):
+        """Fetch W′ (and buffer) from the workers, decode, and check them against the projections."""
+        rt = self.runtime
+        parts_w, parts_b = [], []
+        for k, (lo, hi) in enumerate(layer.blocks):
+            parts_w.append(self._call(Request("fetch", {"X": Ref(f"{layer.h}/w")}, Tag(rt.step, layer.site.name, "fetch")),
+                                      k).result)
+            if layer.has_buf:
+                parts_b.append(self._call(Request("fetch", {"X": Ref(f"{layer.h}/buf")},
+                                                  Tag(rt.step, layer.site.name, "fetch")), k).result)
+        key = layer.key
+        with rt.ledger.timed("decode_verify"):
+            w = self._dec(torch.cat(parts_w), key["pm"], key["pn"], key["c"], key["s"])
+            buf = self._dec(torch.cat(parts_b), key["pm"], key["pn"], key["c"], key["s"]) if layer.has_buf else None
+            self._verify_held(layer, w, "w", "fetch")
+            if buf is not None:
+                self._verify_held(layer, buf, "b", "fetch")
+        return w, buf
+
+    def materialize(self) -> None:
+        """Bring the current plaintext weights (and momentum buffers) back into the enclave model."""
+        for layer in self.layers.values():
+            if layer.key is None or not layer.resident or layer.param.numel() > 0:
+                continue  # never encrypted, enclave-updated, or already in the enclave
+            w, buf = self._fetch(layer)
+            with torch.no_grad():
+                layer.param.data = w.reshape(layer.site.weight_shape).to(layer.param.dtype)
+            if buf is not None and self.optimizer is not None:
+                self.optimizer.state[layer.param]["momentum_buffer"] = buf.reshape(layer.site.weight_shape)
+            layer.encrypted_version = layer.param._version
+
+    # ------------------------------------------------------------ tracker -------
+    def _proj_q(self, layer, w, rho):
+        """``Wᵀρ`` (linear: n×k) / ``Σ_m ρ[m,j] W[m]`` (conv: k×n×kh×kw)."""
+        if layer.conv:
+            return torch.einsum("mnhw,mk->knhw", w, rho)
+        return w.t() @ rho
+
+    def _proj_v(self, layer, w, sigma):
+        if layer.conv:
+            return torch.einsum("mnhw,nk->mkhw", w, sigma)
+        return w @ sigma
+
+    def _reset_tracker(self, layer, w, buf):
+        k = self.settings["check_vectors"]
+        name = layer.site.name
+        t = layer.t
+        if "rho" not in t:
+            t["rho"] = self._uniform((layer.m, k), "rho", name)
+            t["sigma"] = self._uniform((layer.n, k), "sigma", name)
+            t["arho"], t["asigma"] = t["rho"].abs(), t["sigma"].abs()
+        w = w.float()
+        aw = w.abs()
+        for d, proj in (("q", self._proj_q), ("v", self._proj_v)):
+            vec = t["rho"] if d == "q" else t["sigma"]
+            avec = t["arho"] if d == "q" else t["asigma"]
+            t[d + "w"] = proj(layer, w.double(), vec.double())
+            t[d + "wa"] = self._reduce(layer, d, proj(layer, aw, avec).double())
+            # the projections are computed in float64 from the exact float32 weights
+            t[d + "we"] = t[d + "wa"] * (2.0 ** -50 * max(layer.m, layer.n * layer.ksz))
+            if buf is not None:
+                bf = buf.float()
+                t[d + "b"] = proj(layer, bf.double(), vec.double())
+                t[d + "ba"] = self._reduce(layer, d, proj(layer, bf.abs(), avec).double())
+                t[d + "be"] = t[d + "ba"] * (2.0 ** -50 * max(layer.m, layer.n * layer.ksz))
+            else:
+                for s in ("b", "ba", "be"):
+                    t.pop(d + s, None)
+        if not layer.conv:
+            # row / column norms of W (and of the momentum buffer): the linear checks' tolerances
+            wd64 = w.double()
+            t["Nw"], t["Mw"] = wd64.norm(dim=1), wd64.norm(dim=0)
+            if buf is not None:
+                t["Nb"], t["Mb"] = buf.double().norm(dim=1), buf.double().norm(dim=0)
+        self._refresh_check_mats(layer)
+
+    @staticmethod
+    def _reduce(layer, d, bound):
+        """Conv layers keep the abs bounds as their max over the wide channel (n for q, m for v): the
+        checks' tolerances then need only channel-norm maps of the activations (one pass each)."""
+        if not layer.conv:
+            return bound
+        return bound.amax(dim=1, keepdim=True) if d == "q" else bound.amax(dim=0, keepdim=True)
+
+    def _refresh_check_mats(self, layer):
+        """float32 copies of the projections and the error bounds used by the checks this step."""
+        t = layer.t
+        K = layer.n * layer.ksz
+        # |Yρ - X q| ≤ 2γ_K |X||W|ᵀ|ρ| (the product and the check) + γ_m |Y||ρ| (≤ γ_m |X||W|ᵀ|ρ|) + drift
+        t["q32"] = t["qw"].float()
+        t["qtol"] = (t["qwa"] * (2 * _gamma(K) + _gamma(layer.m) + 2 * U32) + t["qwe"]).float()
+        Kv = layer.m * layer.ksz
+        t["v32"] = t["vw"].float()
+        t["vtol"] = (t["vwa"] * (2 * _gamma(Kv) + _gamma(layer.n) + 2 * U32) + t["vwe"]).float()
+        if not layer.conv:
+            # Linear: per-row tolerances (all O(k) per row given the rows' norms):
+            #   Σ_j ρ_j err_ij, |err_ij| ≤ γ_n ‖x_i‖‖W_j‖, aggregated over j with random signs (Hoeffding, λ):
+            #   λ γ_n ‖x_i‖ (Σ_j ρ_j² ‖W_j‖²)^½ ; the check's own products: γ_n ‖x_i‖‖q‖ + γ_m ‖y_i‖‖ρ‖ ; drift ‖x_i‖‖e‖.
+            rq = ((t["rho"].double() ** 2).t() @ t["Nw"] ** 2).sqrt()
+            rv = ((t["sigma"].double() ** 2).t() @ t["Mw"] ** 2).sqrt()
+            t["ftol_x"] = (LAMBDA * _gamma(layer.n) * rq + _gamma(layer.n) * t["qw"].norm(dim=0)
+                           + t["qwe"].norm(dim=0)).float()
+            t["ftol_y"] = (_gamma(layer.m) * t["rho"].double().norm(dim=0)).float()
+            t["btol_g"] = (LAMBDA * _gamma(layer.m) * rv + _gamma(layer.m) * t["vw"].norm(dim=0)
+                           + t["vwe"].norm(dim=0)).float()
+            t["btol_x"] = (_gamma(layer.n) * t["sigma"].double().norm(dim=0)).float()
+
+    def _verify_held(self, layer, w, which, op):
+        t = layer.t
+        w = w.reshape(layer.site.weight_shape).float()
+        for d, proj, vec in (("q", self._proj_q, t["rho"]), ("v", self._proj_v, t["sigma"])):
+            got = proj(layer, w.double(), vec.double())
+            want, bound = t[d + which], t[d + which + "a"]
+            tol = 2 * (t[d + which + "e"] + bound * (4 * _gamma(layer.m + layer.n) + 1e-12)) + 1e-30
+            ok = bool(((got - want).abs() <= tol).all())
+            self.runtime.ledger.record_check(passed=ok)
+            if not ok:
+                raise IntegrityError(layer=layer.site.name, op=op, step=self.runtime.step,
+                                     detail=f"worker-held {'weights' if which == 'w' else 'momentum'} do not match "
+                                            f"the tracked check projections")
+
+    def _fail_if(self, ok, layer_name, op, detail):
+        self.runtime.ledger.record_check(passed=ok)
+        if not ok:
+            raise IntegrityError(layer=layer_name, op=op, step=self.runtime.step, detail=detail)
+
+    # ---------------------------------------------------------- layer hooks -----
+    def forward(self, site, x, weight):
+        layer = site.state["tempo"]
+        rt = self.runtime
+        training = site.module.training  # (autograd.Function.forward runs with grad mode off)
+        self._ensure(layer, weight, training)
+        key = layer.key
+        b = layer.last_batch = x.shape[0]
+        with rt.ledger.timed("encode"):
+            pb, cb = self._batch_key(b, site.name)
+            xe = self._enc(x.detach().float(), pb, key["pn"], cb, key["s"])
+        layer.batch = (pb, cb) if training else None
+        parts = []
+        for k, (lo, hi) in enumerate(layer.blocks):
+            if layer.conv:
+                req = Request("bilinear", {"A": Sent(xe, "obfuscated"), "B": Ref(f"{layer.h}/w")},
+                              Tag(rt.step, site.name, "forward"), params={"fn": "conv2d", **site.conv_params})
+            else:
+                req = Request("matmul_nt", {"A": Sent(xe, "obfuscated"), "B": Ref(f"{layer.h}/w")},
+                              Tag(rt.step, site.name, "forward"))
+            if training:
+                req.keep = {"A": f"{layer.h}/x"}
+            parts.append(self._call(req, k).result)
+        with rt.ledger.timed("decode_verify"):
+            ye = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+            y = self._dec(ye, pb, key["pm"], cb, key["c"])
+            self._check_forward(layer, x.detach().float(), y)
+        return y.to(x.dtype)
+
+    def fused_forward(self, site, x, weight, bias, spec):
+        """Forward with bias, activation (and max-pool) on the worker; returns (z, argmax or None)."""
+        layer = site.state["tempo"]
+        rt = self.runtime
+        training = site.module.training
+        self._ensure(layer, weight, training)
+        key = layer.key
+        b = layer.last_batch = x.shape[0]
+        with rt.ledger.timed("encode"):
+            pb, cb = self._perm(b, "batch", site.name), torch.ones(b)  # unit batch scales: bias added on the worker
+            xe = self._enc(x.detach().float(), pb, key["pn"], cb, key["s"])
+            be = None
+            if bias is not None:
+                be = (bias.detach().float() * key["c"])[key["pm"]]
+                be = be.view(1, -1, 1, 1) if layer.conv else be.view(1, -1)
+        layer.batch = (pb, cb) if training else None
+        params = {"fn": "conv2d", **site.conv_params} if layer.conv else {"fn": "matmul_nt"}
+        params.update(act=spec["act"], slope=spec["slope"], pool=spec["pool"])
+        parts = []
+        for k, (lo, hi) in enumerate(layer.blocks):
+            args = {"A": Sent(xe, "obfuscated"), "B": Ref(f"{layer.h}/w")}
+            if be is not None:
+                args["C"] = Sent(be[:, lo:hi].contiguous(), "obfuscated")
+            req = Request("bilinear_act", args, Tag(rt.step, site.name, "forward"), params=params)
+            if training:
+                req.keep = {"A": f"{layer.h}/x"}
+            parts.append(self._call(req, k).result)
+        with rt.ledger.timed("decode_verify"):
+            out = parts[0] if len(parts) == 1 else torch.cat(parts, 2 if spec["pool"] else 1)
+            values = out[0] if spec["pool"] else out
+            z = self._dec(values, pb, key["pm"], cb, key["c"])
+            idx = None
+            if spec["pool"]:
+                idx = self._dec(out[1], pb, key["pm"], torch.ones(b), torch.ones(layer.m)).long()
+                spec["pre_pool_shape"] = (b, layer.m, values.shape[2] * spec["pool"], values.shape[3] * spec["pool"])
+                h_in = x.shape[2] + 2 * site.conv_params["padding"][0]
+                w_in = x.shape[3] + 2 * site.conv_params["padding"][1]
+                kh, kw = layer.kernel
+                s = site.conv_params["stride"]
+                spec["pre_pool_shape"] = (b, layer.m, (h_in - kh) // s[0] + 1, (w_in - kw) // s[1] + 1)
+            ok = bool((z >= 0).all()) if spec["act"] == "relu" else True  # the only check a nonlinear result allows
+            self._fail_if(ok, site.name, "forward", "fused ReLU output has negative entries")
+        return z.to(x.dtype), idx
+
+    def _check_forward(self, layer, x, y):
+        t = layer.t
+        if layer.conv:
+            cp = layer.site.conv_params
+            lhs = thin.channels(y, t["rho"])
+            k = t["sigma"].shape[1]
+            ones = torch.ones(1, layer.n)
+            rhs, extra = thin.conv(x, t["q32"], cp, extra=torch.cat([t["sigma"].t(), ones]))
+            xs, csum = extra[:, :k], extra[:, k:]
+            lo, hi = torch.aminmax(x)
+            # |X| ⋆ T ≤ (Σ_n |X_n|) ⋆ max_n T ; after a ReLU X ≥ 0 and Σ_n |X_n| comes with the GEMM
+            l1x = csum if lo >= 0 else _l1(x)
+            tol = thin.conv(l1x, t["qtol"], cp)
+            if layer.site.module.training:  # what the weight-gradient projections need, from this read of X
+                layer.saved = {"xs": xs, "l1x": l1x, "linfx": x.amax(1, keepdim=True) if lo >= 0 else _linf(x)}
+        else:
+            lhs = _thin(y, t["rho"])
+            rhs = _thin(x, t["q32"])
+            tol = x.norm(dim=1, keepdim=True) * t["ftol_x"] + y.norm(dim=1, keepdim=True) * t["ftol_y"]
+        ok = bool(((lhs - rhs).abs() <= 2 * tol + 1e-30).all())
+        self._fail_if(ok, layer.site.name, "forward", "forward result fails the Freivalds check")
+
+    def grad_input(self, site, grad_y, weight, input_shape):
+        layer = site.state["tempo"]
+        rt = self.runtime
+        key = layer.key
+        b = grad_y.shape[0]
+        with rt.ledger.timed("encode"):
+            pb, cb = self._batch_key(b, site.name)
+            ge = self._enc(grad_y.float(), pb, key["pm"], cb, 1.0 / key["c"])
+        parts = []
+        for k, (lo, hi) in enumerate(layer.blocks):
+            g = ge if len(layer.blocks) == 1 else ge[:, lo:hi].contiguous()
+            if layer.conv:
+                req = Request("bilinear", {"A": Sent(g, "obfuscated"), "B": Ref(f"{layer.h}/w")},
+                              Tag(rt.step, site.name, "grad_input"),
+                              params={"fn": "conv2d_input", **site.conv_params, "input_size": tuple(input_shape)})
+            else:
+                req = Request("bilinear", {"A": Sent(g, "obfuscated"), "B": Ref(f"{layer.h}/w")},
+                              Tag(rt.step, site.name, "grad_input"), params={"fn": "matmul"})
+            parts.append(self._call(req, k).result)
+        with rt.ledger.timed("decode_verify"):
+            re = parts[0]
+            for p in parts[1:]:
+                re = re + p
+            dx = self._dec(re, pb, key["pn"], cb, key["s"])
+            self._check_grad_input(layer, grad_y.float(), dx)
+        return dx.to(grad_y.dtype)
+
+    def _check_grad_input(self, layer, gy, dx):
+        t = layer.t
+        if layer.conv:
+            cp = layer.site.conv_params
+            lhs = thin.channels(dx, t["sigma"])
+            size = (dx.shape[0], t["sigma"].shape[1], *dx.shape[2:])
+            rhs, gr = thin.conv_input(gy, t["v32"], size, cp, extra=t["rho"].t())
+            l1g = _l1(gy)
+            tol = thin.conv_input(l1g, t["vtol"], size, cp)
+            layer.saved_g = {"gr": gr, "l1g": l1g}
+        else:
+            lhs = _thin(dx, t["sigma"])
+            rhs = _thin(gy, t["v32"])
+            tol = gy.norm(dim=1, keepdim=True) * t["btol_g"] + dx.norm(dim=1, keepdim=True) * t["btol_x"]
+        ok = bool(((lhs - rhs).abs() <= 2 * tol + 1e-30).all())
+        self._fail_if(ok, layer.site.name, "grad_input", "input gradient fails the Freivalds check")
+
+    def _grad_projections(self, layer, x, gy):
+        """Projections of the weight gradient dW on ρ and σ (and their abs bounds), from plaintext x, dY."""
+        t = layer.t
+        if layer.conv:
+            cp, kernel = layer.site.conv_params, layer.kernel
+            fx = getattr(layer, "saved", None) or {}
+            fg = getattr(layer, "saved_g", None) or {}
+            layer.saved = layer.saved_g = None
+            if fx.get("xs") is None or fx["xs"].shape[0] != x.shape[0]:
+                fx = {"xs": thin.channels(x, t["sigma"]), "l1x": _l1(x), "linfx": _linf(x)}
+            if fg.get("gr") is None or fg["gr"].shape[0] != gy.shape[0]:
+                fg = {"gr": thin.channels(gy, t["rho"]), "l1g": _l1(gy)}
+            q = thin.conv_weight_thin_out(x, fg["gr"], kernel, cp)
+            v = thin.conv_weight_thin_in(fx["xs"], gy, kernel, cp)
+            # bounds on max_n |ΔW|ᵀ|ρ| and max_m |ΔW||σ| from channel-norm maps (|ρ|, |σ| ≤ 1)
+            qa = thin.conv_weight_thin_out(fx["linfx"], fg["l1g"], kernel, cp)
+            va = thin.conv_weight_thin_in(fx["l1x"], _linf(gy), kernel, cp)
+            rows = gy.shape[0] * gy.shape[2] * gy.shape[3]
+        else:
+            ax, agy = x.abs(), gy.abs()
+            q = _thin(x.t(), _thin(gy, t["rho"]))
+            qa = _thin(ax.t(), _thin(agy, t["arho"]))
+            v = _thin(gy.t(), _thin(x, t["sigma"]))
+            va = _thin(agy.t(), _thin(ax, t["asigma"]))
+            rows = x.shape[0]
+            # norm bounds of the gradient's rows / columns: ‖Σ_b g_bj x_b‖ ≤ Σ_b |g_bj| ‖x_b‖
+            norms = {"N": torch.mv(agy.t(), x.norm(dim=1)).double(), "M": torch.mv(ax.t(), gy.norm(dim=1)).double()}
+        err = 3 * _gamma(rows) + _gamma(max(layer.m, layer.n)) + 4 * U32
+        out = {"q": q.double(), "qa": qa.double(), "qe": qa.double() * err,
+               "v": v.double(), "va": va.double(), "ve": va.double() * err}
+        if not layer.conv:
+            out.update(norms)
+        return out
+
+    def _grad_weight_request(self, layer, ge, lo, hi, *, keep):
+        site = layer.site
+        g = ge if len(layer.blocks) == 1 else ge[:, lo:hi].contiguous()
+        extra = {"keep_result": f"{layer.h}/g", "return_result": False} if keep else {}
+        tag = Tag(self.runtime.step, site.name, "grad_weight")
+        if layer.conv:
+            return Request("bilinear", {"A": Ref(f"{layer.h}/x"), "B": Sent(g, "obfuscated")}, tag,
+                           params={"fn": "conv2d_weight", **site.conv_params,
+                                   "weight_size": (hi - lo, layer.n, *layer.kernel)}, **extra)
+        return Request("bilinear", {"A": Sent(g, "obfuscated"), "B": Ref(f"{layer.h}/x")}, tag,
+                       params={"fn": "matmul_tn"}, **extra)
+
+    def grad_weight(self, site, x, grad_y, weight_shape):
+        layer = site.state["tempo"]
+        rt = self.runtime
+        key = layer.key
+        pb, cb = layer.batch
+        with rt.ledger.timed("encode"):
+            ge = self._enc(grad_y.float(), pb, key["pm"], 1.0 / cb, key["c"])
+        if layer.resident:
+            for k, (lo, hi) in enumerate(layer.blocks):
+                self._call(self._grad_weight_request(layer, ge, lo, hi, keep=True), k)
+            with rt.ledger.timed("decode_verify"):
+                layer.pending = self._grad_projections(layer, x.detach().float(), grad_y.float())
+            return None
+        # enclave-side update: the obfuscated gradient comes back, is decoded and checked
+        parts = []
+        for k, (lo, hi) in enumerate(layer.blocks):
+            parts.append(self._call(self._grad_weight_request(layer, ge, lo, hi, keep=False), k).result)
+        with rt.ledger.timed("decode_verify"):
+            dw = self._dec(torch.cat(parts), key["pm"], key["pn"], key["c"], key["s"])
+            proj = self._grad_projections(layer, x.detach().float(), grad_y.float())
+            t = layer.t
+            got = self._proj_q(layer, dw.double(), t["rho"].double())
+            tol = 2 * (proj["qe"] + proj["qa"] * 2 * _gamma(layer.m)) + 1e-30
+            self._fail_if(bool(((got - proj["q"]).abs() <= tol).all()), site.name, "grad_weight",
+                          "weight gradient fails the Freivalds check")
+        return dw.to(x.dtype)
+
+    # ----------------------------------------------------- the optimizer step -----
+    def _after_optimizer_step(self, optimizer, args, kwargs):
+        """Apply SGD to the worker-held weights (in their key) and advance the check projections."""
+        rt = self.runtime
+        for layer in self.layers.values():
+            P = layer.pending
+            if P is None:
+                continue
+            layer.pending = None
+            group = self._group_of(layer.param)
+            if group is None:
+                self._drop_grad(layer)
+                continue
+            lr, mu = float(group["lr"]), float(group.get("momentum", 0.0))
+            damp, wd = float(group.get("dampening", 0.0)), float(group.get("weight_decay", 0.0))
+            nesterov = bool(group.get("nesterov", False))
+            params = {"target": f"{layer.h}/w", "grad": f"{layer.h}/g", "buffer": f"{layer.h}/buf", "lr": lr,
+                      "momentum": mu, "dampening": damp, "weight_decay": wd, "nesterov": nesterov}
+            for k in range(len(layer.blocks)):
+                self._call(Request("sgd_step", {}, Tag(rt.step, layer.site.name, "update"), params=params,
+                                   return_result=False), k)
+            with rt.ledger.timed("decode_verify"):
+                self._advance(layer, P, lr, mu, damp, wd, nesterov)
+
+    def _drop_grad(self, layer):
+        for k in range(len(layer.blocks)):
+            self._call(Request("free", {}, Tag(self.runtime.step, layer.site.name, "update"),
+                               params={"handles": [f"{layer.h}/g"]}, return_result=False), k)
+
+    def _advance(self, layer, P, lr, mu, damp, wd, nesterov):
+        """The SGD recurrences on the projections (exact, float64), their abs bounds and rounding drift."""
+        t, u = layer.t, U32
+        for d in ("q", "v"):
+            g, ga, ge = P[d], P[d + "a"], P[d + "e"]
+            w, wa, we = t[d + "w"], t[d + "wa"], t[d + "we"]
+            if wd != 0:
+                dd, da = g + wd * w, ga + abs(wd) * wa
+                de = ge + abs(wd) * we + 2 * u * da
+            else:
+                dd, da, de = g, ga, ge
+            if mu != 0:
+                if layer.has_buf:
+                    b = mu * t[d + "b"] + (1 - damp) * dd
+                    ba = abs(mu) * t[d + "ba"] + abs(1 - damp) * da
+                    be = abs(mu) * t[d + "be"] + abs(1 - damp) * de + 3 * u * ba
+                else:
+                    b, ba, be = dd.clone(), da.clone(), de.clone()
+                t[d + "b"], t[d + "ba"], t[d + "be"] = b, ba, be
+                if nesterov:
+                    st, sa = dd + mu * b, da + abs(mu) * ba
+                    se = de + abs(mu) * be + 2 * u * sa
+                else:
+                    st, sa, se = b, ba, be
+            else:
+                st, sa, se = dd, da, de
+            t[d + "w"] = w - lr * st
+            t[d + "wa"] = wa + abs(lr) * sa
+            t[d + "we"] = we + abs(lr) * se + 3 * u * (t[d + "wa"] + abs(lr) * sa)
+        if not layer.conv:
+            for d in ("N", "M"):  # upper bounds of the rows' / columns' norms, by the triangle inequality
+                g, w = P[d], t[d + "w"]
+                dd = g + abs(wd) * w if wd != 0 else g
+                if mu != 0:
+                    b = abs(mu) * t[d + "b"] + abs(1 - damp) * dd if layer.has_buf else dd.clone()
+                    t[d + "b"] = b
+                    st = dd + abs(mu) * b if nesterov else b
+                else:
+                    st = dd
+                t[d + "w"] = (w + abs(lr) * st) * (1 + 4 * u)
+        if mu != 0:
+            layer.has_buf = True
+        self._refresh_check_mats(layer)
+
+    # ------------------------------------------------- both-private products ------
+    def _bmm(self, site, op, a, b):
+        """``a @ b`` (…×p×q, …×q×r), both operands obfuscated under fresh keys, checked."""
+        rt = self.runtime
+        lead = a.shape[:-2]
+        p, q = a.shape[-2:]
+        r = b.shape[-1]
+        a3 = a.detach().float().reshape(-1, p, q)
+        b3 = b.detach().float().reshape(-1, q, r)
+        L = a3.shape[0]
+        with rt.ledger.timed("encode"):
+            pl, pp, pq, pr = (self._perm(L, "L", site.name), self._perm(p, "p", site.name),
+                              self._perm(q, "q", site.name), self._perm(r, "r", site.name))
+            sq = self._signs(q, "sq", site.name)
+            ca, cr = self._pow2(p, "ca", site.name), self._pow2(r, "cr", site.name)
+            ae = a3.index_select(0, pl).index_select(1, pp).index_select(2, pq)
+            ae.mul_(ca[pp].view(1, -1, 1) * sq[pq].view(1, 1, -1))
+            be = b3.index_select(0, pl).index_select(1, pq).index_select(2, pr)
+            be.mul_(sq[pq].view(1, -1, 1) * cr[pr].view(1, 1, -1))
+        blocks = self._blocks(p)
+        parts = []
+        for k, (lo, hi) in enumerate(blocks):
+            part = ae if len(blocks) == 1 else ae[:, lo:hi].contiguous()
+            req = Request("bilinear", {"A": Sent(part, "obfuscated"), "B": Sent(be, "obfuscated")},
+                          Tag(rt.step, site.name, op), params={"fn": "bmm"})
+            parts.append(self._call(req, k).result)
+        with rt.ledger.timed("decode_verify"):
+            ye = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+            y = ye.index_select(0, torch.argsort(pl)).index_select(1, torch.argsort(pp)).index_select(
+                2, torch.argsort(pr))
+            y.mul_((1.0 / ca).view(1, -1, 1) * (1.0 / cr).view(1, 1, -1))
+            k = self.settings["check_vectors"]
+            rho = self._uniform((r, k), "bmm-rho", site.name)
+            lhs = y @ rho
+            rhs = a3 @ (b3 @ rho)
+            tol = 2 * _gamma(q) * (a3.abs() @ (b3.abs() @ rho.abs())) + _gamma(r) * (y.abs() @ rho.abs()) \
+                + _gamma(q + r) * (a3.abs() @ (b3 @ rho).abs())
+            ok = bool(((lhs - rhs).abs() <= 2 * tol + 1e-30).all())
+            self._fail_if(ok, site.name, op, "attention product fails the Freivalds check")
+        return y.reshape(*lead, p, r).to(a.dtype)
+
+    def matmul(self, site, a, b):
+        return self._bmm(site, "forward", a, b)
+
+    def matmul_grads(self, site, a, b, grad_y, needs):
+        grad_a = grad_b = None
+        if needs[0]:
+            grad_a = self._bmm(site, "grad_input", grad_y, b.transpose(-2, -1))
+        if needs[1]:
+            grad_b = self._bmm(site, "grad_weight", a.transpose(-2, -1), grad_y)
+        return grad_a, grad_b
+
+    # -------------------------------------------------------------- reporting ------
+    def privacy(self) -> dict:
+        """Per-layer key entropy and what the worker's view fixes of it (bits)."""
+        e = self.settings["scale_range"]
+        scale_bits = math.log2(2 * e + 1)
+        out = {}
+        first = next(iter(self.layers), None)
+        for name, layer in self.layers.items():
+            perm = _log2_factorial(layer.n) + _log2_factorial(layer.m)
+            signs = float(layer.n)
+            scales = layer.m * scale_bits
+            out[name] = {
+                "key_entropy_bits": perm + signs + scales,
+                "permutation_bits": perm, "sign_bits": signs, "scale_bits": scales,
+                "fixed_by_view_bits": scales,
+                "effective_bits": perm + signs,
+                "fixed_by_view": "output scales (row-norm ratios of W′ against the known init distribution); "
+                                 "the multiset of |W| per row up to its scale; shapes",
+                "batch_key_bits_per_step": (_log2_factorial(layer.last_batch) + layer.last_batch * scale_bits)
+                if layer.last_batch else None,
+            }
+            if name == first:
+                out[name]["model_input"] = (
+                    "conv: the input images are visible to the worker up to a channel permutation, per-channel sign "
+                    "and per-sample power-of-two scale (spatial layout kept): effectively in the clear"
+                    if layer.conv else
+                    "linear: input features permuted and signed under a key fixed for the key epoch; feature "
+                    "statistics across the epoch's batches can pin the permutation")
+        return out
+
+    def detection(self, ratio: float = 2.0 ** 10) -> dict:
+        k = self.settings["check_vectors"]
+        return {"check_vectors": k,
+                "miss_probability_bound": "(tolerance/|error|)^k per checked result",
+                f"miss_probability_at_error_{int(ratio)}x_tolerance": ratio ** -k,
+                "soundness_bits_at_that_error": k * math.log2(ratio)}
+
+    def summary(self) -> dict:
+        layers = {}
+        for name, layer in self.layers.items():
+            held = [v for v in layer.t.values() if torch.is_tensor(v)]
+            held += [v for v in (layer.key or {}).values() if torch.is_tensor(v)]
+            state = sum(v.numel() * v.element_size() for v in held)
+            plain = layer.param.numel() * layer.param.element_size()
+            layers[name] = {"epoch": layer.epoch, "resident_on_worker": layer.resident,
+                            "enclave_state_bytes": state, "enclave_plaintext_weight_bytes": plain,
+                            "weight_bytes": layer.m * layer.n * layer.ksz * 4}
+        self.runtime.ledger.integrity_soundness_bits = self.detection()["soundness_bits_at_that_error"]
+        return {"options": dict(self.settings),
+                "rotate_every": self.settings["rotate_every"], "rotations": self.rotations,
+                "fused_activations": self.settings["fuse_activations"],
+                "fused_layers": list(getattr(self, "fused", [])),
+                "fused_integrity": "forward results of fused layers are not Freivalds-checked (nonlinear); only "
+                                   "ReLU outputs' signs are" if self.settings["fuse_activations"] else None,
+                "optimizer_update": "worker (SGD on W′ in place)" if any(l.resident for l in self.layers.values())
+                else "enclave (decode gradient, re-encrypt each step)",
+                "integrity": self.detection(), "privacy": self.privacy(), "layers": layers}
+
+    # -------------------------------------------------------------- cost model ------
+    def cost_model(self, ops, *, batch, input_numel, classes, training=True):
+        """Bytes and messages of one steady-state step (between key rotations), as the ledger counts them.
+
+        A key rotation adds, per weighted layer, once every ``rotate_every`` steps: W′ (and the momentum
+        buffer) fetched and sent again (``2 × weight bytes`` each way in total), ``2N`` messages
+        (``3N`` with a buffer).  With a non-SGD optimizer (enclave-side update) the weight gradient comes back
+        and W′ is re-sent every step; that is included when no optimizer state says otherwise.
+        """
+        from ..costs import FLOAT32, StepCost
+
+        workers = self.settings["workers"]
+        k = self.settings["check_vectors"]
+        resident = all(layer.resident for layer in self.layers.values()) if self.layers else \
+            self.settings["update"] != "enclave"
+        cost = StepCost(workers=workers, trust="worker sees obfuscated (permuted, signed, scaled) operands")
+        used = ops if training else [op for op in ops if op.op == "forward"]
+        messages = 0
+        for op in used:
+            a, b, out = op.numel("A"), op.numel("B"), op.numel("out")
+            if op.kind == "matmul":
+                n = min(workers, op.a_shape[-2])
+                cost.bytes_to_worker += (a + n * b) * FLOAT32
+                cost.bytes_from_worker += out * FLOAT32
+                cost.worker_flops += op.flops
+                cost.enclave_elementwise += 2 * (a + b + out)
+                cost.enclave_flops += 2 * k * (a + b + 2 * out)
+                messages += n
+                continue
+            m = op.b_shape[0] if op.op != "grad_weight" else op.out_shape[0]
+            if op.kind == "linear" and op.op == "forward":
+                m = op.b_shape[1]
+            elif op.kind == "linear" and op.op == "grad_input":
+                m = op.b_shape[0]
+            elif op.kind == "linear":
+                m = op.out_shape[1]
+            n = min(workers, m)
+            cost.worker_flops += op.flops
+            if op.op == "forward":
+                cost.bytes_to_worker += n * a * FLOAT32
+                cost.bytes_from_worker += out * FLOAT32
+                cost.enclave_elementwise += 3 * (a + out)
+                cost.enclave_flops += 4 * k * (a + out)
+                messages += n
+            elif op.op == "grad_input":
+                cost.bytes_to_worker += a * FLOAT32
+                cost.bytes_from_worker += n * out * FLOAT32
+                cost.enclave_elementwise += 3 * (a + out)
+                cost.enclave_flops += 4 * k * (a + out)
+                messages += n
+            else:
+                cost.bytes_to_worker += b * FLOAT32
+                cost.enclave_elementwise += 3 * b
+                cost.enclave_flops += 8 * k * (a + b)
+                if resident:
+                    messages += 2 * n  # the kept gradient, then the SGD step
+                else:
+                    cost.bytes_from_worker += out * FLOAT32
+                    cost.bytes_to_worker += out * FLOAT32  # re-encryption of the updated weights
+                    messages += 3 * n  # gradient back, store, free (no momentum buffer on the worker)
+        cost.round_trips = messages
+        cost.notes = [f"steady state between key rotations (every {self.settings['rotate_every']} steps); a rotation "
+                      "adds 2x the layer's weight bytes (x2 with a momentum buffer), fetched then re-sent",
+                      "no weight-sized tensor crosses in a steady-state step with SGD (weights stay on the worker)",
+                      f"enclave per step: encode/decode passes and Freivalds checks with k={k} vectors, "
+                      "O(activations), independent of the number of weights"]
+        return cost

@@ -1,0 +1,1 @@
+"""Helpers of the ``tempo`` protocol (:mod:`blindtrain.protocols.tempo`)."""

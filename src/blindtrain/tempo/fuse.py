@@ -1,0 +1,103 @@
+"""Fused activations for ``tempo`` (``--fuse-activations``).
+
+A Linear / Conv2d layer followed in an ``nn.Sequential`` by ReLU or LeakyReLU (and, for a conv,
+a non-overlapping ``MaxPool2d``) becomes one :class:`FusedOffloaded` module: the worker adds
+the obfuscated bias, applies the activation and the max-pool to the obfuscated result — they
+commute with the channel permutation and with positive scales — and returns only the
+activated (pooled) tensor with the pooling's argmax positions.  The enclave no longer runs
+those layers, and a pooled result is a quarter of the bytes to decode.  The backward runs in
+the enclave (mask from the output's sign, scatter through the argmax positions).
+
+Integrity: an activated result is not linear in the operands, so the Freivalds check does not
+apply to the forward result of a fused layer (its input gradient and weight update stay
+checked, and a wrong W′ is still caught by those checks).  Fused layers use unit batch scales
+(the bias is added on the worker), so their batch key is a permutation only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..glue import OffloadedConv2d, OffloadedLinear
+
+
+class _FusedFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, module):
+        z, idx = module.protocol.fused_forward(module.site, x, weight, bias, module.spec)
+        ctx.module, ctx.input_shape, ctx.has_bias = module, x.shape, bias is not None
+        ctx.save_for_backward(x, weight, z, idx if idx is not None else torch.empty(0))
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        x, weight, z, idx = ctx.saved_tensors
+        module = ctx.module
+        spec, site, protocol = module.spec, module.site, module.protocol
+        slope = spec["slope"]
+        grad_z = grad_z * torch.where(z > 0, 1.0, slope)
+        if spec["pool"]:
+            b, m, h, w = spec["pre_pool_shape"]
+            grad_y = torch.zeros(b, m, h * w, dtype=grad_z.dtype)
+            grad_y.scatter_(2, idx.view(b, m, -1), grad_z.reshape(b, m, -1))
+            grad_y = grad_y.view(b, m, h, w)
+        else:
+            grad_y = grad_z.contiguous()
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = protocol.grad_input(site, grad_y, weight, x.shape).reshape(ctx.input_shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = protocol.grad_weight(site, x, grad_y, weight.shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_y.sum(0) if site.kind == "linear" else grad_y.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None
+
+
+class FusedOffloaded(nn.Module):
+    """An offloaded layer with its activation (and max-pool) run on the worker."""
+
+    def __init__(self, original, spec: dict) -> None:
+        super().__init__()
+        self.weight, self.bias = original.weight, original.bias  # same Parameters, same state_dict keys
+        self.site, self.protocol, self.spec = original.site, original.protocol, spec
+        self.site.module = self
+
+    def forward(self, x):
+        return _FusedFn.apply(x, self.weight, self.bias, self)
+
+    def extra_repr(self) -> str:
+        return f"{self.site.name}, fused={self.spec['act']}{'+maxpool' if self.spec['pool'] else ''}"
+
+
+def _pool_size(module) -> int | None:
+    k, s = module.kernel_size, module.stride
+    ok = (isinstance(k, int) and (s is None or s == k) and module.padding == 0 and module.dilation == 1
+          and not module.ceil_mode and not module.return_indices)
+    return k if ok else None
+
+
+def install_fused(model: nn.Module, protocol) -> list[str]:
+    """Fuse (Linear|Conv2d) → ReLU|LeakyReLU [→ MaxPool2d] runs inside ``nn.Sequential`` containers."""
+    fused = []
+    for container in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        children = list(container)
+        i = 0
+        while i < len(children) - 1:
+            layer, act = children[i], children[i + 1]
+            if isinstance(layer, (OffloadedLinear, OffloadedConv2d)) and isinstance(act, (nn.ReLU, nn.LeakyReLU)):
+                slope = act.negative_slope if isinstance(act, nn.LeakyReLU) else 0.0
+                spec = {"act": "leaky_relu" if slope else "relu", "slope": float(slope), "pool": None}
+                span = 2
+                if (isinstance(layer, OffloadedConv2d) and i + 2 < len(children)
+                        and isinstance(children[i + 2], nn.MaxPool2d) and _pool_size(children[i + 2])):
+                    spec["pool"] = _pool_size(children[i + 2])
+                    span = 3
+                container[i] = FusedOffloaded(layer, spec)
+                for j in range(i + 1, i + span):
+                    container[j] = nn.Identity()
+                fused.append(layer.site.name)
+                i += span
+            else:
+                i += 1
+    return fused

@@ -1,0 +1,237 @@
+"""tempo end to end: loss curves vs plain, resident SGD, rotation, transcript, adversaries, read-out."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+import blindtrain as bt
+from blindtrain import data as datasets
+from blindtrain.cli import main
+from blindtrain.models import build
+
+
+def _curve(protocol, model_name, dataset, *, steps=20, batch=32, lr=0.05, model_kwargs=None, optimizer="sgd",
+           transcript=False, **options):
+    torch.manual_seed(0)
+    model = build(model_name, dataset.input_shape, dataset.num_classes, **(model_kwargs or {}))
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    session = bt.Session(protocol=protocol, enclave_key=bytes(32), seed=None, device="cpu",
+                         transcript=transcript, **options)
+    model, opt = session.prepare(model, opt)
+    model.train()
+    losses, batches = [], []
+    for index, (x, y) in enumerate(dataset.batches(batch_size=batch, epoch=0, seed=0)):
+        if index == steps:
+            break
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        batches.append(x)
+    return losses, session, model, batches
+
+
+def _max_rel(a, b):
+    return max(abs(x - y) / abs(y) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return datasets.load("digits", seed=0)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return datasets.load("synthetic", seed=0)
+
+
+def test_mlp_digits_loss_curve_matches_plain(digits):
+    plain, s1, _, _ = _curve("plain", "mlp", digits)
+    tempo, s2, _, _ = _curve("tempo", "mlp", digits)
+    s1.close()
+    metrics = s2.metrics()
+    s2.close()
+    assert _max_rel(tempo, plain) <= 1e-4
+    assert metrics["integrity_failures"] == 0
+    assert metrics["weight_encryptions"] == 3  # 3 layers, one key epoch (default rotation: 100 steps)
+
+
+@pytest.mark.slow
+def test_lenet_synthetic_loss_curve_matches_plain(synthetic):
+    plain, s1, _, _ = _curve("plain", "lenet", synthetic, batch=16, lr=0.02)
+    tempo, s2, _, _ = _curve("tempo", "lenet", synthetic, batch=16, lr=0.02)
+    s1.close(), s2.close()
+    assert _max_rel(tempo, plain) <= 1e-4
+
+
+@pytest.mark.slow
+def test_small_vit_synthetic_loss_curve_matches_plain(synthetic):
+    # vit-tiny's architecture at a test size: depth 2, dim 32, 2 heads (patch 4 on 32×32: 65 tokens)
+    kwargs = {"depth": 2, "dim": 32, "heads": 2}
+    plain, s1, _, _ = _curve("plain", "vit-tiny", synthetic, batch=8, lr=0.02, model_kwargs=kwargs)
+    tempo, s2, _, _ = _curve("tempo", "vit-tiny", synthetic, batch=8, lr=0.02, model_kwargs=kwargs,
+                             transcript=True)
+    metrics = s2.metrics()
+    path = "/tmp/_tempo_vit_transcript.npz"
+    s2.save_transcripts(path)
+    s1.close(), s2.close()
+    assert _max_rel(tempo, plain) <= 1e-4
+    assert metrics["integrity_failures"] == 0
+    meta = json.loads(str(np.load(path)["meta"]))
+    offloaded = {(m["layer"].split(".")[-1], m["op"]) for m in meta}
+    for product in ("scores", "mix"):  # the attention products run on the worker, all three ops
+        assert {(product, "forward"), (product, "grad_input"), (product, "grad_weight")} <= offloaded
+
+
+def test_adam_runs_enclave_side_and_matches_plain(digits):
+    plain, s1, _, _ = _curve("plain", "mlp", digits, steps=8, optimizer="adam")
+    tempo, s2, _, _ = _curve("tempo", "mlp", digits, steps=8, optimizer="adam")
+    metrics = s2.metrics()
+    s1.close(), s2.close()
+    assert _max_rel(tempo, plain) <= 1e-4
+    assert metrics["weight_encryptions"] == 3 * 8  # enclave-side update: re-encrypted every step
+    assert "enclave" in metrics["protocol_summary"]["optimizer_update"]
+
+
+def test_rotation_reencrypts_once_per_key_epoch_and_materialize_gives_plain_weights(digits):
+    torch.manual_seed(0)
+    reference = build("mlp", digits.input_shape, digits.num_classes)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    for index, (x, y) in enumerate(digits.batches(batch_size=32, epoch=0, seed=0)):
+        if index == 12:
+            break
+        ref_opt.zero_grad()
+        F.cross_entropy(reference(x), y).backward()
+        ref_opt.step()
+    torch.manual_seed(0)
+    model = build("mlp", digits.input_shape, digits.num_classes)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    with bt.Session(protocol="tempo", enclave_key=bytes(32), seed=None, device="cpu", rotate_every=5) as session:
+        wrapped, opt = session.prepare(model, opt)
+        for index, (x, y) in enumerate(digits.batches(batch_size=32, epoch=0, seed=0)):
+            if index == 12:
+                break
+            opt.zero_grad()
+            F.cross_entropy(wrapped(x), y).backward()
+            opt.step()
+        # between rotations the enclave holds no plaintext weight
+        assert all(layer.param.numel() == 0 for layer in session.protocol.layers.values())
+        metrics = session.metrics()
+        assert metrics["weight_encryptions"] == 3 * 3  # epochs starting at steps 0, 5, 10
+        plain = session.plaintext_model()
+        for (name, p), (_, q) in zip(plain.named_parameters(), reference.named_parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+        for p, q in zip(reference.parameters(), plain.parameters()):
+            if p.dim() == 2:
+                torch.testing.assert_close(opt.state[q]["momentum_buffer"], ref_opt.state[p]["momentum_buffer"],
+                                           rtol=1e-4, atol=1e-5)
+
+
+def test_transcript_never_holds_weights_or_inputs_in_the_clear(digits):
+    losses, session, model, batches = _curve("tempo", "mlp", digits, steps=6, transcript=True, rotate_every=3)
+    session.protocol.materialize()
+    plaintexts = [x.reshape(x.shape[0], -1) for x in batches]
+    plaintexts += [p.detach() for p in model.parameters() if p.dim() == 2]
+    path = "/tmp/_tempo_transcript_test.npz"
+    session.save_transcripts(path)
+    session.close()
+    archive = np.load(path)
+    meta = json.loads(str(archive["meta"]))
+    assert meta and all(m["kind"] == "obfuscated" for m in meta)
+    for entry in meta:
+        sent = torch.from_numpy(archive[entry["key"]])
+        for plain in plaintexts:
+            if plain.shape == sent.shape:
+                assert not torch.allclose(sent, plain, rtol=1e-3, atol=1e-6), entry
+                assert not torch.allclose(sent.abs(), plain.abs(), rtol=1e-3, atol=1e-6), entry
+    # weights cross once per key epoch and layer (6 steps, rotation every 3: epochs at 0 and 3)
+    encrypt = [m for m in meta if m["op"] == "encrypt"]
+    assert len({(m["layer"], m["step"]) for m in encrypt}) == 3 * 2
+
+
+@pytest.mark.parametrize("adversary", ["tamper", "noise", "zeros", "replay", "tamper:op=grad_input",
+                                       "tamper:op=grad_weight,step=2", "tamper:target=state,step=2",
+                                       "noise:target=state,step=3", "zeros:target=state,step=2,layer=3"])
+def test_adversaries_are_caught_with_exit_3(adversary, tmp_path):
+    runner = CliRunner()
+    metrics = tmp_path / "m.json"
+    result = runner.invoke(main, ["train", "--protocol", "tempo", "--steps", "4", "--quiet", "--device", "cpu",
+                                  "--adversary", adversary, "--metrics", str(metrics)])
+    assert result.exit_code == 3, result.output
+    assert "integrity violation" in result.output
+
+
+def test_honest_run_passes_and_reports_privacy_and_detection(tmp_path):
+    runner = CliRunner()
+    metrics = tmp_path / "m.json"
+    result = runner.invoke(main, ["train", "--steps", "3", "--quiet", "--device", "cpu", "--metrics", str(metrics)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(metrics.read_text())
+    assert data["protocol"] == "tempo"  # the default protocol
+    summary = data["protocol_summary"]
+    assert summary["privacy"]["1"]["key_entropy_bits"] > 100
+    assert data["integrity_soundness_bits"] > 0 and data["integrity_failures"] == 0
+
+
+@pytest.mark.slow
+def test_resnet50_runs_a_training_step(synthetic):
+    losses, session, _, _ = _curve("tempo", "resnet50", synthetic, steps=1, batch=2, lr=0.01)
+    metrics = session.metrics()
+    session.close()
+    assert np.isfinite(losses[0]) and metrics["integrity_failures"] == 0
+    assert metrics["weight_encryptions"] == 54  # 53 convs (incl. 4 projection shortcuts) + the classifier
+
+
+@pytest.mark.parametrize("model_name,dataset_name", [("mlp", "digits"), ("lenet", "synthetic")])
+def test_fused_activations_match_plain_and_run_on_the_worker(model_name, dataset_name, digits, synthetic):
+    dataset = digits if model_name == "mlp" else synthetic
+    plain, s1, _, _ = _curve("plain", model_name, dataset, steps=6, batch=16, lr=0.02)
+    fused, s2, model, _ = _curve("tempo", model_name, dataset, steps=6, batch=16, lr=0.02, transcript=True,
+                                 fuse_activations=True)
+    metrics = s2.metrics()
+    path = "/tmp/_tempo_fused_transcript.npz"
+    s2.save_transcripts(path)
+    s1.close(), s2.close()
+    assert _max_rel(fused, plain) <= 1e-4
+    assert metrics["integrity_failures"] == 0
+    assert not any(isinstance(m, (torch.nn.ReLU, torch.nn.MaxPool2d)) for m in model.modules())
+    assert set(model.state_dict()) == set(build(model_name, dataset.input_shape, dataset.num_classes).state_dict())
+
+
+@pytest.mark.parametrize("workers,model_name", [(1, "mlp"), (2, "lenet")])
+def test_cost_model_equals_the_ledger_in_steady_state(workers, model_name, digits, synthetic):
+    import math
+
+    from blindtrain.costs import trace_ops
+
+    dataset = digits if model_name == "mlp" else synthetic
+    torch.manual_seed(0)
+    model = build(model_name, dataset.input_shape, dataset.num_classes)
+    ops = trace_ops(model, dataset.input_shape, batch=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    with bt.Session(protocol="tempo", device="cpu", workers=workers, seed=None) as session:
+        model, opt = session.prepare(model, opt)
+        batches = dataset.batches(batch_size=8, epoch=0, seed=0)
+        for index in range(3):
+            x, y = next(batches)
+            if index == 2:
+                ledger = session.ledger
+                before = (ledger.bytes_to_worker, ledger.bytes_from_worker, ledger.messages)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        cost = session.protocol.cost_model(ops, batch=8, input_numel=math.prod(dataset.input_shape),
+                                           classes=dataset.num_classes)
+        measured = (ledger.bytes_to_worker - before[0], ledger.bytes_from_worker - before[1],
+                    ledger.messages - before[2])
+    assert (cost.bytes_to_worker, cost.bytes_from_worker, cost.round_trips) == measured
