@@ -38,6 +38,22 @@ class LayerSite:
     module: nn.Module | None = field(default=None, repr=False)
 
 
+def bilinear_gradients(site, protocol, x, grad_y, weight, *, needs, has_bias: bool, input_shape):
+    """``(grad_x, grad_weight, grad_bias)`` of a weighted layer, the products from ``protocol``.
+
+    ``x`` and ``grad_y`` come as the protocol takes them (2-D b×n and b×m for Linear, 4-D for
+    Conv2d); ``grad_x`` is reshaped to ``input_shape``; ``needs`` is autograd's ``needs_input_grad``.
+    """
+    grad_x = grad_w = grad_b = None
+    if needs[0]:
+        grad_x = protocol.grad_input(site, grad_y, weight, x.shape).reshape(input_shape)
+    if needs[1]:
+        grad_w = protocol.grad_weight(site, x, grad_y, weight.shape)
+    if has_bias and needs[2]:
+        grad_b = grad_y.sum(0) if site.kind == "linear" else grad_y.sum((0, 2, 3))
+    return grad_x, grad_w, grad_b
+
+
 class _WeightedFn(torch.autograd.Function):
     """``y = protocol.forward(x, W) + b`` with both gradients from the protocol."""
 
@@ -67,14 +83,8 @@ class _WeightedFn(torch.autograd.Function):
             x2, g2 = x.reshape(-1, x.shape[-1]), grad_y.reshape(-1, grad_y.shape[-1])
         else:
             x2, g2 = x, grad_y
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = protocol.grad_input(site, g2, weight, x2.shape).reshape(ctx.input_shape)
-        if ctx.needs_input_grad[1]:
-            grad_w = protocol.grad_weight(site, x2, g2, weight.shape)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g2.sum(0) if site.kind == "linear" else grad_y.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None
+        return (*bilinear_gradients(site, protocol, x2, g2, weight, needs=ctx.needs_input_grad[:3],
+                                    has_bias=ctx.has_bias, input_shape=ctx.input_shape), None)
 
 
 class _MatMulFn(torch.autograd.Function):

@@ -67,3 +67,10 @@ def test_signs_and_integers():
     assert set(np.unique(signs)) == {-1.0, 1.0} and abs(signs.mean()) < 0.05
     ints = rng.integers(-2**19, 2**19, (50_000,), label=("i",))
     assert ints.min() >= -2**19 and ints.max() <= 2**19 and abs(ints.mean()) < 2**19 * 0.02
+
+
+def test_fisher_yates_fallback_is_a_uniform_permutation_too():
+    rng = Csprng(bytes(32))
+    seen = [tuple(rng._fisher_yates(3, label=("fy", i))) for i in range(6000)]
+    counts = np.array([seen.count(p) for p in set(seen)])
+    assert len(counts) == 6 and stats.chisquare(counts).pvalue > 1e-4

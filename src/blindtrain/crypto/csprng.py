@@ -95,25 +95,33 @@ class Csprng:
         return self.uniform_mod(shape, high - low + 1, label=label) + low
 
     def permutation(self, n: int, *, label: tuple) -> np.ndarray:
-        """A uniformly random permutation of ``range(n)`` (Fisher-Yates on CSPRNG draws)."""
+        """A uniformly random permutation of ``range(n)``.
+
+        The ranks of ``n`` independent uniform 64-bit words (one vectorized sort). It is exactly
+        uniform given distinct words; a tie (probability below n²/2^65) falls back to Fisher-Yates.
+        """
+        words = self._words(n, label, np.uint64)
+        perm = np.argsort(words, kind="stable").astype(np.int64)
+        if n > 1 and np.any(words[perm[1:]] == words[perm[:-1]]):  # pragma: no cover - astronomically rare
+            return self._fisher_yates(n, label=(*label, "fisher-yates"))
+        return perm
+
+    def _fisher_yates(self, n: int, *, label: tuple) -> np.ndarray:
+        """Fisher-Yates on CSPRNG draws, each index by rejection sampling (exact, but a Python loop)."""
         perm = np.arange(n, dtype=np.int64)
-        if n < 2:
-            return perm
-        # j_i uniform in [0, i] for i = n-1 .. 1, drawn by rejection per distinct range.
         words = self._words(2 * n + 64, label, np.uint64)
-        extra = 0
+        used = 0
         for i in range(n - 1, 0, -1):
-            bound = i + 1
-            limit = (np.uint64(2**64 - 1) // np.uint64(bound)) * np.uint64(bound)
+            bound = np.uint64(i + 1)
+            limit = (np.uint64(2**64 - 1) // bound) * bound
             while True:
-                if extra >= words.size:
-                    words = self._words(2 * n + 64, (*label, "refill", i), np.uint64)
-                    extra = 0
-                word = words[extra]
-                extra += 1
+                if used >= words.size:
+                    words, used = self._words(2 * n + 64, (*label, "refill", i), np.uint64), 0
+                word = words[used]
+                used += 1
                 if word < limit:
                     break
-            j = int(word % np.uint64(bound))
+            j = int(word % bound)
             perm[i], perm[j] = perm[j], perm[i]
         return perm
 

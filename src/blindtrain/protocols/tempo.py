@@ -159,13 +159,8 @@ class Tempo(Protocol):
         return ("tempo", *parts, self.runtime.next_nonce())
 
     def _perm(self, n, *label):
-        """A uniform permutation: ranks of n CSPRNG 64-bit words (ties, probability < n²/2^65, fall back to
-        the CSPRNG's Fisher-Yates); vectorized, unlike a Python Fisher-Yates loop."""
-        words = np.frombuffer(self.runtime.rng.random_bytes(8 * n, label=self._label("perm", *label)), dtype=np.uint64)
-        perm = np.argsort(words, kind="stable")
-        if n > 1 and np.any(words[perm[1:]] == words[perm[:-1]]):  # pragma: no cover - astronomically rare
-            perm = self.runtime.rng.permutation(n, label=self._label("perm-fy", *label))
-        return torch.from_numpy(perm.astype(np.int64))
+        """A uniform permutation from the enclave CSPRNG."""
+        return torch.from_numpy(self.runtime.rng.permutation(n, label=self._label("perm", *label)))
 
     def _pow2(self, n, *label):
         e = self.settings["scale_range"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..glue import OffloadedConv2d, OffloadedLinear
+from ..glue import OffloadedConv2d, OffloadedLinear, bilinear_gradients
 
 
 class _FusedFn(torch.autograd.Function):
@@ -44,14 +44,8 @@ class _FusedFn(torch.autograd.Function):
             grad_y = grad_y.view(b, m, h, w)
         else:
             grad_y = grad_z.contiguous()
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = protocol.grad_input(site, grad_y, weight, x.shape).reshape(ctx.input_shape)
-        if ctx.needs_input_grad[1]:
-            grad_w = protocol.grad_weight(site, x, grad_y, weight.shape)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_y.sum(0) if site.kind == "linear" else grad_y.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None
+        return (*bilinear_gradients(site, protocol, x, grad_y, weight, needs=ctx.needs_input_grad[:3],
+                                    has_bias=ctx.has_bias, input_shape=ctx.input_shape), None)
 
 
 class FusedOffloaded(nn.Module):
