@@ -183,9 +183,10 @@ class Tempo(Protocol):
 
     # --------------------------------------------------------------- encoding ----
     @staticmethod
-    def _gather(x, p0, p1, scale):
-        """``x[p0][:, p1] * scale`` (scale: d0×d1), one gather pass and one scaling pass."""
+    def _gather(x, p0, p1, r0, r1):
+        """``x[p0][:, p1] * (r0 ⊗ r1)`` (r0, r1 in the output's order), one gather pass and one scaling pass."""
         d0, d1 = x.shape[0], x.shape[1]
+        scale = r0.view(-1, 1) * r1.view(1, -1)
         if x.dim() == 2:
             out = x.index_select(0, p0).index_select(1, p1)
             return out.mul_(scale)
@@ -194,15 +195,27 @@ class Tempo(Protocol):
         out.mul_(scale.reshape(-1, 1))
         return out.view(d0, d1, *x.shape[2:])
 
+    @staticmethod
+    def _inverse(p):
+        """The inverse permutation of ``p`` (a scatter, not a sort), cached on the key tensor: weight keys
+        are decoded with every step of their epoch.  Key tensors are never modified in place."""
+        inv = getattr(p, "_tempo_inverse", None)
+        if inv is None:
+            inv = torch.empty_like(p)
+            inv[p] = torch.arange(p.numel(), dtype=p.dtype)
+            p._tempo_inverse = inv
+        return inv
+
     @classmethod
     def _enc(cls, x, p0, p1, s0, s1):
         """``(s0 ⊗ s1 · x)[p0][:, p1]`` for a 2-D or 4-D tensor (s0, s1 in *original* order)."""
-        return cls._gather(x, p0, p1, s0[p0].view(-1, 1) * s1[p1].view(1, -1))
+        return cls._gather(x, p0, p1, s0[p0], s1[p1])
 
     @classmethod
     def _dec(cls, y, p0, p1, s0, s1):
-        """Inverse of :meth:`_enc` given the same keys (x = dec(enc(x))), exact."""
-        return cls._gather(y, torch.argsort(p0), torch.argsort(p1), 1.0 / (s0.view(-1, 1) * s1.view(1, -1)))
+        """Inverse of :meth:`_enc` given the same keys (x = dec(enc(x))), exact: the scales are powers of two
+        and signs, so ``(1/s0) ⊗ (1/s1)`` equals ``1 / (s0 ⊗ s1)`` exactly."""
+        return cls._gather(y, cls._inverse(p0), cls._inverse(p1), 1.0 / s0, 1.0 / s1)
 
     # ------------------------------------------------------------------ wrap ----
     def wrap(self, model, optimizer):
