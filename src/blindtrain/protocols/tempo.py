@@ -68,6 +68,11 @@ def _thin(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.matmul(b.t().contiguous(), a.t()).t()
 
 
+def _ident(t: torch.Tensor) -> tuple:
+    """What identifies a tensor's contents across the hooks of one step (same storage, layout and shape)."""
+    return t.data_ptr(), tuple(t.shape), t.stride(), t.dtype
+
+
 def _l1(t: torch.Tensor) -> torch.Tensor:
     """Σ over channels of |t| (N×1×H×W); a plain reduction, much faster than linalg.vector_norm on dim 1."""
     return t.abs().sum(1, keepdim=True)
@@ -533,8 +538,15 @@ class Tempo(Protocol):
                 layer.saved = {"xs": xs, "l1x": l1x, "linfx": x.amax(1, keepdim=True) if lo >= 0 else _linf(x)}
         else:
             lhs = _thin(y, t["rho"])
-            rhs = _thin(x, t["q32"])
-            tol = x.norm(dim=1, keepdim=True) * t["ftol_x"] + y.norm(dim=1, keepdim=True) * t["ftol_y"]
+            k = t["q32"].shape[1]
+            training = layer.site.module.training
+            # in training, X σ (for the weight-gradient projections) comes from the same read of X
+            prod = _thin(x, torch.cat([t["q32"], t["sigma"]], 1) if training else t["q32"])
+            rhs = prod[:, :k]
+            xn = x.norm(dim=1, keepdim=True)
+            tol = xn * t["ftol_x"] + y.norm(dim=1, keepdim=True) * t["ftol_y"]
+            if training:
+                layer.saved = {"of": _ident(x), "xs": prod[:, k:], "xn": xn}
         ok = bool(((lhs - rhs).abs() <= 2 * tol + 1e-30).all())
         self._fail_if(ok, layer.site.name, "forward", "forward result fails the Freivalds check")
 
@@ -577,8 +589,12 @@ class Tempo(Protocol):
             layer.saved_g = {"gr": gr, "l1g": l1g}
         else:
             lhs = _thin(dx, t["sigma"])
-            rhs = _thin(gy, t["v32"])
-            tol = gy.norm(dim=1, keepdim=True) * t["btol_g"] + dx.norm(dim=1, keepdim=True) * t["btol_x"]
+            k = t["v32"].shape[1]
+            prod = _thin(gy, torch.cat([t["v32"], t["rho"]], 1))  # dY ρ for the weight-gradient projections too
+            rhs = prod[:, :k]
+            gn = gy.norm(dim=1, keepdim=True)
+            tol = gn * t["btol_g"] + dx.norm(dim=1, keepdim=True) * t["btol_x"]
+            layer.saved_g = {"of": _ident(gy), "gr": prod[:, k:], "gn": gn}
         ok = bool(((lhs - rhs).abs() <= 2 * tol + 1e-30).all())
         self._fail_if(ok, layer.site.name, "grad_input", "input gradient fails the Freivalds check")
 
@@ -601,14 +617,24 @@ class Tempo(Protocol):
             va = thin.conv_weight_thin_in(fx["l1x"], _linf(gy), kernel, cp)
             rows = gy.shape[0] * gy.shape[2] * gy.shape[3]
         else:
+            # X σ, ‖x_b‖ from the forward check and dY ρ, ‖dy_b‖ from the input-gradient check when they were
+            # computed from these very tensors (same storage and shape); else computed here
+            fx = layer.saved if layer.saved is not None and layer.saved.get("of") == _ident(x) else None
+            fg = layer.saved_g if layer.saved_g is not None and layer.saved_g.get("of") == _ident(gy) else None
+            layer.saved = layer.saved_g = None
+            xs, xn = (fx["xs"], fx["xn"]) if fx else (_thin(x, t["sigma"]), x.norm(dim=1, keepdim=True))
+            gr, gn = (fg["gr"], fg["gn"]) if fg else (_thin(gy, t["rho"]), gy.norm(dim=1, keepdim=True))
             ax, agy = x.abs(), gy.abs()
-            q = _thin(x.t(), _thin(gy, t["rho"]))
-            qa = _thin(ax.t(), _thin(agy, t["arho"]))
-            v = _thin(gy.t(), _thin(x, t["sigma"]))
-            va = _thin(agy.t(), _thin(ax, t["asigma"]))
+            k = gr.shape[1]
+            q = _thin(x.t(), gr)
+            v = _thin(gy.t(), xs)
+            # norm bounds of the gradient's rows / columns: ‖Σ_b g_bj x_b‖ ≤ Σ_b |g_bj| ‖x_b‖ (with the abs
+            # projections, one product per operand)
+            qm = _thin(ax.t(), torch.cat([_thin(agy, t["arho"]), gn], 1))
+            vn = _thin(agy.t(), torch.cat([_thin(ax, t["asigma"]), xn], 1))
+            qa, va = qm[:, :k], vn[:, :k]
             rows = x.shape[0]
-            # norm bounds of the gradient's rows / columns: ‖Σ_b g_bj x_b‖ ≤ Σ_b |g_bj| ‖x_b‖
-            norms = {"N": torch.mv(agy.t(), x.norm(dim=1)).double(), "M": torch.mv(ax.t(), gy.norm(dim=1)).double()}
+            norms = {"N": vn[:, k].double(), "M": qm[:, k].double()}
         err = 3 * _gamma(rows) + _gamma(max(layer.m, layer.n)) + 4 * U32
         out = {"q": q.double(), "qa": qa.double(), "qe": qa.double() * err,
                "v": v.double(), "va": va.double(), "ve": va.double() * err}
