@@ -196,8 +196,14 @@ class Tempo(Protocol):
             out = x.index_select(0, p0).index_select(1, p1)
             return out.mul_(scale)
         rows = (p0.view(-1, 1) * d1 + p1.view(1, -1)).view(-1)
-        out = x.reshape(d0 * d1, -1).index_select(0, rows)
-        out.mul_(scale.reshape(-1, 1))
+        flat = x.reshape(d0 * d1, -1)
+        if flat.dtype == scale.dtype:
+            # gather and scale in one pass: one-row "bags" weighted by the scale (x·s exactly, one product each)
+            out = F.embedding_bag(rows, flat, torch.arange(rows.numel()), mode="sum",
+                                  per_sample_weights=scale.reshape(-1))
+        else:
+            out = flat.index_select(0, rows)
+            out.mul_(scale.reshape(-1, 1))
         return out.view(d0, d1, *x.shape[2:])
 
     @staticmethod
