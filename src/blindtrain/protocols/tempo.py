@@ -541,7 +541,8 @@ class Tempo(Protocol):
             l1x = csum if lo >= 0 else _l1(x)
             tol = thin.conv(l1x, t["qtol"], cp)
             if layer.site.module.training:  # what the weight-gradient projections need, from this read of X
-                layer.saved = {"xs": xs, "l1x": l1x, "linfx": x.amax(1, keepdim=True) if lo >= 0 else _linf(x)}
+                layer.saved = {"of": _ident(x), "xs": xs, "l1x": l1x,
+                               "linfx": x.amax(1, keepdim=True) if lo >= 0 else _linf(x)}
         else:
             lhs = _thin(y, t["rho"])
             k = t["q32"].shape[1]
@@ -590,9 +591,11 @@ class Tempo(Protocol):
             lhs = thin.channels(dx, t["sigma"])
             size = (dx.shape[0], t["sigma"].shape[1], *dx.shape[2:])
             rhs, gr = thin.conv_input(gy, t["v32"], size, cp, extra=t["rho"].t())
-            l1g = _l1(gy)
+            ag = gy.abs()  # Σ_m |dY| here and max_m |dY| for the weight-gradient bounds, from one abs pass
+            l1g = ag.sum(1, keepdim=True)
             tol = thin.conv_input(l1g, t["vtol"], size, cp)
-            layer.saved_g = {"gr": gr, "l1g": l1g}
+            layer.saved_g = {"of": _ident(gy), "gr": gr, "l1g": l1g,
+                             "linfg": ag.amax(1, keepdim=True) if layer.site.module.training else None}
         else:
             lhs = _thin(dx, t["sigma"])
             k = t["v32"].shape[1]
@@ -612,15 +615,15 @@ class Tempo(Protocol):
             fx = getattr(layer, "saved", None) or {}
             fg = getattr(layer, "saved_g", None) or {}
             layer.saved = layer.saved_g = None
-            if fx.get("xs") is None or fx["xs"].shape[0] != x.shape[0]:
+            if fx.get("xs") is None or fx.get("of") != _ident(x):
                 fx = {"xs": thin.channels(x, t["sigma"]), "l1x": _l1(x), "linfx": _linf(x)}
-            if fg.get("gr") is None or fg["gr"].shape[0] != gy.shape[0]:
-                fg = {"gr": thin.channels(gy, t["rho"]), "l1g": _l1(gy)}
+            if fg.get("gr") is None or fg.get("of") != _ident(gy) or fg.get("linfg") is None:
+                fg = {"gr": thin.channels(gy, t["rho"]), "l1g": _l1(gy), "linfg": _linf(gy)}
             q = thin.conv_weight_thin_out(x, fg["gr"], kernel, cp)
             v = thin.conv_weight_thin_in(fx["xs"], gy, kernel, cp)
             # bounds on max_n |ΔW|ᵀ|ρ| and max_m |ΔW||σ| from channel-norm maps (|ρ|, |σ| ≤ 1)
             qa = thin.conv_weight_thin_out(fx["linfx"], fg["l1g"], kernel, cp)
-            va = thin.conv_weight_thin_in(fx["l1x"], _linf(gy), kernel, cp)
+            va = thin.conv_weight_thin_in(fx["l1x"], fg["linfg"], kernel, cp)
             rows = gy.shape[0] * gy.shape[2] * gy.shape[3]
         else:
             # X σ, ‖x_b‖ from the forward check and dY ρ, ‖dy_b‖ from the input-gradient check when they were
