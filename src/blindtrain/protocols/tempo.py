@@ -426,14 +426,17 @@ class Tempo(Protocol):
             # Linear: per-row tolerances (all O(k) per row given the rows' norms):
             #   Σ_j ρ_j err_ij, |err_ij| ≤ γ_n ‖x_i‖‖W_j‖, aggregated over j with random signs (Hoeffding, λ):
             #   λ γ_n ‖x_i‖ (Σ_j ρ_j² ‖W_j‖²)^½ ; the check's own products: γ_n ‖x_i‖‖q‖ + γ_m ‖y_i‖‖ρ‖ ; drift ‖x_i‖‖e‖.
-            rq = ((t["rho"].double() ** 2).t() @ t["Nw"] ** 2).sqrt()
-            rv = ((t["sigma"].double() ** 2).t() @ t["Mw"] ** 2).sqrt()
+            if "rho2t" not in t:  # ρ and σ are drawn once per layer: their squares and norms are constants
+                t["rho2t"] = (t["rho"].double() ** 2).t()
+                t["sigma2t"] = (t["sigma"].double() ** 2).t()
+                t["ftol_y"] = (_gamma(layer.m) * t["rho"].double().norm(dim=0)).float()
+                t["btol_x"] = (_gamma(layer.n) * t["sigma"].double().norm(dim=0)).float()
+            rq = (t["rho2t"] @ t["Nw"] ** 2).sqrt()
+            rv = (t["sigma2t"] @ t["Mw"] ** 2).sqrt()
             t["ftol_x"] = (LAMBDA * _gamma(layer.n) * rq + _gamma(layer.n) * t["qw"].norm(dim=0)
                            + t["qwe"].norm(dim=0)).float()
-            t["ftol_y"] = (_gamma(layer.m) * t["rho"].double().norm(dim=0)).float()
             t["btol_g"] = (LAMBDA * _gamma(layer.m) * rv + _gamma(layer.m) * t["vw"].norm(dim=0)
                            + t["vwe"].norm(dim=0)).float()
-            t["btol_x"] = (_gamma(layer.n) * t["sigma"].double().norm(dim=0)).float()
 
     def _verify_held(self, layer, w, which, op):
         t = layer.t
