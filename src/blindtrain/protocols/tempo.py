@@ -199,7 +199,7 @@ class Tempo(Protocol):
         flat = x.reshape(d0 * d1, -1)
         if flat.dtype == scale.dtype:
             # gather and scale in one pass: one-row "bags" weighted by the scale (x·s exactly, one product each)
-            out = F.embedding_bag(rows, flat, torch.arange(rows.numel()), mode="sum",
+            out = F.embedding_bag(rows, flat, torch.arange(rows.numel(), dtype=rows.dtype), mode="sum",
                                   per_sample_weights=scale.reshape(-1))
         else:
             out = flat.index_select(0, rows)
