@@ -69,8 +69,9 @@ def _thin(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _ident(t: torch.Tensor) -> tuple:
-    """What identifies a tensor's contents across the hooks of one step (same storage, layout and shape)."""
-    return t.data_ptr(), tuple(t.shape), t.stride(), t.dtype
+    """What identifies a tensor's contents across the hooks of one step: same storage, layout, shape and
+    in-place version (a tensor modified in place since the products were saved does not match)."""
+    return t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t._version
 
 
 def _l1(t: torch.Tensor) -> torch.Tensor:
