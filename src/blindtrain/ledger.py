@@ -62,8 +62,7 @@ class Ledger:
     enclave_transitions: int = 0
     category_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0.0))
     per_worker: dict[str, dict[str, float]] = field(default_factory=dict)
-    _step_started: float | None = None
-    _step_wait_mark: float = 0.0
+    _step_mark: tuple[float, float] | None = None
     _step_enclave_seconds: float = 0.0
     _rss_baseline: int = field(default_factory=current_rss_bytes)
     _rss_peak: int = 0
@@ -84,17 +83,21 @@ class Ledger:
         row["seconds"] += worker_time
         self.sample_memory()
 
-    @contextmanager
-    def waiting(self, *, worker_time: bool = True):
-        """Time a span in which the trusted side waits on the worker (e.g. a resident model)."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - start
-            self.wait_seconds += elapsed
-            if worker_time:
-                self.worker_seconds += elapsed
+    def record_wait(self, seconds: float) -> None:
+        """Account a span in which the trusted side waited on work running on the worker device
+        (e.g. a model resident there): it is worker time, and not enclave time."""
+        self.wait_seconds += seconds
+        self.worker_seconds += seconds
+
+    # -- spans of enclave time ----------------------------------------------
+    def span_mark(self) -> tuple[float, float]:
+        """The start of a span of enclave time: ``(clock, waits so far)``."""
+        return time.perf_counter(), self.wait_seconds
+
+    def own_seconds(self, mark: tuple[float, float]) -> float:
+        """Seconds since ``mark`` less the worker waits inside them (never negative)."""
+        start, wait_mark = mark
+        return max((time.perf_counter() - start) - (self.wait_seconds - wait_mark), 0.0)
 
     # -- protocol side -----------------------------------------------------
     @contextmanager
@@ -102,12 +105,11 @@ class Ledger:
         """Attribute the enclave time of the block (less any worker waits inside it) to ``category``."""
         if category not in self.category_seconds:
             raise KeyError(f"unknown enclave-time category {category!r}; known: {sorted(self.category_seconds)}")
-        start, wait_mark = time.perf_counter(), self.wait_seconds
+        mark = self.span_mark()
         try:
             yield
         finally:
-            own = (time.perf_counter() - start) - (self.wait_seconds - wait_mark)
-            self.category_seconds[category] += max(own, 0.0)
+            self.category_seconds[category] += self.own_seconds(mark)
 
     def record_check(self, *, passed: bool) -> None:
         self.integrity_checks += 1
@@ -116,23 +118,21 @@ class Ledger:
 
     # -- step timing (driven by the session's hooks) -------------------------
     def step_begin(self) -> None:
-        if self._step_started is None:
-            self._step_started = time.perf_counter()
-            self._step_wait_mark = self.wait_seconds
+        if self._step_mark is None:
+            self._step_mark = self.span_mark()
 
     def step_end(self) -> None:
-        if self._step_started is None:
+        if self._step_mark is None:
             return
-        wall = time.perf_counter() - self._step_started
-        self.step_seconds += wall
-        self._step_enclave_seconds += max(wall - (self.wait_seconds - self._step_wait_mark), 0.0)
-        self._step_started = None
+        self.step_seconds += time.perf_counter() - self._step_mark[0]
+        self._step_enclave_seconds += self.own_seconds(self._step_mark)
+        self._step_mark = None
         self.steps += 1
         self.sample_memory()
 
     @property
     def in_step(self) -> bool:
-        return self._step_started is not None
+        return self._step_mark is not None
 
     def sample_memory(self) -> None:
         self._rss_peak = max(self._rss_peak, current_rss_bytes())

@@ -11,8 +11,6 @@ every protocol whose model runs on the trusted side.
 
 from __future__ import annotations
 
-import time
-
 from torch import nn
 
 from .glue import OffloadedConv2d, OffloadedLinear, OffloadedMatMul
@@ -30,14 +28,12 @@ class _SpanTimer:
 
     def start(self, key: int) -> None:
         if self.ledger.in_step:
-            self._open[key] = (time.perf_counter(), self.ledger.wait_seconds)
+            self._open[key] = self.ledger.span_mark()
 
     def stop(self, key: int) -> None:
-        began = self._open.pop(key, None)
-        if began is not None:
-            start, wait_mark = began
-            own = (time.perf_counter() - start) - (self.ledger.wait_seconds - wait_mark)
-            self.ledger.category_seconds["nonlinear"] += max(own, 0.0)
+        mark = self._open.pop(key, None)
+        if mark is not None:
+            self.ledger.category_seconds["nonlinear"] += self.ledger.own_seconds(mark)
 
 
 def time_nonlinear_layers(model: nn.Module, ledger: Ledger) -> int:

@@ -54,9 +54,7 @@ class _WorkerTimer:
 
     def stop(self) -> None:
         if self._start is not None:
-            elapsed = time.perf_counter() - self._start
-            self.ledger.wait_seconds += elapsed
-            self.ledger.worker_seconds += elapsed
+            self.ledger.record_wait(time.perf_counter() - self._start)
             self._start = None
 
 
