@@ -3,37 +3,22 @@
 A checkpoint leaves the enclave sealed with AES-256-GCM under the key store's key
 (:mod:`blindtrain.crypto.keystore`); a modified, truncated or foreign file is
 rejected with :class:`~blindtrain.crypto.SealError` (exit 2).  Files are written
-to a temporary name and renamed, so a crash never leaves half a checkpoint.
+atomically (:mod:`blindtrain.files`), so a crash never leaves half a checkpoint.
 """
 
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .crypto import KeyStore
 from .errors import UsageError
+from .files import atomic_write
 
 FORMAT = 1
 PURPOSE = "blindtrain-checkpoint-v1"
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save(path, *, keystore: KeyStore, model_spec: dict, model_state: dict, optimizer_state: dict | None,

@@ -20,6 +20,7 @@ from . import checkpoint as ckpt
 from . import data as datasets
 from . import models
 from .crypto import KeyStore
+from .files import atomic_write
 from .errors import BlindtrainError, IntegrityError, UsageError, WorkerCrashed
 from .session import Session
 
@@ -115,7 +116,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_
 
 
 def write_json(path: str | Path, payload: dict) -> None:
-    ckpt.atomic_write(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
+    atomic_write(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
 
 
 def _resolve_spec(config: TrainConfig, payload: dict | None) -> dict:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .files import atomic_file
 
 #: What a tensor handed to a worker is (DESIGN.md).
 KINDS = ("masked", "public", "obfuscated", "pad", "clear")
@@ -45,20 +46,12 @@ class Transcript:
         return list(self._meta)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the ``.npz`` atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write the ``.npz`` atomically (:func:`blindtrain.files.atomic_file`)."""
         payload = {m["key"]: a for m, a in zip(self._meta, self._arrays)}
         payload["meta"] = np.array(json.dumps(self._meta))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.part")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **payload)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        with atomic_file(path) as handle:
+            np.savez(handle, **payload)
+        return Path(path)
 
 
 def load(path: str | os.PathLike) -> tuple[list[dict], dict[str, np.ndarray]]:
