@@ -43,15 +43,19 @@ class Boundary:
             self._transports[key] = self._factory(role, index)
         return self._transports[key]
 
+    def _record(self, role: str, worker_name: str, tensor, tag, *, operand: str, kind: str) -> None:
+        """Append a tensor the worker receives to its role's transcript (when recording)."""
+        if self.record_transcript:
+            self.transcripts.setdefault(role, Transcript()).append(
+                tensor, step=tag.step, layer=tag.layer, op=tag.op, operand=operand, kind=kind,
+                modulus=tag.modulus, worker=worker_name)
+
     def call(self, request: Request, *, role: str = "main", index: int = 0) -> Response:
         """Send ``request`` to worker ``(role, index)`` and return its response (the choke point)."""
         worker_name = f"{role}{index}"
         sent = request.sent_tensors()
-        if self.record_transcript:
-            transcript = self.transcripts.setdefault(role, Transcript())
-            for operand, arg in sent:
-                transcript.append(arg.tensor, step=request.tag.step, layer=request.tag.layer, op=request.tag.op,
-                                  operand=operand, kind=arg.kind, modulus=request.tag.modulus, worker=worker_name)
+        for operand, arg in sent:
+            self._record(role, worker_name, arg.tensor, request.tag, operand=operand, kind=arg.kind)
         start = time.perf_counter()
         response = self.transport(role, index).call(request)
         waited = time.perf_counter() - start
@@ -63,10 +67,7 @@ class Boundary:
     # -- crossings without a worker instruction (a model resident on an in-process worker) --
     def hand_over(self, tensor, *, tag, kind: str, device: str, role: str = "main"):
         """Copy ``tensor`` to the in-process worker's ``device`` (counted and recorded like a request)."""
-        if self.record_transcript:
-            self.transcripts.setdefault(role, Transcript()).append(
-                tensor, step=tag.step, layer=tag.layer, op=tag.op, operand="A", kind=kind,
-                modulus=tag.modulus, worker=f"{role}0")
+        self._record(role, f"{role}0", tensor, tag, operand="A", kind=kind)
         moved = tensor.detach().to(device, copy=True)
         self.ledger.record_crossing(worker=f"{role}0", sent=tensor_bytes(tensor), received=0, waited=0.0,
                                     worker_time=0.0)
