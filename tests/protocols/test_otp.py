@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from scipy import stats
 from torch import nn
 
-from blindtrain import Session, bilinear
+from blindtrain import Session
 from blindtrain import checkpoint as ckpt
 from blindtrain import data as datasets
 from blindtrain.cli import main

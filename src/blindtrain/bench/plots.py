@@ -118,7 +118,7 @@ def breakdown(results: dict, path: Path) -> Path:
         ax.set_ylabel("enclave ms / step")
         ax.tick_params(axis="x", labelsize=8, rotation=30)
         ax.grid(True, axis="y", alpha=0.3)
-    handles, labels = {}, []
+    handles = {}
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import BlindtrainError, WorkerCrashed
 from ..worker.worker import Worker, WorkerConfig
-from .messages import Ref, Request, Response, Sent
+from .messages import Request, Response, Sent
 
 
 class Transport(ABC):
