@@ -44,11 +44,11 @@ def bilinear_gradients(site, protocol, x, grad_y, weight, *, needs, has_bias: bo
     ``x`` and ``grad_y`` come as the protocol takes them (2-D b×n and b×m for Linear, 4-D for
     Conv2d); ``grad_x`` is reshaped to ``input_shape``; ``needs`` is autograd's ``needs_input_grad``.
     """
-    grad_x = grad_w = grad_b = None
-    if needs[0]:
-        grad_x = protocol.grad_input(site, grad_y, weight, x.shape).reshape(input_shape)
-    if needs[1]:
-        grad_w = protocol.grad_weight(site, x, grad_y, weight.shape)
+    grad_x, grad_w = protocol.weighted_grads(site, x, grad_y, weight, needs=(needs[0], needs[1]),
+                                             input_shape=x.shape)
+    if grad_x is not None:
+        grad_x = grad_x.reshape(input_shape)
+    grad_b = None
     if has_bias and needs[2]:
         grad_b = grad_y.sum(0) if site.kind == "linear" else grad_y.sum((0, 2, 3))
     return grad_x, grad_w, grad_b

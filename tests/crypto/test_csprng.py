@@ -71,6 +71,20 @@ def test_signs_and_integers():
 
 def test_fisher_yates_fallback_is_a_uniform_permutation_too():
     rng = Csprng(bytes(32))
-    seen = [tuple(rng._fisher_yates(3, label=("fy", i))) for i in range(6000)]
+    seen = [tuple(rng.stream("fy", i)._fisher_yates(3)) for i in range(6000)]
     counts = np.array([seen.count(p) for p in set(seen)])
     assert len(counts) == 6 and stats.chisquare(counts).pvalue > 1e-4
+
+
+def test_a_stream_draws_in_sequence_and_its_label_is_used_once():
+    key = bytes(range(32))
+    stream = Csprng(key).stream("batch", 7)
+    first, second = stream.random_bytes(64), stream.random_bytes(64)
+    assert first != second
+    assert first + second == Csprng(key).random_bytes(128, label=("batch", 7))  # one keystream, in order
+    rng = Csprng(key)
+    rng.stream("batch", 7)
+    with pytest.raises(NonceReuseError):
+        rng.permutation(4, label=("batch", 7))
+    perms = [tuple(Csprng(key).stream("s").permutation(5)) for _ in range(2)]
+    assert perms[0] == perms[1] and sorted(perms[0]) == list(range(5))

@@ -77,3 +77,24 @@ class Response:
 
 def tensor_bytes(tensor: torch.Tensor | None) -> int:
     return 0 if tensor is None else tensor.numel() * tensor.element_size()
+
+
+def bilinear_products(tag: Tag, products: list[dict]) -> Request:
+    """One request for several bilinear products on the same worker (one message, one round trip).
+
+    Each product: ``{"op": str, "fn": str, "A": Sent | Ref, "B": Sent | Ref, "params": dict,
+    "keep": handle or None}``.  A product with ``keep`` stays on the worker under that handle; the
+    one without (at most one) is the request's result.  The worker's adversary sees every product
+    under its own ``op``."""
+    args, specs = {}, []
+    returned = [p for p in products if not p.get("keep")]
+    if len(returned) > 1:
+        raise ValueError("at most one product of a request can be returned")
+    for index, product in enumerate(products):
+        names = {}
+        for operand in ("A", "B"):
+            names[operand] = f"{operand}{index}"
+            args[names[operand]] = product[operand]
+        specs.append({"op": product["op"], "fn": product["fn"], "params": dict(product.get("params", {})),
+                      "keep": product.get("keep"), **names})
+    return Request("bilinear_products", args, tag, params={"products": specs}, return_result=bool(returned))

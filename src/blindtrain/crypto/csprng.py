@@ -8,7 +8,8 @@ names a *label* (e.g. ``("pad", "fc1", "forward", step)``); the label is hashed
 with SHA-256 into the 128-bit ChaCha20 nonce-and-counter block, so distinct labels
 give independent keystreams.  A label may be drawn from once only: asking again
 raises :class:`NonceReuseError`, which is how "never reuse a one-time pad" is
-enforced rather than hoped for.
+enforced rather than hoped for.  :meth:`Csprng.stream` opens a label's keystream for
+several draws in sequence (one cipher context for, e.g., all of a step's batch keys).
 """
 
 from __future__ import annotations
@@ -55,22 +56,61 @@ class Csprng:
         """An independent generator keyed from this one's stream ``("child", *label)``."""
         return Csprng(self.random_bytes(32, label=("child", *label)))
 
-    def random_bytes(self, n: int, *, label: tuple) -> bytes:
-        """``n`` keystream bytes for ``label`` (each label once)."""
+    def stream(self, *label) -> "KeyStream":
+        """The keystream for ``label`` (each label once), to draw from in sequence: many draws, one
+        cipher context.  Draws from one stream are independent (disjoint stretches of keystream)."""
         digest = hashlib.sha256(_label_bytes(label)).digest()
         if digest in self._used:
             raise NonceReuseError(f"keystream label drawn twice: {label!r}")
         self._used.add(digest)
         # 16-byte nonce: ChaCha20's 32-bit block counter (zero) + 96-bit nonce from the label.
         nonce = b"\x00\x00\x00\x00" + digest[:12]
-        encryptor = Cipher(algorithms.ChaCha20(self._key, nonce), mode=None).encryptor()
-        return encryptor.update(bytes(n))
+        return KeyStream(Cipher(algorithms.ChaCha20(self._key, nonce), mode=None).encryptor())
 
-    def _words(self, count: int, label: tuple, dtype) -> np.ndarray:
-        itemsize = np.dtype(dtype).itemsize
-        return np.frombuffer(self.random_bytes(count * itemsize, label=label), dtype=dtype)
+    # One draw under its own label (a stream used once):
+    def random_bytes(self, n: int, *, label: tuple) -> bytes:
+        """``n`` keystream bytes for ``label``."""
+        return self.stream(*label).random_bytes(n)
 
     def uniform_mod(self, shape, modulus: int, *, label: tuple) -> np.ndarray:
+        """Integers uniform in ``[0, modulus)``; see :meth:`KeyStream.uniform_mod`."""
+        return self.stream(*label).uniform_mod(shape, modulus)
+
+    def integers(self, low: int, high: int, shape, *, label: tuple) -> np.ndarray:
+        """Integers uniform in the closed range ``[low, high]``, as int64."""
+        return self.stream(*label).integers(low, high, shape)
+
+    def permutation(self, n: int, *, label: tuple) -> np.ndarray:
+        """A uniformly random permutation of ``range(n)``; see :meth:`KeyStream.permutation`."""
+        return self.stream(*label).permutation(n)
+
+    def signs(self, n: int, *, label: tuple) -> np.ndarray:
+        """``n`` independent uniform signs in {-1, +1} (float32)."""
+        return self.stream(*label).signs(n)
+
+    def uniform_float(self, shape, *, label: tuple) -> np.ndarray:
+        """Floats uniform in [0, 1) with 53 random bits each (float64)."""
+        return self.stream(*label).uniform_float(shape)
+
+
+class KeyStream:
+    """Sequential draws from one labelled ChaCha20 keystream (see :meth:`Csprng.stream`)."""
+
+    def __init__(self, encryptor) -> None:
+        self._encryptor = encryptor
+
+    def __repr__(self) -> str:
+        return "KeyStream(<secret>)"
+
+    def random_bytes(self, n: int) -> bytes:
+        """The next ``n`` bytes of the keystream."""
+        return self._encryptor.update(bytes(n))
+
+    def _words(self, count: int, dtype) -> np.ndarray:
+        itemsize = np.dtype(dtype).itemsize
+        return np.frombuffer(self.random_bytes(count * itemsize), dtype=dtype)
+
+    def uniform_mod(self, shape, modulus: int) -> np.ndarray:
         """Integers uniform in ``[0, modulus)`` (exactly: rejection sampling), as int64."""
         if not 1 < modulus <= 2**62:
             raise ValueError("modulus out of range")
@@ -79,44 +119,41 @@ class Csprng:
         mask = np.uint64((1 << bits) - 1)
         accept_rate = modulus / float(1 << bits)
         out = np.empty(size, dtype=np.int64)
-        filled, round_no = 0, 0
+        filled = 0
         while filled < size:
             want = size - filled
-            draw = int(want / accept_rate * 1.05) + 16
-            words = self._words(draw, (*label, "round", round_no), np.uint64) & mask
+            words = self._words(int(want / accept_rate * 1.05) + 16, np.uint64) & mask
             good = words[words < np.uint64(modulus)][:want]
             out[filled:filled + good.size] = good.astype(np.int64)
             filled += good.size
-            round_no += 1
         return out.reshape(shape)
 
-    def integers(self, low: int, high: int, shape, *, label: tuple) -> np.ndarray:
+    def integers(self, low: int, high: int, shape) -> np.ndarray:
         """Integers uniform in the closed range ``[low, high]``, as int64."""
-        return self.uniform_mod(shape, high - low + 1, label=label) + low
+        return self.uniform_mod(shape, high - low + 1) + low
 
-    def permutation(self, n: int, *, label: tuple) -> np.ndarray:
+    def permutation(self, n: int) -> np.ndarray:
         """A uniformly random permutation of ``range(n)``.
 
         The ranks of ``n`` independent uniform 64-bit words (one vectorized sort). It is exactly
         uniform given distinct words; a tie (probability below n²/2^65) falls back to Fisher-Yates.
         """
-        words = self._words(n, label, np.uint64)
+        words = self._words(n, np.uint64)
         perm = np.argsort(words, kind="stable").astype(np.int64)
         if n > 1 and np.any(words[perm[1:]] == words[perm[:-1]]):  # pragma: no cover - astronomically rare
-            return self._fisher_yates(n, label=(*label, "fisher-yates"))
+            return self._fisher_yates(n)
         return perm
 
-    def _fisher_yates(self, n: int, *, label: tuple) -> np.ndarray:
-        """Fisher-Yates on CSPRNG draws, each index by rejection sampling (exact, but a Python loop)."""
+    def _fisher_yates(self, n: int) -> np.ndarray:
+        """Fisher-Yates on keystream draws, each index by rejection sampling (exact, but a Python loop)."""
         perm = np.arange(n, dtype=np.int64)
-        words = self._words(2 * n + 64, label, np.uint64)
-        used = 0
+        words, used = self._words(2 * n + 64, np.uint64), 0
         for i in range(n - 1, 0, -1):
             bound = np.uint64(i + 1)
             limit = (np.uint64(2**64 - 1) // bound) * bound
             while True:
                 if used >= words.size:
-                    words, used = self._words(2 * n + 64, (*label, "refill", i), np.uint64), 0
+                    words, used = self._words(2 * n + 64, np.uint64), 0
                 word = words[used]
                 used += 1
                 if word < limit:
@@ -125,13 +162,13 @@ class Csprng:
             perm[i], perm[j] = perm[j], perm[i]
         return perm
 
-    def signs(self, n: int, *, label: tuple) -> np.ndarray:
+    def signs(self, n: int) -> np.ndarray:
         """``n`` independent uniform signs in {-1, +1} (float32)."""
-        bits = np.unpackbits(np.frombuffer(self.random_bytes((n + 7) // 8, label=label), dtype=np.uint8))[:n]
+        bits = np.unpackbits(np.frombuffer(self.random_bytes((n + 7) // 8), dtype=np.uint8))[:n]
         return (bits.astype(np.float32) * 2.0 - 1.0)
 
-    def uniform_float(self, shape, *, label: tuple) -> np.ndarray:
+    def uniform_float(self, shape) -> np.ndarray:
         """Floats uniform in [0, 1) with 53 random bits each (float64)."""
         size = int(np.prod(shape, dtype=np.int64))
-        words = self._words(size, label, np.uint64) >> np.uint64(11)
+        words = self._words(size, np.uint64) >> np.uint64(11)
         return (words.astype(np.float64) * (1.0 / (1 << 53))).reshape(shape)

@@ -132,6 +132,16 @@ class Protocol(ABC):
         params = {**site.conv_params, "weight_size": tuple(weight_shape)}
         return self.bilinear(site, "grad_weight", "conv2d_weight", x, grad_y, roles=("data", "data"), params=params)
 
+    def weighted_grads(self, site, x: torch.Tensor, grad_y: torch.Tensor, weight: torch.Tensor, *,
+                       needs: tuple[bool, bool], input_shape) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(grad_input, grad_weight)`` of a weighted layer, each only if ``needs`` says so.
+
+        By default one :meth:`grad_input` and one :meth:`grad_weight`; a protocol may override it to
+        compute both in one exchange with the worker."""
+        grad_x = self.grad_input(site, grad_y, weight, input_shape) if needs[0] else None
+        grad_w = self.grad_weight(site, x, grad_y, weight.shape) if needs[1] else None
+        return grad_x, grad_w
+
     def matmul(self, site, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.bilinear(site, "forward", "bmm", a, b, roles=("data", "data"), params={})
 

@@ -7,7 +7,7 @@ The worker holds ``W′ = (c · W · s)[π_m][:, π_n]`` (an out×in tensor, as 
 store it).  Per step and layer a fresh batch key (π_b, c_b):
 
 * forward     ``X′ = (c_b X s)[π_b][:, π_n]``; ``X′W′ᵀ = (c_b Y c)[π_b][:, π_m]``; X′ stays on the worker.
-* grad_input  ``G₁ = (c′_b dY / c)[π′_b][:, π_m]``; ``G₁W′ = (c′_b dX s)[π′_b][:, π_n]``.
+* grad_input  ``G₁ = (c′_b dY / c)[π_b][:, π_m]`` (fresh scales c′_b); ``G₁W′ = (c′_b dX s)[π_b][:, π_n]``.
 * grad_weight ``G₂ = (dY c / c_b)[π_b][:, π_m]``; ``G₂ᵀX′ = (c dW s)[π_m][:, π_n]`` — the gradient
   already in W′'s key: the worker keeps it, and ``optimizer.step()`` has it apply SGD
   (momentum, dampening, Nesterov, weight decay) to W′ in place.  Nothing weight-sized crosses.
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..boundary import Ref, Request, Sent, Tag
+from ..boundary import Ref, Request, Sent, Tag, bilinear_products
 from ..errors import IntegrityError, UsageError
 from ..tempo import thin
 from .base import Protocol, ProtocolInfo, register
@@ -86,6 +86,18 @@ def _linf(t: torch.Tensor) -> torch.Tensor:
 
 def _conv_kw(params: dict) -> dict:
     return {k: params[k] for k in ("stride", "padding", "dilation") if k in params}
+
+
+_ARANGE: dict[int, torch.Tensor] = {}
+
+
+def _arange(n: int) -> torch.Tensor:
+    """``torch.arange(n)`` (int64), kept: the offsets of one-row bags are the same every step."""
+    if n not in _ARANGE:
+        if len(_ARANGE) > 64:  # a few sizes in practice (batch, batch × channels); never grow without bound
+            _ARANGE.clear()
+        _ARANGE[n] = torch.arange(n)
+    return _ARANGE[n]
 
 
 def _log2_factorial(n: int) -> float:
@@ -158,49 +170,67 @@ class Tempo(Protocol):
         self.layers: dict[str, _Layer] = {}
         self.optimizer = None
         self.rotations = 0
+        self._keys, self._keys_step = None, None
         runtime.ledger.integrity_soundness_bits = self.detection()["soundness_bits_at_that_error"]
 
     # ------------------------------------------------------------------ keys ----
-    def _label(self, *parts):
-        return ("tempo", *parts, self.runtime.next_nonce())
+    def _stream(self, *label):
+        """A fresh keystream of the enclave CSPRNG (its label is used once), for several draws."""
+        return self.runtime.rng.stream("tempo", *label, self.runtime.next_nonce())
 
-    def _perm(self, n, *label):
-        """A uniform permutation from the enclave CSPRNG."""
-        return torch.from_numpy(self.runtime.rng.permutation(n, label=self._label("perm", *label)))
+    def _step_keys(self):
+        """This step's keystream: every batch key (and attention key) of the step is drawn from it
+        in sequence, so a step opens one cipher context, not two per layer and op."""
+        step = self.runtime.step
+        if self._keys_step != step:
+            self._keys, self._keys_step = self._stream("step-keys", step), step
+        return self._keys
 
-    def _pow2(self, n, *label):
+    @staticmethod
+    def _perm(n, keys):
+        """A uniform permutation of ``range(n)`` drawn from ``keys``."""
+        return torch.from_numpy(keys.permutation(n))
+
+    def _pow2(self, n, keys):
+        """``n`` power-of-two scales ``2^e``, ``e`` uniform in ``[-scale_range, scale_range]``."""
         e = self.settings["scale_range"]
         if e == 0:
             return torch.ones(n)
-        exps = self.runtime.rng.integers(-e, e, (n,), label=self._label("scale", *label))
-        return torch.from_numpy(np.ldexp(1.0, exps).astype(np.float32))
+        return torch.from_numpy(np.ldexp(1.0, keys.integers(-e, e, (n,))).astype(np.float32))
 
-    def _signs(self, n, *label):
-        return torch.from_numpy(self.runtime.rng.signs(n, label=self._label("signs", *label)))
+    @staticmethod
+    def _signs(n, keys):
+        return torch.from_numpy(keys.signs(n))
 
-    def _uniform(self, shape, *label):
-        u = self.runtime.rng.uniform_float(shape, label=self._label("check", *label))
-        return torch.from_numpy(u * 2.0 - 1.0).float()
+    @staticmethod
+    def _uniform(shape, keys):
+        """Check vectors uniform in [-1, 1)."""
+        return torch.from_numpy(keys.uniform_float(shape) * 2.0 - 1.0).float()
 
-    def _batch_key(self, b, layer):
-        pb = self._perm(b, "batch", layer)
-        cb = self._pow2(b, "batch", layer)
-        return pb, cb
+    def _batch_key(self, b):
+        keys = self._step_keys()
+        return self._perm(b, keys), self._pow2(b, keys)
 
     # --------------------------------------------------------------- encoding ----
     @staticmethod
     def _gather(x, p0, p1, r0, r1):
-        """``x[p0][:, p1] * (r0 ⊗ r1)`` (r0, r1 in the output's order), one gather pass and one scaling pass."""
+        """``x[p0][:, p1] * (r0 ⊗ r1)`` (r0, r1 in the output's order).
+
+        2-D: the rows gathered and scaled in one pass (one-row "bags" weighted by r0: ``x·r0`` exactly,
+        one product each), then the columns gathered, then scaled.  4-D: one gather-and-scale pass."""
         d0, d1 = x.shape[0], x.shape[1]
-        scale = r0.view(-1, 1) * r1.view(1, -1)
         if x.dim() == 2:
-            out = x.index_select(0, p0).index_select(1, p1)
-            return out.mul_(scale)
+            if x.dtype == r0.dtype:
+                out = F.embedding_bag(p0, x, _arange(d0), mode="sum", per_sample_weights=r0)
+            else:
+                out = x.index_select(0, p0).mul_(r0.view(-1, 1).to(x.dtype))
+            return out.index_select(1, p1).mul_(r1.to(x.dtype))
+        scale = r0.view(-1, 1) * r1.view(1, -1)
         rows = (p0.view(-1, 1) * d1 + p1.view(1, -1)).view(-1)
         flat = x.reshape(d0 * d1, -1)
         if flat.dtype == scale.dtype:
             # gather and scale in one pass: one-row "bags" weighted by the scale (x·s exactly, one product each)
-            out = F.embedding_bag(rows, flat, torch.arange(rows.numel(), dtype=rows.dtype), mode="sum",
+            out = F.embedding_bag(rows, flat, _arange(rows.numel()), mode="sum",
                                   per_sample_weights=scale.reshape(-1))
         else:
             out = flat.index_select(0, rows)
@@ -208,15 +238,28 @@ class Tempo(Protocol):
         return out.view(d0, d1, *x.shape[2:])
 
     @staticmethod
-    def _inverse(p):
-        """The inverse permutation of ``p`` (a scatter, not a sort), cached on the key tensor: weight keys
-        are decoded with every step of their epoch.  Key tensors are never modified in place."""
-        inv = getattr(p, "_tempo_inverse", None)
-        if inv is None:
+    def _derived(key, name, make):
+        """``make(key)``, cached on the key tensor: weight keys serve every step of their epoch.  Key tensors
+        are never modified in place."""
+        value = getattr(key, "_tempo_" + name, None)
+        if value is None:
+            value = make(key)
+            setattr(key, "_tempo_" + name, value)
+        return value
+
+    @classmethod
+    def _inverse(cls, p):
+        """The inverse permutation of ``p`` (a scatter, not a sort)."""
+        def invert(p):
             inv = torch.empty_like(p)
             inv[p] = torch.arange(p.numel(), dtype=p.dtype)
-            p._tempo_inverse = inv
-        return inv
+            return inv
+        return cls._derived(p, "inverse", invert)
+
+    @classmethod
+    def _reciprocal(cls, scales):
+        """``1 / scales`` (exact: powers of two and signs)."""
+        return cls._derived(scales, "reciprocal", torch.reciprocal)
 
     @classmethod
     def _enc(cls, x, p0, p1, s0, s1):
@@ -227,7 +270,7 @@ class Tempo(Protocol):
     def _dec(cls, y, p0, p1, s0, s1):
         """Inverse of :meth:`_enc` given the same keys (x = dec(enc(x))), exact: the scales are powers of two
         and signs, so ``(1/s0) ⊗ (1/s1)`` equals ``1 / (s0 ⊗ s1)`` exactly."""
-        return cls._gather(y, cls._inverse(p0), cls._inverse(p1), 1.0 / s0, 1.0 / s1)
+        return cls._gather(y, cls._inverse(p0), cls._inverse(p1), cls._reciprocal(s0), cls._reciprocal(s1))
 
     # ------------------------------------------------------------------ wrap ----
     def wrap(self, model, optimizer):
@@ -302,8 +345,9 @@ class Tempo(Protocol):
             layer.epoch += 1
             layer.epoch_start = rt.step
             name = site.name
-            key = {"pn": self._perm(layer.n, "pn", name, layer.epoch), "pm": self._perm(layer.m, "pm", name, layer.epoch),
-                   "s": self._signs(layer.n, "s", name, layer.epoch), "c": self._pow2(layer.m, "c", name, layer.epoch)}
+            keys = self._stream("weight-key", name, layer.epoch)
+            key = {"pn": self._perm(layer.n, keys), "pm": self._perm(layer.m, keys),
+                   "s": self._signs(layer.n, keys), "c": self._pow2(layer.m, keys)}
             layer.key = key
             layer.blocks = self._blocks(layer.m)
             w = w.float()
@@ -377,8 +421,8 @@ class Tempo(Protocol):
         name = layer.site.name
         t = layer.t
         if "rho" not in t:
-            t["rho"] = self._uniform((layer.m, k), "rho", name)
-            t["sigma"] = self._uniform((layer.n, k), "sigma", name)
+            keys = self._stream("check-vectors", name)
+            t["rho"], t["sigma"] = self._uniform((layer.m, k), keys), self._uniform((layer.n, k), keys)
             t["arho"], t["asigma"] = t["rho"].abs(), t["sigma"].abs()
         w = w.float()
         aw = w.abs()
@@ -416,14 +460,17 @@ class Tempo(Protocol):
     def _refresh_check_mats(self, layer):
         """float32 copies of the projections and the error bounds used by the checks this step."""
         t = layer.t
-        K = layer.n * layer.ksz
-        # |Yρ - X q| ≤ 2γ_K |X||W|ᵀ|ρ| (the product and the check) + γ_m |Y||ρ| (≤ γ_m |X||W|ᵀ|ρ|) + drift
-        t["q32"] = t["qw"].float()
-        t["qtol"] = (t["qwa"] * (2 * _gamma(K) + _gamma(layer.m) + 2 * U32) + t["qwe"]).float()
-        Kv = layer.m * layer.ksz
-        t["v32"] = t["vw"].float()
-        t["vtol"] = (t["vwa"] * (2 * _gamma(Kv) + _gamma(layer.n) + 2 * U32) + t["vwe"]).float()
-        if not layer.conv:
+        t["q32"], t["v32"] = t["qw"].float(), t["vw"].float()
+        if layer.conv:
+            # |Yρ - X q| ≤ 2γ_K |X||W|ᵀ|ρ| (the product and the check) + γ_m |Y||ρ| (≤ γ_m |X||W|ᵀ|ρ|) + drift
+            K, Kv = layer.n * layer.ksz, layer.m * layer.ksz
+            t["qtol"] = (t["qwa"] * (2 * _gamma(K) + _gamma(layer.m) + 2 * U32) + t["qwe"]).float()
+            t["vtol"] = (t["vwa"] * (2 * _gamma(Kv) + _gamma(layer.n) + 2 * U32) + t["vwe"]).float()
+        else:
+            # the checks' products, several per read of an activation (see _check_forward / _check_grad_input)
+            t["q_sigma"] = torch.cat([t["q32"], t["sigma"]], 1)
+            t["q_sigma_asigma"] = torch.cat([t["q_sigma"], t["asigma"]], 1)
+            t["v_rho"] = torch.cat([t["v32"], t["rho"]], 1)
             # Linear: per-row tolerances (all O(k) per row given the rows' norms):
             #   Σ_j ρ_j err_ij, |err_ij| ≤ γ_n ‖x_i‖‖W_j‖, aggregated over j with random signs (Hoeffding, λ):
             #   λ γ_n ‖x_i‖ (Σ_j ρ_j² ‖W_j‖²)^½ ; the check's own products: γ_n ‖x_i‖‖q‖ + γ_m ‖y_i‖‖ρ‖ ; drift ‖x_i‖‖e‖.
@@ -467,7 +514,7 @@ class Tempo(Protocol):
         key = layer.key
         b = layer.last_batch = x.shape[0]
         with rt.ledger.timed("encode"):
-            pb, cb = self._batch_key(b, site.name)
+            pb, cb = self._batch_key(b)
             xe = self._enc(x.detach().float(), pb, key["pn"], cb, key["s"])
         layer.batch = (pb, cb) if training else None
         parts = []
@@ -496,7 +543,7 @@ class Tempo(Protocol):
         key = layer.key
         b = layer.last_batch = x.shape[0]
         with rt.ledger.timed("encode"):
-            pb, cb = self._perm(b, "batch", site.name), torch.ones(b)  # unit batch scales: bias added on the worker
+            pb, cb = self._perm(b, self._step_keys()), torch.ones(b)  # unit batch scales: bias added on the worker
             xe = self._enc(x.detach().float(), pb, key["pn"], cb, key["s"])
             be = None
             if bias is not None:
@@ -551,42 +598,113 @@ class Tempo(Protocol):
             lhs = _thin(y, t["rho"])
             k = t["q32"].shape[1]
             training = layer.site.module.training
-            # in training, X σ (for the weight-gradient projections) comes from the same read of X
-            prod = _thin(x, torch.cat([t["q32"], t["sigma"]], 1) if training else t["q32"])
+            # in training, X σ (and X|σ| when X ≥ 0, as after a ReLU) for the weight-gradient projections
+            # come from the same read of X
+            nonneg = training and bool(x.amin() >= 0)
+            prod = _thin(x, t["q_sigma_asigma"] if nonneg else t["q_sigma"] if training else t["q32"])
             rhs = prod[:, :k]
             xn = x.norm(dim=1, keepdim=True)
             tol = xn * t["ftol_x"] + y.norm(dim=1, keepdim=True) * t["ftol_y"]
             if training:
-                layer.saved = {"of": _ident(x), "xs": prod[:, k:], "xn": xn}
+                layer.saved = {"of": _ident(x), "xs": prod[:, k:2 * k], "xn": xn,
+                               "xas": prod[:, 2 * k:] if nonneg else None}
         ok = bool(((lhs - rhs).abs() <= 2 * tol + 1e-30).all())
         self._fail_if(ok, layer.site.name, "forward", "forward result fails the Freivalds check")
 
-    def grad_input(self, site, grad_y, weight, input_shape):
-        layer = site.state["tempo"]
-        rt = self.runtime
-        key = layer.key
+    # The backward of a weighted layer (DESIGN.md): G₁ (the forward's batch permutation, fresh batch scales)
+    # gives the input gradient, G₂ (the forward's batch key) the weight gradient.  G₂ is G₁ rescaled, one
+    # elementwise pass; with worker-held weights both go in one message per worker.
+    def _encode_grad_input(self, layer, grad_y):
+        """``G₁ = (c′_b dY / c)[π_b][:, π_m]``: the forward's batch permutation π_b (a fresh one if this
+        layer ran no training forward of this batch size) and fresh scales c′_b.  Returns G₁ and its
+        batch key ``(π_b, c′_b)``."""
         b = grad_y.shape[0]
-        with rt.ledger.timed("encode"):
-            pb, cb = self._batch_key(b, site.name)
-            ge = self._enc(grad_y.float(), pb, key["pm"], cb, 1.0 / key["c"])
-        parts = []
-        for k, (lo, hi) in enumerate(layer.blocks):
-            g = ge if len(layer.blocks) == 1 else ge[:, lo:hi].contiguous()
-            if layer.conv:
-                req = Request("bilinear", {"A": Sent(g, "obfuscated"), "B": Ref(f"{layer.h}/w")},
-                              Tag(rt.step, site.name, "grad_input"),
-                              params={"fn": "conv2d_input", **site.conv_params, "input_size": tuple(input_shape)})
-            else:
-                req = Request("bilinear", {"A": Sent(g, "obfuscated"), "B": Ref(f"{layer.h}/w")},
-                              Tag(rt.step, site.name, "grad_input"), params={"fn": "matmul"})
-            parts.append(self._call(req, k).result)
-        with rt.ledger.timed("decode_verify"):
+        with self.runtime.ledger.timed("encode"):
+            keys = self._step_keys()
+            forward = layer.batch
+            pb = forward[0] if forward is not None and forward[0].numel() == b else self._perm(b, keys)
+            cb = self._pow2(b, keys)
+            return self._enc(grad_y.float(), pb, layer.key["pm"], cb, self._reciprocal(layer.key["c"])), (pb, cb)
+
+    def _encode_grad_weight(self, layer, grad_y, *, g1=None, g1_scales=None):
+        """``G₂ = (dY c / c_b)[π_b][:, π_m]`` under the forward's batch key ``(π_b, c_b)``; from ``G₁``
+        (encoded under ``(π_b, c′_b)``) by one exact rescaling, ``G₂ = G₁ ⊙ (1/(c_b c′_b))[π_b] ⊗ (c²)[π_m]``
+        (powers of two), else by its own gather."""
+        pb, cb = layer.batch
+        c, pm = layer.key["c"], layer.key["pm"]
+        with self.runtime.ledger.timed("encode"):
+            if g1 is None:
+                return self._enc(grad_y.float(), pb, pm, 1.0 / cb, c)
+            rows = (1.0 / (cb * g1_scales))[pb].view(-1, *[1] * (g1.dim() - 1))
+            if "c2_pm" not in layer.key:  # (c²)[π_m], a constant of the key epoch
+                layer.key["c2_pm"] = (c * c)[pm]
+            cols = layer.key["c2_pm"].view(1, -1, *[1] * (g1.dim() - 2))
+            return (g1 * rows).mul_(cols)
+
+    def _grad_input_product(self, layer, g1, lo, hi, input_shape):
+        """Worker block ``[lo, hi)`` of the output channels: ``G₁[:, lo:hi] W′[lo:hi]`` (a partial sum)."""
+        g = g1 if len(layer.blocks) == 1 else g1[:, lo:hi].contiguous()
+        product = {"op": "grad_input", "A": Sent(g, "obfuscated"), "B": Ref(f"{layer.h}/w")}
+        if layer.conv:
+            return {**product, "fn": "conv2d_input",
+                    "params": {**layer.site.conv_params, "input_size": tuple(input_shape)}}
+        return {**product, "fn": "matmul", "params": {}}
+
+    def _grad_weight_product(self, layer, g2, lo, hi, *, keep):
+        """Worker block ``[lo, hi)``: ``G₂[:, lo:hi]ᵀ X′`` — already in the weight's key; ``keep``: it stays
+        on the worker for the SGD step."""
+        g = Sent(g2 if len(layer.blocks) == 1 else g2[:, lo:hi].contiguous(), "obfuscated")
+        product = {"op": "grad_weight", "keep": f"{layer.h}/g" if keep else None}
+        if layer.conv:
+            return {**product, "fn": "conv2d_weight", "A": Ref(f"{layer.h}/x"), "B": g,
+                    "params": {**layer.site.conv_params, "weight_size": (hi - lo, layer.n, *layer.kernel)}}
+        return {**product, "fn": "matmul_tn", "A": g, "B": Ref(f"{layer.h}/x"), "params": {}}
+
+    def _request(self, layer, product):
+        """One product as a plain ``bilinear`` request."""
+        extra = {"keep_result": product["keep"], "return_result": False} if product.get("keep") else {}
+        return Request("bilinear", {"A": product["A"], "B": product["B"]},
+                       Tag(self.runtime.step, layer.site.name, product["op"]),
+                       params={"fn": product["fn"], **product["params"]}, **extra)
+
+    def _finish_grad_input(self, layer, parts, batch_key, grad_y):
+        """Sum the workers' partial products, decode ``dX`` and check it."""
+        pb, cb = batch_key
+        with self.runtime.ledger.timed("decode_verify"):
             re = parts[0]
             for p in parts[1:]:
                 re = re + p
-            dx = self._dec(re, pb, key["pn"], cb, key["s"])
+            dx = self._dec(re, pb, layer.key["pn"], cb, layer.key["s"])
             self._check_grad_input(layer, grad_y.float(), dx)
         return dx.to(grad_y.dtype)
+
+    def grad_input(self, site, grad_y, weight, input_shape):
+        layer = site.state["tempo"]
+        g1, batch_key = self._encode_grad_input(layer, grad_y)
+        parts = [self._call(self._request(layer, self._grad_input_product(layer, g1, lo, hi, input_shape)), k).result
+                 for k, (lo, hi) in enumerate(layer.blocks)]
+        return self._finish_grad_input(layer, parts, batch_key, grad_y)
+
+    def weighted_grads(self, site, x, grad_y, weight, *, needs, input_shape):
+        """Both gradients in one message per worker when the weights are worker-held: the input
+        gradient's product comes back, the weight gradient's stays on the worker."""
+        layer = site.state["tempo"]
+        if not (needs[0] and needs[1] and layer.resident):
+            return super().weighted_grads(site, x, grad_y, weight, needs=needs, input_shape=input_shape)
+        g1, batch_key = self._encode_grad_input(layer, grad_y)
+        if layer.batch is not None and batch_key[0] is layer.batch[0]:
+            g2 = self._encode_grad_weight(layer, grad_y, g1=g1, g1_scales=batch_key[1])
+        else:
+            g2 = self._encode_grad_weight(layer, grad_y)
+        tag = Tag(self.runtime.step, site.name, "backward")
+        parts = [self._call(bilinear_products(tag, [self._grad_input_product(layer, g1, lo, hi, input_shape),
+                                                    self._grad_weight_product(layer, g2, lo, hi, keep=True)]),
+                            k).result
+                 for k, (lo, hi) in enumerate(layer.blocks)]
+        grad_x = self._finish_grad_input(layer, parts, batch_key, grad_y)
+        with self.runtime.ledger.timed("decode_verify"):
+            layer.pending = self._grad_projections(layer, x.detach().float(), grad_y.float())
+        return grad_x, None
 
     def _check_grad_input(self, layer, gy, dx):
         t = layer.t
@@ -603,7 +721,7 @@ class Tempo(Protocol):
         else:
             lhs = _thin(dx, t["sigma"])
             k = t["v32"].shape[1]
-            prod = _thin(gy, torch.cat([t["v32"], t["rho"]], 1))  # dY ρ for the weight-gradient projections too
+            prod = _thin(gy, t["v_rho"])  # dY ρ for the weight-gradient projections too
             rhs = prod[:, :k]
             gn = gy.norm(dim=1, keepdim=True)
             tol = gn * t["btol_g"] + dx.norm(dim=1, keepdim=True) * t["btol_x"]
@@ -637,14 +755,21 @@ class Tempo(Protocol):
             layer.saved = layer.saved_g = None
             xs, xn = (fx["xs"], fx["xn"]) if fx else (_thin(x, t["sigma"]), x.norm(dim=1, keepdim=True))
             gr, gn = (fg["gr"], fg["gn"]) if fg else (_thin(gy, t["rho"]), gy.norm(dim=1, keepdim=True))
-            ax, agy = x.abs(), gy.abs()
+            agy = gy.abs()
             k = gr.shape[1]
-            q = _thin(x.t(), gr)
+            # q = Xᵀ(dY ρ); its abs bound |X|ᵀ(|dY||ρ|) and the norm bounds of the gradient's rows / columns,
+            # ‖Σ_b g_bj x_b‖ ≤ Σ_b |g_bj| ‖x_b‖, are products with |X| and |dY|, several per read
+            x_side = torch.cat([gr, _thin(agy, t["arho"]), gn], 1)
+            xas = fx["xas"] if fx else None
+            if xas is not None:  # X ≥ 0 (checked in the forward): |X| = X, one product for all three
+                qq = _thin(x.t(), x_side)
+                q, qm = qq[:, :k], qq[:, k:]
+            else:
+                ax = x.abs()
+                q, qm = _thin(x.t(), gr), _thin(ax.t(), x_side[:, k:])
+                xas = _thin(ax, t["asigma"])
             v = _thin(gy.t(), xs)
-            # norm bounds of the gradient's rows / columns: ‖Σ_b g_bj x_b‖ ≤ Σ_b |g_bj| ‖x_b‖ (with the abs
-            # projections, one product per operand)
-            qm = _thin(ax.t(), torch.cat([_thin(agy, t["arho"]), gn], 1))
-            vn = _thin(agy.t(), torch.cat([_thin(ax, t["asigma"]), xn], 1))
+            vn = _thin(agy.t(), torch.cat([xas, xn], 1))
             qa, va = qm[:, :k], vn[:, :k]
             rows = x.shape[0]
             norms = {"N": vn[:, k].double(), "M": qm[:, k].double()}
@@ -655,35 +780,20 @@ class Tempo(Protocol):
             out.update(norms)
         return out
 
-    def _grad_weight_request(self, layer, ge, lo, hi, *, keep):
-        site = layer.site
-        g = ge if len(layer.blocks) == 1 else ge[:, lo:hi].contiguous()
-        extra = {"keep_result": f"{layer.h}/g", "return_result": False} if keep else {}
-        tag = Tag(self.runtime.step, site.name, "grad_weight")
-        if layer.conv:
-            return Request("bilinear", {"A": Ref(f"{layer.h}/x"), "B": Sent(g, "obfuscated")}, tag,
-                           params={"fn": "conv2d_weight", **site.conv_params,
-                                   "weight_size": (hi - lo, layer.n, *layer.kernel)}, **extra)
-        return Request("bilinear", {"A": Sent(g, "obfuscated"), "B": Ref(f"{layer.h}/x")}, tag,
-                       params={"fn": "matmul_tn"}, **extra)
-
     def grad_weight(self, site, x, grad_y, weight_shape):
         layer = site.state["tempo"]
         rt = self.runtime
         key = layer.key
-        pb, cb = layer.batch
-        with rt.ledger.timed("encode"):
-            ge = self._enc(grad_y.float(), pb, key["pm"], 1.0 / cb, key["c"])
+        g2 = self._encode_grad_weight(layer, grad_y)
         if layer.resident:
             for k, (lo, hi) in enumerate(layer.blocks):
-                self._call(self._grad_weight_request(layer, ge, lo, hi, keep=True), k)
+                self._call(self._request(layer, self._grad_weight_product(layer, g2, lo, hi, keep=True)), k)
             with rt.ledger.timed("decode_verify"):
                 layer.pending = self._grad_projections(layer, x.detach().float(), grad_y.float())
             return None
         # enclave-side update: the obfuscated gradient comes back, is decoded and checked
-        parts = []
-        for k, (lo, hi) in enumerate(layer.blocks):
-            parts.append(self._call(self._grad_weight_request(layer, ge, lo, hi, keep=False), k).result)
+        parts = [self._call(self._request(layer, self._grad_weight_product(layer, g2, lo, hi, keep=False)), k).result
+                 for k, (lo, hi) in enumerate(layer.blocks)]
         with rt.ledger.timed("decode_verify"):
             dw = self._dec(torch.cat(parts), key["pm"], key["pn"], key["c"], key["s"])
             proj = self._grad_projections(layer, x.detach().float(), grad_y.float())
@@ -696,76 +806,106 @@ class Tempo(Protocol):
 
     # ----------------------------------------------------- the optimizer step -----
     def _after_optimizer_step(self, optimizer, args, kwargs):
-        """Apply SGD to the worker-held weights (in their key) and advance the check projections."""
+        """Apply SGD to the worker-held weights (in their key) and advance the check projections.
+
+        One ``sgd_step`` message per worker carries the updates of all its layers."""
         rt = self.runtime
+        updates = []  # (layer, projections of its weight gradient, SGD hyperparameters)
         for layer in self.layers.values():
-            P = layer.pending
+            P, layer.pending = layer.pending, None
             if P is None:
                 continue
-            layer.pending = None
             group = self._group_of(layer.param)
             if group is None:
                 self._drop_grad(layer)
                 continue
-            lr, mu = float(group["lr"]), float(group.get("momentum", 0.0))
-            damp, wd = float(group.get("dampening", 0.0)), float(group.get("weight_decay", 0.0))
-            nesterov = bool(group.get("nesterov", False))
-            params = {"target": f"{layer.h}/w", "grad": f"{layer.h}/g", "buffer": f"{layer.h}/buf", "lr": lr,
-                      "momentum": mu, "dampening": damp, "weight_decay": wd, "nesterov": nesterov}
-            for k in range(len(layer.blocks)):
-                self._call(Request("sgd_step", {}, Tag(rt.step, layer.site.name, "update"), params=params,
+            updates.append((layer, P, (float(group["lr"]), float(group.get("momentum", 0.0)),
+                                       float(group.get("dampening", 0.0)), float(group.get("weight_decay", 0.0)),
+                                       bool(group.get("nesterov", False)))))
+        with rt.ledger.timed("decode_verify"):  # the projections follow the update; they need no answer
+            cohorts: dict[tuple, list] = {}  # layers whose recurrences take the same coefficients
+            for layer, P, hyper in updates:
+                cohorts.setdefault((hyper, layer.has_buf), []).append((layer, P))
+            for (hyper, has_buf), members in cohorts.items():
+                self._advance(members, *hyper, has_buf=has_buf)
+        for k in range(self.settings["workers"]):
+            steps = [{"target": f"{layer.h}/w", "grad": f"{layer.h}/g", "buffer": f"{layer.h}/buf",
+                      **dict(zip(("lr", "momentum", "dampening", "weight_decay", "nesterov"), hyper))}
+                     for layer, _, hyper in updates if k < len(layer.blocks)]
+            if steps:
+                self._call(Request("sgd_step", {}, Tag(rt.step, "*", "update"), params={"updates": steps},
                                    return_result=False), k)
-            with rt.ledger.timed("decode_verify"):
-                self._advance(layer, P, lr, mu, damp, wd, nesterov)
 
     def _drop_grad(self, layer):
         for k in range(len(layer.blocks)):
             self._call(Request("free", {}, Tag(self.runtime.step, layer.site.name, "update"),
                                params={"handles": [f"{layer.h}/g"]}, return_result=False), k)
 
-    def _advance(self, layer, P, lr, mu, damp, wd, nesterov):
-        """The SGD recurrences on the projections (exact, float64), their abs bounds and rounding drift."""
-        t, u = layer.t, U32
-        for d in ("q", "v"):
-            g, ga, ge = P[d], P[d + "a"], P[d + "e"]
-            w, wa, we = t[d + "w"], t[d + "wa"], t[d + "we"]
-            if wd != 0:
-                dd, da = g + wd * w, ga + abs(wd) * wa
-                de = ge + abs(wd) * we + 2 * u * da
-            else:
-                dd, da, de = g, ga, ge
-            if mu != 0:
-                if layer.has_buf:
-                    b = mu * t[d + "b"] + (1 - damp) * dd
-                    ba = abs(mu) * t[d + "ba"] + abs(1 - damp) * da
-                    be = abs(mu) * t[d + "be"] + abs(1 - damp) * de + 3 * u * ba
-                else:
-                    b, ba, be = dd.clone(), da.clone(), de.clone()
-                t[d + "b"], t[d + "ba"], t[d + "be"] = b, ba, be
-                if nesterov:
-                    st, sa = dd + mu * b, da + abs(mu) * ba
-                    se = de + abs(mu) * be + 2 * u * sa
-                else:
-                    st, sa, se = b, ba, be
-            else:
-                st, sa, se = dd, da, de
-            t[d + "w"] = w - lr * st
-            t[d + "wa"] = wa + abs(lr) * sa
-            t[d + "we"] = we + abs(lr) * se + 3 * u * (t[d + "wa"] + abs(lr) * sa)
-        if not layer.conv:
-            for d in ("N", "M"):  # upper bounds of the rows' / columns' norms, by the triangle inequality
-                g, w = P[d], t[d + "w"]
-                dd = g + abs(wd) * w if wd != 0 else g
-                if mu != 0:
-                    b = abs(mu) * t[d + "b"] + abs(1 - damp) * dd if layer.has_buf else dd.clone()
-                    t[d + "b"] = b
-                    st = dd + abs(mu) * b if nesterov else b
-                else:
-                    st = dd
-                t[d + "w"] = (w + abs(lr) * st) * (1 + 4 * u)
+    def _advance(self, members, lr, mu, damp, wd, nesterov, *, has_buf):
+        """The SGD recurrences on the projections (exact, float64), their abs bounds and rounding drift.
+
+        ``members``: ``(layer, P)`` pairs sharing the hyperparameters and ``has_buf``; every term is one
+        batched ``torch._foreach_*`` op over all their projections.  Per projection (value x, abs bound xa,
+        rounding drift xe; P gives the gradient's g, ga, ge):
+        ``d = g + wd·w``, ``b = mu·b + (1−damp)·d`` (``b = d`` on the first step), ``s = d + mu·b`` (Nesterov)
+        or ``b``, ``w ← w − lr·s``; the bounds take absolute coefficients, and each rounding adds
+        a few ``u`` of the bound to the drift."""
+        u, fe = U32, torch._foreach_add
+        tracks = [(layer.t, P, d) for layer, P in members for d in ("q", "v")]
+
+        def terms(source, suffix):
+            return [source(t, P)[d + suffix] for t, P, d in tracks]
+
+        G, GA, GE = (terms(lambda t, P: P, s) for s in ("", "a", "e"))
+        W, WA, WE = (terms(lambda t, P: t, "w" + s) for s in ("", "a", "e"))
+        if wd != 0:
+            D, DA, DE = fe(G, W, alpha=wd), fe(GA, WA, alpha=abs(wd)), fe(GE, WE, alpha=abs(wd))
+            torch._foreach_add_(DE, DA, alpha=2 * u)
+        else:
+            D, DA, DE = G, GA, GE
+        S, SA, SE = D, DA, DE
         if mu != 0:
-            layer.has_buf = True
-        self._refresh_check_mats(layer)
+            if has_buf:
+                B, BA, BE = (torch._foreach_mul(terms(lambda t, P: t, "b" + s), c)
+                             for s, c in (("", mu), ("a", abs(mu)), ("e", abs(mu))))
+                torch._foreach_add_(B, D, alpha=1 - damp)
+                torch._foreach_add_(BA, DA, alpha=abs(1 - damp))
+                torch._foreach_add_(BE, DE, alpha=abs(1 - damp))
+                torch._foreach_add_(BE, BA, alpha=3 * u)
+            else:
+                B, BA, BE = ([x.clone() for x in X] for X in (D, DA, DE))
+            for i, (t, _, d) in enumerate(tracks):
+                t[d + "b"], t[d + "ba"], t[d + "be"] = B[i], BA[i], BE[i]
+            if nesterov:
+                S, SA, SE = fe(D, B, alpha=mu), fe(DA, BA, alpha=abs(mu)), fe(DE, BE, alpha=abs(mu))
+                torch._foreach_add_(SE, SA, alpha=2 * u)
+            else:
+                S, SA, SE = B, BA, BE
+        W, WA, WE = fe(W, S, alpha=-lr), fe(WA, SA, alpha=abs(lr)), fe(WE, SE, alpha=abs(lr))
+        torch._foreach_add_(WE, fe(WA, SA, alpha=abs(lr)), alpha=3 * u)
+        for i, (t, _, d) in enumerate(tracks):
+            t[d + "w"], t[d + "wa"], t[d + "we"] = W[i], WA[i], WE[i]
+        linear = [(layer.t, P, d) for layer, P in members if not layer.conv for d in ("N", "M")]
+        if linear:  # upper bounds of the rows' / columns' norms, by the triangle inequality
+            G, W = [P[d] for _, P, d in linear], [t[d + "w"] for t, _, d in linear]
+            S = fe(G, W, alpha=abs(wd)) if wd != 0 else G
+            if mu != 0:
+                if has_buf:
+                    B = torch._foreach_mul([t[d + "b"] for t, _, d in linear], abs(mu))
+                    torch._foreach_add_(B, S, alpha=abs(1 - damp))
+                else:
+                    B = [x.clone() for x in S]
+                for (t, _, d), b in zip(linear, B):
+                    t[d + "b"] = b
+                S = fe(S, B, alpha=abs(mu)) if nesterov else B
+            W = fe(W, S, alpha=abs(lr))
+            torch._foreach_mul_(W, 1 + 4 * u)
+            for (t, _, d), w in zip(linear, W):
+                t[d + "w"] = w
+        for layer, _ in members:
+            if mu != 0:
+                layer.has_buf = True
+            self._refresh_check_mats(layer)
 
     # ------------------------------------------------- both-private products ------
     def _bmm(self, site, op, a, b):
@@ -778,10 +918,10 @@ class Tempo(Protocol):
         b3 = b.detach().float().reshape(-1, q, r)
         L = a3.shape[0]
         with rt.ledger.timed("encode"):
-            pl, pp, pq, pr = (self._perm(L, "L", site.name), self._perm(p, "p", site.name),
-                              self._perm(q, "q", site.name), self._perm(r, "r", site.name))
-            sq = self._signs(q, "sq", site.name)
-            ca, cr = self._pow2(p, "ca", site.name), self._pow2(r, "cr", site.name)
+            keys = self._step_keys()
+            pl, pp, pq, pr = (self._perm(L, keys), self._perm(p, keys), self._perm(q, keys), self._perm(r, keys))
+            sq = self._signs(q, keys)
+            ca, cr = self._pow2(p, keys), self._pow2(r, keys)
             ae = a3.index_select(0, pl).index_select(1, pp).index_select(2, pq)
             ae.mul_(ca[pp].view(1, -1, 1) * sq[pq].view(1, 1, -1))
             be = b3.index_select(0, pl).index_select(1, pq).index_select(2, pr)
@@ -799,7 +939,7 @@ class Tempo(Protocol):
                 2, torch.argsort(pr))
             y.mul_((1.0 / ca).view(1, -1, 1) * (1.0 / cr).view(1, 1, -1))
             k = self.settings["check_vectors"]
-            rho = self._uniform((r, k), "bmm-rho", site.name)
+            rho = self._uniform((r, k), self._step_keys())
             lhs = y @ rho
             rhs = a3 @ (b3 @ rho)
             tol = 2 * _gamma(q) * (a3.abs() @ (b3.abs() @ rho.abs())) + _gamma(r) * (y.abs() @ rho.abs()) \
@@ -894,7 +1034,8 @@ class Tempo(Protocol):
             self.settings["update"] != "enclave"
         cost = StepCost(workers=workers, trust="worker sees obfuscated (permuted, signed, scaled) operands")
         used = ops if training else [op for op in ops if op.op == "forward"]
-        messages = 0
+        messages = sgd_workers = 0
+        with_grad_input = {op.layer for op in used if op.op == "grad_input" and op.kind != "matmul"}
         for op in used:
             a, b, out = op.numel("A"), op.numel("B"), op.numel("out")
             if op.kind == "matmul":
@@ -932,12 +1073,14 @@ class Tempo(Protocol):
                 cost.enclave_elementwise += 3 * b
                 cost.enclave_flops += 8 * k * (a + b)
                 if resident:
-                    messages += 2 * n  # the kept gradient, then the SGD step
+                    if op.layer not in with_grad_input:
+                        messages += n  # the gradient, kept on the worker (else it rides with grad_input's)
+                    sgd_workers = max(sgd_workers, n)  # then one SGD message per worker for all layers
                 else:
                     cost.bytes_from_worker += out * FLOAT32
                     cost.bytes_to_worker += out * FLOAT32  # re-encryption of the updated weights
                     messages += 3 * n  # gradient back, store, free (no momentum buffer on the worker)
-        cost.round_trips = messages
+        cost.round_trips = messages + sgd_workers
         cost.notes = [f"steady state between key rotations (every {self.settings['rotate_every']} steps); a rotation "
                       "adds 2x the layer's weight bytes (x2 with a momentum buffer), fetched then re-sent",
                       "no weight-sized tensor crosses in a steady-state step with SGD (weights stay on the worker)",

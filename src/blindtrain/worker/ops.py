@@ -29,12 +29,17 @@ def load_all() -> dict[str, Callable]:
     return INSTRUCTIONS
 
 
-def instruction(name: str):
-    """Register a worker instruction under ``name``."""
+def instruction(name: str, *, screens_results: bool = False):
+    """Register a worker instruction under ``name``.
+
+    ``screens_results``: the instruction passes each product it computes through
+    :meth:`Worker.screen` itself (with that product's op), instead of the worker screening the
+    one returned result under the request's tag."""
 
     def register(fn):
         if name in INSTRUCTIONS:
             raise ValueError(f"worker instruction {name!r} registered twice")
+        fn.screens_results = screens_results
         INSTRUCTIONS[name] = fn
         return fn
 
@@ -51,6 +56,24 @@ def _bilinear(worker, args, params):
         return bilinear.apply(params["fn"], a, b, **fn_params)
     result = bilinear.apply(params["fn"], a.to(torch.float64), b.to(torch.float64), **fn_params)
     return torch.remainder(result, float(modulus))
+
+
+@instruction("bilinear_products", screens_results=True)
+def _bilinear_products(worker, args, params):
+    """Several products ``f(A, B)`` in one message (see :func:`blindtrain.boundary.bilinear_products`).
+
+    Each entry of ``params["products"]`` names its ``fn``, its operands ``A`` and ``B`` (argument
+    names), its ``params``, its ``op`` and, optionally, ``keep``: a handle under which the product
+    stays on the worker.  The one product without ``keep`` (if any) is returned."""
+    returned = None
+    for spec in params["products"]:
+        result = bilinear.apply(spec["fn"], args[spec["A"]], args[spec["B"]], **spec["params"])
+        result = worker.screen(result, op=spec["op"])
+        if spec.get("keep"):
+            worker.state[spec["keep"]] = result
+        else:
+            returned = result
+    return returned
 
 
 @instruction("store")

@@ -2,7 +2,8 @@
 
 * ``matmul_nt``: ``A @ Bᵀ`` (a Linear forward against a held ``out×in`` weight).
 * ``sgd_step``: torch's SGD update (weight decay, momentum, dampening, Nesterov) applied in
-  place to a held tensor with a held gradient, mirroring ``torch.optim.SGD`` op for op.
+  place to held tensors with held gradients (several in one message), mirroring ``torch.optim.SGD``
+  op for op.
 * ``act_pool``: bias add, ReLU / LeakyReLU and max-pooling on a held or sent tensor.
 
 On CUDA, TF32 is switched off for convolutions and matmuls run by this worker: results
@@ -29,28 +30,29 @@ def _matmul_nt(worker, args, params):
 
 @instruction("sgd_step")
 def _sgd_step(worker, args, params):
-    """``state[target] -= lr * step`` with torch.optim.SGD semantics; returns nothing.
+    """For each entry of ``params["updates"]``: ``state[target] -= lr * step`` with torch.optim.SGD
+    semantics; returns nothing.
 
-    ``params``: ``target`` (held parameter), ``grad`` (held gradient, dropped after use),
-    ``buffer`` (held momentum buffer handle, created on first use), ``lr``, ``momentum``,
-    ``dampening``, ``weight_decay``, ``nesterov``.
+    An entry: ``target`` (held parameter), ``grad`` (held gradient, dropped after use), ``buffer``
+    (held momentum buffer handle, created on first use), ``lr``, ``momentum``, ``dampening``,
+    ``weight_decay``, ``nesterov``.
     """
     state = worker.state
-    param = state[params["target"]]
-    grad = state.pop(params["grad"])
-    wd, momentum = params.get("weight_decay", 0.0), params.get("momentum", 0.0)
-    if wd != 0:
-        grad = grad.add(param, alpha=wd)
-    if momentum != 0:
-        handle = params["buffer"]
-        buf = state.get(handle)
-        if buf is None:
-            buf = torch.clone(grad).detach()
-            state[handle] = buf
-        else:
-            buf.mul_(momentum).add_(grad, alpha=1 - params.get("dampening", 0.0))
-        grad = grad.add(buf, alpha=momentum) if params.get("nesterov", False) else buf
-    param.add_(grad, alpha=-params["lr"])
+    for update in params["updates"]:
+        param = state[update["target"]]
+        grad = state.pop(update["grad"])
+        wd, momentum = update.get("weight_decay", 0.0), update.get("momentum", 0.0)
+        if wd != 0:
+            grad = grad.add(param, alpha=wd)
+        if momentum != 0:
+            buf = state.get(update["buffer"])
+            if buf is None:
+                buf = torch.clone(grad).detach()
+                state[update["buffer"]] = buf
+            else:
+                buf.mul_(momentum).add_(grad, alpha=1 - update.get("dampening", 0.0))
+            grad = grad.add(buf, alpha=momentum) if update.get("nesterov", False) else buf
+        param.add_(grad, alpha=-update["lr"])
     return None
 
 

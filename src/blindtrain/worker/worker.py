@@ -8,7 +8,7 @@ result it returns (``honest`` by default).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -44,6 +44,7 @@ class Worker:
             torch.set_num_threads(config.threads)
         self.state: dict[str, torch.Tensor] = {}
         self.adversary = Adversary(config.adversary, in_process=config.in_process)
+        self._tag, self._modulus = None, None  # of the request being handled
 
     def _resolve(self, arg) -> torch.Tensor:
         if isinstance(arg, Ref):
@@ -52,6 +53,12 @@ class Worker:
             except KeyError:
                 raise KeyError(f"worker holds no tensor {arg.handle!r}") from None
         return arg.tensor.to(self.device)
+
+    def screen(self, result: torch.Tensor, *, op: str | None = None) -> torch.Tensor:
+        """A product of the request being handled, as the adversary lets it out (returned or kept);
+        ``op`` names the product when one request computes several."""
+        tag = self._tag if op is None else replace(self._tag, op=op)
+        return self.adversary.on_result(tag, result, self._modulus)
 
     def handle(self, request: Request) -> Response:
         start = time.perf_counter()
@@ -63,9 +70,11 @@ class Worker:
             instruction = INSTRUCTIONS[request.instr]
         except KeyError:
             raise ValueError(f"unknown worker instruction {request.instr!r}") from None
+        self._tag, self._modulus = request.tag, request.params.get("modulus")
         result = instruction(self, args, request.params)
         if result is not None and request.instr != "store":
-            result = self.adversary.on_result(request.tag, result, request.params.get("modulus"))
+            if not instruction.screens_results:
+                result = self.screen(result)
             if request.keep_result:
                 self.state[request.keep_result] = result
         if self.device.startswith("cuda"):
