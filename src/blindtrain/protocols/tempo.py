@@ -144,7 +144,8 @@ class Tempo(Protocol):
               "scale, zero/sparsity patterns (ReLU), tensor shapes; the spatial layout of conv activations is "
               "kept, so first-layer image inputs are visible up to channel permutation, sign and scale; the "
               "weight key is fixed for a key epoch, so statistics across its steps can pin the inner "
-              "permutation; row-norm statistics reveal the output scales",
+              "permutation; the output scales are exposed (row-norm statistics of W′, and the two backward operands "
+              "G₁, G₂ share the batch permutation, so G₂/G₁ is rank one with c² along the outputs)",
         summary="bilinear ops offloaded on permuted/scaled operands; weights stay encrypted on the worker and "
                 "are updated there (SGD); re-encrypted only on key rotation or read-out",
     )
@@ -975,7 +976,8 @@ class Tempo(Protocol):
                 "permutation_bits": perm, "sign_bits": signs, "scale_bits": scales,
                 "fixed_by_view_bits": scales,
                 "effective_bits": perm + signs,
-                "fixed_by_view": "output scales (row-norm ratios of W′ against the known init distribution); "
+                "fixed_by_view": "output scales (row-norm ratios of W′ against the known init distribution, and "
+                                 "G₂/G₁ = c² up to a common factor along the outputs); "
                                  "the multiset of |W| per row up to its scale; shapes",
                 "batch_key_bits_per_step": (_log2_factorial(layer.last_batch) + layer.last_batch * scale_bits)
                 if layer.last_batch else None,
