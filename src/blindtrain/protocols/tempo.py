@@ -703,9 +703,13 @@ class Tempo(Protocol):
                             k).result
                  for k, (lo, hi) in enumerate(layer.blocks)]
         grad_x = self._finish_grad_input(layer, parts, batch_key, grad_y)
+        self._hold_grad_projections(layer, x, grad_y)
+        return grad_x, None
+
+    def _hold_grad_projections(self, layer, x, grad_y):
+        """The worker keeps the weight gradient; the enclave keeps its projections for ``optimizer.step()``."""
         with self.runtime.ledger.timed("decode_verify"):
             layer.pending = self._grad_projections(layer, x.detach().float(), grad_y.float())
-        return grad_x, None
 
     def _check_grad_input(self, layer, gy, dx):
         t = layer.t
@@ -789,8 +793,7 @@ class Tempo(Protocol):
         if layer.resident:
             for k, (lo, hi) in enumerate(layer.blocks):
                 self._call(self._request(layer, self._grad_weight_product(layer, g2, lo, hi, keep=True)), k)
-            with rt.ledger.timed("decode_verify"):
-                layer.pending = self._grad_projections(layer, x.detach().float(), grad_y.float())
+            self._hold_grad_projections(layer, x, grad_y)
             return None
         # enclave-side update: the obfuscated gradient comes back, is decoded and checked
         parts = [self._call(self._request(layer, self._grad_weight_product(layer, g2, lo, hi, keep=False)), k).result
