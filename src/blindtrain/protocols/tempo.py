@@ -939,8 +939,8 @@ class Tempo(Protocol):
             parts.append(self._call(req, k).result)
         with rt.ledger.timed("decode_verify"):
             ye = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
-            y = ye.index_select(0, torch.argsort(pl)).index_select(1, torch.argsort(pp)).index_select(
-                2, torch.argsort(pr))
+            y = ye.index_select(0, self._inverse(pl)).index_select(1, self._inverse(pp)).index_select(
+                2, self._inverse(pr))
             y.mul_((1.0 / ca).view(1, -1, 1) * (1.0 / cr).view(1, 1, -1))
             k = self.settings["check_vectors"]
             rho = self._uniform((r, k), self._step_keys())
