@@ -514,10 +514,13 @@ class Tempo(Protocol):
         self._ensure(layer, weight, training)
         key = layer.key
         b = layer.last_batch = x.shape[0]
+        xf = x.detach().float()
         with rt.ledger.timed("encode"):
             pb, cb = self._batch_key(b)
-            xe = self._enc(x.detach().float(), pb, key["pn"], cb, key["s"])
+            xe = self._enc(xf, pb, key["pn"], cb, key["s"])
         layer.batch = (pb, cb) if training else None
+        with rt.ledger.timed("decode_verify"):
+            expected = self._expect_forward(layer, xf)
         parts = []
         for k, (lo, hi) in enumerate(layer.blocks):
             if layer.conv:
@@ -531,8 +534,9 @@ class Tempo(Protocol):
             parts.append(self._call(req, k).result)
         with rt.ledger.timed("decode_verify"):
             ye = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+            lhs = self._contract_encoded(layer, ye, "rho", pb, cb)
             y = self._dec(ye, pb, key["pm"], cb, key["c"])
-            self._check_forward(layer, x.detach().float(), y)
+            self._check_forward(layer, expected, lhs, y)
         return y.to(x.dtype)
 
     def fused_forward(self, site, x, weight, bias, spec):
@@ -579,11 +583,16 @@ class Tempo(Protocol):
             self._fail_if(ok, site.name, "forward", "fused ReLU output has negative entries")
         return z.to(x.dtype), idx
 
-    def _check_forward(self, layer, x, y):
+    # Every check is split in two: its operand side (``X q`` and the tolerance's activation terms) is computed
+    # before the worker is called, from the plaintext the enclave has just encoded (still in its caches), and
+    # the result side (``Y ρ``) after decoding.  Same products, same bounds; only the order changes.
+    def _expect_forward(self, layer, x):
+        """The operand side of the forward check of ``Y = X Wᵀ``: ``X q`` and the tolerance's ``X`` terms
+        (and, in training, what the weight-gradient projections need from this read of ``X``)."""
         t = layer.t
+        training = layer.site.module.training
         if layer.conv:
             cp = layer.site.conv_params
-            lhs = thin.channels(y, t["rho"])
             k = t["sigma"].shape[1]
             ones = torch.ones(1, layer.n)
             rhs, extra = thin.conv(x, t["q32"], cp, extra=torch.cat([t["sigma"].t(), ones]))
@@ -592,24 +601,43 @@ class Tempo(Protocol):
             # |X| ⋆ T ≤ (Σ_n |X_n|) ⋆ max_n T ; after a ReLU X ≥ 0 and Σ_n |X_n| comes with the GEMM
             l1x = csum if lo >= 0 else _l1(x)
             tol = thin.conv(l1x, t["qtol"], cp)
-            if layer.site.module.training:  # what the weight-gradient projections need, from this read of X
+            if training:  # what the weight-gradient projections need, from this read of X
                 layer.saved = {"of": _ident(x), "xs": xs, "l1x": l1x,
                                "linfx": x.amax(1, keepdim=True) if lo >= 0 else _linf(x)}
+            return {"rhs": rhs, "tol": tol}
+        k = t["q32"].shape[1]
+        # in training, X σ (and X|σ| when X ≥ 0, as after a ReLU) for the weight-gradient projections
+        # come from the same read of X
+        nonneg = training and bool(x.amin() >= 0)
+        prod = _thin(x, t["q_sigma_asigma"] if nonneg else t["q_sigma"] if training else t["q32"])
+        xn = x.norm(dim=1, keepdim=True)
+        if training:
+            layer.saved = {"of": _ident(x), "xs": prod[:, k:2 * k], "xn": xn,
+                           "xas": prod[:, 2 * k:] if nonneg else None}
+        return {"rhs": prod[:, :k], "tol": xn * t["ftol_x"]}
+
+    def _contract_encoded(self, layer, encoded, vectors, pb, cb):
+        """``R V`` (V: ρ on the outputs, σ on the inputs) of a result R the worker returned encoded,
+        ``R′ = (c_b R c)[π_b][:, π]`` (c: the output scales c, or the input signs s), read from R′ itself
+        while it is fresh: ``R′ (V/c)[π] = (c_b · R V)[π_b]``, exact up to the order of the sums (the
+        scales are powers of two and signs)."""
+        key = layer.key
+        name = vectors + "_enc"
+        if name not in key:  # a constant of the key epoch
+            perm, scales = (key["pm"], key["c"]) if vectors == "rho" else (key["pn"], key["s"])
+            key[name] = (layer.t[vectors] / scales.view(-1, 1))[perm].contiguous()
+        product = thin.channels(encoded, key[name]) if layer.conv else _thin(encoded, key[name])
+        rows = self._reciprocal(cb).view(-1, *[1] * (product.dim() - 1))
+        return product.index_select(0, self._inverse(pb)).mul_(rows)
+
+    def _check_forward(self, layer, expected, lhs, y):
+        """``|Y ρ − X q| ≤ 2·tol`` row by row, ``lhs = Y ρ`` (linear: the tolerance's ``Y`` term added here)."""
+        t = layer.t
+        if layer.conv:
+            tol = expected["tol"]
         else:
-            lhs = _thin(y, t["rho"])
-            k = t["q32"].shape[1]
-            training = layer.site.module.training
-            # in training, X σ (and X|σ| when X ≥ 0, as after a ReLU) for the weight-gradient projections
-            # come from the same read of X
-            nonneg = training and bool(x.amin() >= 0)
-            prod = _thin(x, t["q_sigma_asigma"] if nonneg else t["q_sigma"] if training else t["q32"])
-            rhs = prod[:, :k]
-            xn = x.norm(dim=1, keepdim=True)
-            tol = xn * t["ftol_x"] + y.norm(dim=1, keepdim=True) * t["ftol_y"]
-            if training:
-                layer.saved = {"of": _ident(x), "xs": prod[:, k:2 * k], "xn": xn,
-                               "xas": prod[:, 2 * k:] if nonneg else None}
-        ok = bool(((lhs - rhs).abs() <= 2 * tol + 1e-30).all())
+            tol = expected["tol"] + y.norm(dim=1, keepdim=True) * t["ftol_y"]
+        ok = bool(((lhs - expected["rhs"]).abs() <= 2 * tol + 1e-30).all())
         self._fail_if(ok, layer.site.name, "forward", "forward result fails the Freivalds check")
 
     # The backward of a weighted layer (DESIGN.md): G₁ (the forward's batch permutation, fresh batch scales)
@@ -668,23 +696,25 @@ class Tempo(Protocol):
                        Tag(self.runtime.step, layer.site.name, product["op"]),
                        params={"fn": product["fn"], **product["params"]}, **extra)
 
-    def _finish_grad_input(self, layer, parts, batch_key, grad_y):
-        """Sum the workers' partial products, decode ``dX`` and check it."""
+    def _finish_grad_input(self, layer, parts, batch_key, expected, dtype):
+        """Sum the workers' partial products, decode ``dX`` and check it against ``expected``."""
         pb, cb = batch_key
         with self.runtime.ledger.timed("decode_verify"):
             re = parts[0]
             for p in parts[1:]:
                 re = re + p
+            lhs = self._contract_encoded(layer, re, "sigma", pb, cb)
             dx = self._dec(re, pb, layer.key["pn"], cb, layer.key["s"])
-            self._check_grad_input(layer, grad_y.float(), dx)
-        return dx.to(grad_y.dtype)
+            self._check_grad_input(layer, expected, lhs, dx)
+        return dx.to(dtype)
 
     def grad_input(self, site, grad_y, weight, input_shape):
         layer = site.state["tempo"]
         g1, batch_key = self._encode_grad_input(layer, grad_y)
+        expected = self._expect_grad_input(layer, grad_y.float(), input_shape)
         parts = [self._call(self._request(layer, self._grad_input_product(layer, g1, lo, hi, input_shape)), k).result
                  for k, (lo, hi) in enumerate(layer.blocks)]
-        return self._finish_grad_input(layer, parts, batch_key, grad_y)
+        return self._finish_grad_input(layer, parts, batch_key, expected, grad_y.dtype)
 
     def weighted_grads(self, site, x, grad_y, weight, *, needs, input_shape):
         """Both gradients in one message per worker when the weights are worker-held: the input
@@ -697,41 +727,48 @@ class Tempo(Protocol):
             g2 = self._encode_grad_weight(layer, grad_y, g1=g1, g1_scales=batch_key[1])
         else:
             g2 = self._encode_grad_weight(layer, grad_y)
+        expected = self._expect_grad_input(layer, grad_y.float(), input_shape)
+        self._hold_grad_projections(layer, x, grad_y)
         tag = Tag(self.runtime.step, site.name, "backward")
         parts = [self._call(bilinear_products(tag, [self._grad_input_product(layer, g1, lo, hi, input_shape),
                                                     self._grad_weight_product(layer, g2, lo, hi, keep=True)]),
                             k).result
                  for k, (lo, hi) in enumerate(layer.blocks)]
-        grad_x = self._finish_grad_input(layer, parts, batch_key, grad_y)
-        self._hold_grad_projections(layer, x, grad_y)
-        return grad_x, None
+        return self._finish_grad_input(layer, parts, batch_key, expected, grad_y.dtype), None
 
     def _hold_grad_projections(self, layer, x, grad_y):
         """The worker keeps the weight gradient; the enclave keeps its projections for ``optimizer.step()``."""
         with self.runtime.ledger.timed("decode_verify"):
             layer.pending = self._grad_projections(layer, x.detach().float(), grad_y.float())
 
-    def _check_grad_input(self, layer, gy, dx):
+    def _expect_grad_input(self, layer, gy, input_shape):
+        """The operand side of the input-gradient check of ``dX = dY W``: ``dY v`` and the tolerance's ``dY``
+        terms (and ``dY ρ`` and the norms the weight-gradient projections need, from this read of ``dY``)."""
         t = layer.t
-        if layer.conv:
-            cp = layer.site.conv_params
-            lhs = thin.channels(dx, t["sigma"])
-            size = (dx.shape[0], t["sigma"].shape[1], *dx.shape[2:])
-            rhs, gr = thin.conv_input(gy, t["v32"], size, cp, extra=t["rho"].t())
-            ag = gy.abs()  # Σ_m |dY| here and max_m |dY| for the weight-gradient bounds, from one abs pass
-            l1g = ag.sum(1, keepdim=True)
-            tol = thin.conv_input(l1g, t["vtol"], size, cp)
-            layer.saved_g = {"of": _ident(gy), "gr": gr, "l1g": l1g,
-                             "linfg": ag.amax(1, keepdim=True) if layer.site.module.training else None}
-        else:
-            lhs = _thin(dx, t["sigma"])
+        with self.runtime.ledger.timed("decode_verify"):
+            if layer.conv:
+                cp = layer.site.conv_params
+                size = (input_shape[0], t["sigma"].shape[1], *input_shape[2:])
+                rhs, gr = thin.conv_input(gy, t["v32"], size, cp, extra=t["rho"].t())
+                ag = gy.abs()  # Σ_m |dY| here and max_m |dY| for the weight-gradient bounds, from one abs pass
+                l1g = ag.sum(1, keepdim=True)
+                layer.saved_g = {"of": _ident(gy), "gr": gr, "l1g": l1g,
+                                 "linfg": ag.amax(1, keepdim=True) if layer.site.module.training else None}
+                return {"rhs": rhs, "tol": thin.conv_input(l1g, t["vtol"], size, cp)}
             k = t["v32"].shape[1]
             prod = _thin(gy, t["v_rho"])  # dY ρ for the weight-gradient projections too
-            rhs = prod[:, :k]
             gn = gy.norm(dim=1, keepdim=True)
-            tol = gn * t["btol_g"] + dx.norm(dim=1, keepdim=True) * t["btol_x"]
             layer.saved_g = {"of": _ident(gy), "gr": prod[:, k:], "gn": gn}
-        ok = bool(((lhs - rhs).abs() <= 2 * tol + 1e-30).all())
+            return {"rhs": prod[:, :k], "tol": gn * t["btol_g"]}
+
+    def _check_grad_input(self, layer, expected, lhs, dx):
+        """``|dX σ − dY v| ≤ 2·tol`` row by row, ``lhs = dX σ`` (linear: the tolerance's ``dX`` term added here)."""
+        t = layer.t
+        if layer.conv:
+            tol = expected["tol"]
+        else:
+            tol = expected["tol"] + dx.norm(dim=1, keepdim=True) * t["btol_x"]
+        ok = bool(((lhs - expected["rhs"]).abs() <= 2 * tol + 1e-30).all())
         self._fail_if(ok, layer.site.name, "grad_input", "input gradient fails the Freivalds check")
 
     def _grad_projections(self, layer, x, gy):
@@ -791,9 +828,9 @@ class Tempo(Protocol):
         key = layer.key
         g2 = self._encode_grad_weight(layer, grad_y)
         if layer.resident:
+            self._hold_grad_projections(layer, x, grad_y)
             for k, (lo, hi) in enumerate(layer.blocks):
                 self._call(self._request(layer, self._grad_weight_product(layer, g2, lo, hi, keep=True)), k)
-            self._hold_grad_projections(layer, x, grad_y)
             return None
         # enclave-side update: the obfuscated gradient comes back, is decoded and checked
         parts = [self._call(self._request(layer, self._grad_weight_product(layer, g2, lo, hi, keep=False)), k).result
