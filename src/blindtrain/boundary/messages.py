@@ -83,18 +83,29 @@ def bilinear_products(tag: Tag, products: list[dict]) -> Request:
     """One request for several bilinear products on the same worker (one message, one round trip).
 
     Each product: ``{"op": str, "fn": str, "A": Sent | Ref, "B": Sent | Ref, "params": dict,
-    "keep": handle or None}``.  A product with ``keep`` stays on the worker under that handle; the
-    one without (at most one) is the request's result.  The worker's adversary sees every product
-    under its own ``op``."""
-    args, specs = {}, []
+    "keep": handle or None, "scale": optional}``.  A product with ``keep`` stays on the worker under that
+    handle; the one without (at most one) is the request's result.  ``scale = {"operand": "A" | "B",
+    "rows": Sent, "cols": Sent}``: the worker multiplies that operand by ``rows ⊗ cols`` (its first two
+    dimensions) before the product.  An operand object given to several products crosses once.  The
+    worker's adversary sees every product under its own ``op``."""
+    args, specs, names_of = {}, [], {}
     returned = [p for p in products if not p.get("keep")]
     if len(returned) > 1:
         raise ValueError("at most one product of a request can be returned")
+
+    def name(operand, default):
+        if id(operand) not in names_of:  # (the products hold their operands: ids stay unique meanwhile)
+            names_of[id(operand)] = default
+            args[default] = operand
+        return names_of[id(operand)]
+
     for index, product in enumerate(products):
-        names = {}
-        for operand in ("A", "B"):
-            names[operand] = f"{operand}{index}"
-            args[names[operand]] = product[operand]
-        specs.append({"op": product["op"], "fn": product["fn"], "params": dict(product.get("params", {})),
-                      "keep": product.get("keep"), **names})
+        spec = {"op": product["op"], "fn": product["fn"], "params": dict(product.get("params", {})),
+                "keep": product.get("keep"), **{operand: name(product[operand], f"{operand}{index}")
+                                                for operand in ("A", "B")}}
+        if product.get("scale"):
+            scale = product["scale"]
+            spec["scale"] = {"operand": scale["operand"], "rows": name(scale["rows"], f"rows{index}"),
+                             "cols": name(scale["cols"], f"cols{index}")}
+        specs.append(spec)
     return Request("bilinear_products", args, tag, params={"products": specs}, return_result=bool(returned))

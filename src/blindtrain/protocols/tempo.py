@@ -641,8 +641,9 @@ class Tempo(Protocol):
         self._fail_if(ok, layer.site.name, "forward", "forward result fails the Freivalds check")
 
     # The backward of a weighted layer (DESIGN.md): G₁ (the forward's batch permutation, fresh batch scales)
-    # gives the input gradient, G₂ (the forward's batch key) the weight gradient.  G₂ is G₁ rescaled, one
-    # elementwise pass; with worker-held weights both go in one message per worker.
+    # gives the input gradient, G₂ (the forward's batch key) the weight gradient.  G₂ is G₁ rescaled by a
+    # rank-one factor of powers of two; with worker-held weights both products go in one message per worker,
+    # G₁ crosses once and the worker rescales it (see _g2_factors).
     def _encode_grad_input(self, layer, grad_y):
         """``G₁ = (c′_b dY / c)[π_b][:, π_m]``: the forward's batch permutation π_b (a fresh one if this
         layer ran no training forward of this batch size) and fresh scales c′_b.  Returns G₁ and its
@@ -655,20 +656,22 @@ class Tempo(Protocol):
             cb = self._pow2(b, keys)
             return self._enc(grad_y.float(), pb, layer.key["pm"], cb, self._reciprocal(layer.key["c"])), (pb, cb)
 
-    def _encode_grad_weight(self, layer, grad_y, *, g1=None, g1_scales=None):
-        """``G₂ = (dY c / c_b)[π_b][:, π_m]`` under the forward's batch key ``(π_b, c_b)``; from ``G₁``
-        (encoded under ``(π_b, c′_b)``) by one exact rescaling, ``G₂ = G₁ ⊙ (1/(c_b c′_b))[π_b] ⊗ (c²)[π_m]``
-        (powers of two), else by its own gather."""
+    def _encode_grad_weight(self, layer, grad_y):
+        """``G₂ = (dY c / c_b)[π_b][:, π_m]`` under the forward's batch key ``(π_b, c_b)``, by its own gather."""
         pb, cb = layer.batch
-        c, pm = layer.key["c"], layer.key["pm"]
         with self.runtime.ledger.timed("encode"):
-            if g1 is None:
-                return self._enc(grad_y.float(), pb, pm, 1.0 / cb, c)
-            rows = (1.0 / (cb * g1_scales))[pb].view(-1, *[1] * (g1.dim() - 1))
-            if "c2_pm" not in layer.key:  # (c²)[π_m], a constant of the key epoch
-                layer.key["c2_pm"] = (c * c)[pm]
-            cols = layer.key["c2_pm"].view(1, -1, *[1] * (g1.dim() - 2))
-            return (g1 * rows).mul_(cols)
+            return self._enc(grad_y.float(), pb, layer.key["pm"], 1.0 / cb, layer.key["c"])
+
+    def _g2_factors(self, layer, g1_scales):
+        """The rank-one factor of ``G₂ = G₁ ⊙ (rows ⊗ cols)`` when G₁ (batch key ``(π_b, c′_b)``) shares
+        the forward's batch permutation: ``rows = (1/(c_b c′_b))[π_b]``, ``cols = (c²)[π_m]`` (powers of two,
+        exact).  They cross in the clear: the worker that holds G₁ and G₂ learns the quotient G₂/G₁ = rows ⊗
+        cols anyway; what the factors add is how the common factor splits between them (and the entries of
+        rows or columns of G₁ that are entirely zero)."""
+        pb, cb = layer.batch
+        if "c2_pm" not in layer.key:  # (c²)[π_m], a constant of the key epoch
+            layer.key["c2_pm"] = (layer.key["c"] ** 2)[layer.key["pm"]]
+        return (1.0 / (cb * g1_scales))[pb], layer.key["c2_pm"]
 
     def _grad_input_product(self, layer, g1, lo, hi, input_shape):
         """Worker block ``[lo, hi)`` of the output channels: ``G₁[:, lo:hi] W′[lo:hi]`` (a partial sum)."""
@@ -679,11 +682,19 @@ class Tempo(Protocol):
                     "params": {**layer.site.conv_params, "input_size": tuple(input_shape)}}
         return {**product, "fn": "matmul", "params": {}}
 
-    def _grad_weight_product(self, layer, g2, lo, hi, *, keep):
+    def _grad_weight_product(self, layer, g2, lo, hi, *, keep, factors=None):
         """Worker block ``[lo, hi)``: ``G₂[:, lo:hi]ᵀ X′`` — already in the weight's key; ``keep``: it stays
-        on the worker for the SGD step."""
-        g = Sent(g2 if len(layer.blocks) == 1 else g2[:, lo:hi].contiguous(), "obfuscated")
+        on the worker for the SGD step.  ``g2``: G₂ (a tensor), or with ``factors = (rows, cols)`` the
+        block's G₁ operand (a :class:`Sent`), which the worker rescales to G₂ (see :meth:`_g2_factors`)."""
+        if factors is None:
+            g = Sent(g2 if len(layer.blocks) == 1 else g2[:, lo:hi].contiguous(), "obfuscated")
+        else:
+            g = g2
         product = {"op": "grad_weight", "keep": f"{layer.h}/g" if keep else None}
+        if factors is not None:
+            rows, cols = factors
+            product["scale"] = {"operand": "B" if layer.conv else "A", "rows": Sent(rows, "public"),
+                                "cols": Sent(cols[lo:hi].contiguous(), "public")}
         if layer.conv:
             return {**product, "fn": "conv2d_weight", "A": Ref(f"{layer.h}/x"), "B": g,
                     "params": {**layer.site.conv_params, "weight_size": (hi - lo, layer.n, *layer.kernel)}}
@@ -723,17 +734,18 @@ class Tempo(Protocol):
         if not (needs[0] and needs[1] and layer.resident):
             return super().weighted_grads(site, x, grad_y, weight, needs=needs, input_shape=input_shape)
         g1, batch_key = self._encode_grad_input(layer, grad_y)
-        if layer.batch is not None and batch_key[0] is layer.batch[0]:
-            g2 = self._encode_grad_weight(layer, grad_y, g1=g1, g1_scales=batch_key[1])
-        else:
-            g2 = self._encode_grad_weight(layer, grad_y)
+        shared = layer.batch is not None and batch_key[0] is layer.batch[0]
+        factors = self._g2_factors(layer, batch_key[1]) if shared else None
+        g2 = None if shared else self._encode_grad_weight(layer, grad_y)
         expected = self._expect_grad_input(layer, grad_y.float(), input_shape)
         self._hold_grad_projections(layer, x, grad_y)
         tag = Tag(self.runtime.step, site.name, "backward")
-        parts = [self._call(bilinear_products(tag, [self._grad_input_product(layer, g1, lo, hi, input_shape),
-                                                    self._grad_weight_product(layer, g2, lo, hi, keep=True)]),
-                            k).result
-                 for k, (lo, hi) in enumerate(layer.blocks)]
+        parts = []
+        for k, (lo, hi) in enumerate(layer.blocks):
+            grad_input = self._grad_input_product(layer, g1, lo, hi, input_shape)
+            grad_weight = self._grad_weight_product(layer, grad_input["A"] if shared else g2, lo, hi, keep=True,
+                                                    factors=factors)
+            parts.append(self._call(bilinear_products(tag, [grad_input, grad_weight]), k).result)
         return self._finish_grad_input(layer, parts, batch_key, expected, grad_y.dtype), None
 
     def _hold_grad_projections(self, layer, x, grad_y):
@@ -1111,8 +1123,11 @@ class Tempo(Protocol):
                 cost.enclave_flops += 4 * k * (a + out)
                 messages += n
             else:
-                cost.bytes_to_worker += b * FLOAT32
-                cost.enclave_elementwise += 3 * b
+                if resident and op.layer in with_grad_input:  # G₁ crossed already: its rank-one rescaling to G₂
+                    cost.bytes_to_worker += (n * op.b_shape[0] + op.b_shape[1]) * FLOAT32
+                else:
+                    cost.bytes_to_worker += b * FLOAT32
+                    cost.enclave_elementwise += 3 * b
                 cost.enclave_flops += 8 * k * (a + b)
                 if resident:
                     if op.layer not in with_grad_input:

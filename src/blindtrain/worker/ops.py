@@ -64,10 +64,20 @@ def _bilinear_products(worker, args, params):
 
     Each entry of ``params["products"]`` names its ``fn``, its operands ``A`` and ``B`` (argument
     names), its ``params``, its ``op`` and, optionally, ``keep``: a handle under which the product
-    stays on the worker.  The one product without ``keep`` (if any) is returned."""
+    stays on the worker, and ``scale``: ``{"operand", "rows", "cols"}`` (argument names), that operand
+    multiplied by ``rows ⊗ cols`` along its first two dimensions first.  The one product without
+    ``keep`` (if any) is returned."""
     returned = None
     for spec in params["products"]:
-        result = bilinear.apply(spec["fn"], args[spec["A"]], args[spec["B"]], **spec["params"])
+        operands = {"A": args[spec["A"]], "B": args[spec["B"]]}
+        if spec.get("scale"):
+            scale = spec["scale"]
+            operand = operands[scale["operand"]]
+            shape = [1] * operand.dim()
+            rows = args[scale["rows"]].reshape(-1, *shape[1:])
+            cols = args[scale["cols"]].reshape(1, -1, *shape[2:])
+            operands[scale["operand"]] = operand * rows * cols
+        result = bilinear.apply(spec["fn"], operands["A"], operands["B"], **spec["params"])
         result = worker.screen(result, op=spec["op"])
         if spec.get("keep"):
             worker.state[spec["keep"]] = result
