@@ -241,3 +241,41 @@ def test_cost_model_equals_the_ledger_in_steady_state(workers, model_name, digit
         measured = (ledger.bytes_to_worker - before[0], ledger.bytes_from_worker - before[1],
                     ledger.messages - before[2])
     assert (cost.bytes_to_worker, cost.bytes_from_worker, cost.round_trips) == measured
+
+
+@pytest.mark.parametrize("model_name", ["lenet", "mlp"])
+@pytest.mark.parametrize("data", ["signed", "relu", "positive"])
+def test_weight_gradient_projections_and_abs_bounds_against_the_plain_gradient(model_name, data, synthetic):
+    """What the enclave tracks instead of ΔW = dYᵀX: its projections ΔWᵀρ, ΔWσ equal the plain ones, and the
+    abs bounds hold (conv: per tap, the max over the wide channel), with X signed or X ≥ 0 (after a ReLU).
+    "positive": X, dY ≥ 0 and the input channels scaled 1..100, so that nothing cancels and the bounds are
+    within a small factor of the true values (a bound that missed the largest channel would fail)."""
+    _, session, _, _ = _curve("tempo", model_name, synthetic, steps=1, batch=8)
+    protocol = session.protocol
+    generator = torch.Generator().manual_seed(1)
+    for layer in protocol.layers.values():
+        shape = layer.site.weight_shape
+        if layer.conv:
+            x = torch.randn(8, layer.n, 12, 12, generator=generator)
+            gy = torch.randn(F.conv2d(x, torch.zeros(shape), **layer.site.conv_params).shape, generator=generator)
+        else:
+            x, gy = torch.randn(8, layer.n, generator=generator), torch.randn(8, layer.m, generator=generator)
+        if data == "relu":
+            x = x.relu()
+        elif data == "positive":
+            scales = torch.logspace(0, 2, layer.n)[torch.randperm(layer.n, generator=generator)]
+            x, gy = x.abs() * scales.view(1, -1, *[1] * (x.dim() - 2)), gy.abs()
+        protocol._expect_forward(layer, x)
+        protocol._expect_grad_input(layer, gy, x.shape)
+        got = protocol._grad_projections(layer, x, gy)
+        if layer.conv:
+            dw = torch.nn.grad.conv2d_weight(x.double(), shape, gy.double(), **layer.site.conv_params)
+        else:
+            dw = gy.double().t() @ x.double()
+        t = layer.t
+        for d, proj, vec in (("q", protocol._proj_q, t["rho"]), ("v", protocol._proj_v, t["sigma"])):
+            want = proj(layer, dw, vec.double())
+            assert torch.allclose(got[d], want, rtol=1e-4, atol=1e-4 * float(want.abs().max())), (layer.site.name, d)
+            bound = protocol._reduce(layer, d, proj(layer, dw.abs(), vec.abs().double()))
+            assert bool((got[d + "a"] >= bound * (1 - 1e-5)).all()), (layer.site.name, d)
+    session.close()

@@ -601,9 +601,8 @@ class Tempo(Protocol):
             # |X| ⋆ T ≤ (Σ_n |X_n|) ⋆ max_n T ; after a ReLU X ≥ 0 and Σ_n |X_n| comes with the GEMM
             l1x = csum if lo >= 0 else _l1(x)
             tol = thin.conv(l1x, t["qtol"], cp)
-            if training:  # what the weight-gradient projections need, from this read of X
-                layer.saved = {"of": _ident(x), "xs": xs, "l1x": l1x,
-                               "linfx": x.amax(1, keepdim=True) if lo >= 0 else _linf(x)}
+            if training:  # what the weight-gradient projections need, from this read of X (X ≥ 0: no max map)
+                layer.saved = {"of": _ident(x), "xs": xs, "l1x": l1x, "linfx": None if lo >= 0 else _linf(x)}
             return {"rhs": rhs, "tol": tol}
         k = t["q32"].shape[1]
         # in training, X σ (and X|σ| when X ≥ 0, as after a ReLU) for the weight-gradient projections
@@ -795,10 +794,17 @@ class Tempo(Protocol):
                 fx = {"xs": thin.channels(x, t["sigma"]), "l1x": _l1(x), "linfx": _linf(x)}
             if fg.get("gr") is None or fg.get("of") != _ident(gy) or fg.get("linfg") is None:
                 fg = {"gr": thin.channels(gy, t["rho"]), "l1g": _l1(gy), "linfg": _linf(gy)}
-            q = thin.conv_weight_thin_out(x, fg["gr"], kernel, cp)
+            # bounds on max_n |ΔW|ᵀ|ρ| and max_m |ΔW||σ| from channel-norm maps (|ρ|, |σ| ≤ 1):
+            # |ΔW|ᵀ|ρ| ≤ |X| ⋆ Σ_m|dY| per input channel; when X ≥ 0 (after a ReLU) that is one more channel of
+            # q's product, and its max over the channels bounds tighter than (max_n |X|) ⋆ Σ_m|dY|
+            if fx["linfx"] is None:
+                J = fg["gr"].shape[1]
+                both = thin.conv_weight_thin_out(x, torch.cat([fg["gr"], fg["l1g"]], 1), kernel, cp)
+                q, qa = both[:J], both[J:].amax(dim=1, keepdim=True)
+            else:
+                q = thin.conv_weight_thin_out(x, fg["gr"], kernel, cp)
+                qa = thin.conv_weight_thin_out(fx["linfx"], fg["l1g"], kernel, cp)
             v = thin.conv_weight_thin_in(fx["xs"], gy, kernel, cp)
-            # bounds on max_n |ΔW|ᵀ|ρ| and max_m |ΔW||σ| from channel-norm maps (|ρ|, |σ| ≤ 1)
-            qa = thin.conv_weight_thin_out(fx["linfx"], fg["l1g"], kernel, cp)
             va = thin.conv_weight_thin_in(fx["l1x"], fg["linfg"], kernel, cp)
             rows = gy.shape[0] * gy.shape[2] * gy.shape[3]
         else:
