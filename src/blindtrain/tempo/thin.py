@@ -17,6 +17,10 @@ import torch
 import torch.nn.functional as F
 
 
+#: input channels up to which :func:`conv` leaves the work to ``F.conv2d``
+NARROW = 4
+
+
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
@@ -39,9 +43,13 @@ def _out_size(h, w, kh, kw, s, p, d):
 def conv(x, weight, params, extra=None):
     """``F.conv2d(x, weight, **params)`` for a weight with few output channels J.
 
-    ``extra`` (e×n, optional): also return ``channels(x, extraᵀ)`` from the same read of ``x``."""
+    ``extra`` (e×n, optional): also return ``channels(x, extraᵀ)`` from the same read of ``x``.
+    With few channels on both sides (a channel-norm map, as the checks' tolerances convolve) there is
+    nothing to unfold and ``F.conv2d`` itself is faster."""
     J, n, kh, kw = weight.shape
     b, _, h, w = x.shape
+    if extra is None and n <= NARROW:
+        return F.conv2d(x, weight, **params)
     w2 = weight.permute(0, 2, 3, 1).reshape(J * kh * kw, n)
     if extra is not None:
         w2 = torch.cat([w2, extra])
