@@ -50,3 +50,18 @@ def test_at_most_one_product_is_returned():
     product = {"op": "forward", "fn": "matmul", "A": Ref("x"), "B": Ref("w"), "params": {}}
     with pytest.raises(ValueError):
         bilinear_products(Tag(0, "fc", "forward"), [product, dict(product)])
+
+
+def test_a_shared_operand_crosses_once_and_a_scaled_one_is_rescaled_on_the_worker():
+    worker = _worker()
+    g1, rows, cols = torch.randn(4, 5), torch.tensor([1.0, 2.0, 0.5, 4.0]), torch.tensor([2.0, 1.0, 0.25, 8.0, 1.0])
+    shared = Sent(g1, "obfuscated")
+    request = bilinear_products(Tag(1, "fc", "backward"), [
+        {"op": "grad_input", "fn": "matmul", "A": shared, "B": Ref("w"), "params": {}},
+        {"op": "grad_weight", "fn": "matmul_tn", "A": shared, "B": Ref("x"), "params": {}, "keep": "g",
+         "scale": {"operand": "A", "rows": Sent(rows, "public"), "cols": Sent(cols, "public")}},
+    ])
+    assert [name for name, _ in request.sent_tensors()] == ["A0", "rows1", "cols1"]
+    returned = worker.handle(request).result
+    assert torch.equal(returned, g1 @ worker.state["w"])
+    assert torch.equal(worker.state["g"], (g1 * rows.view(-1, 1) * cols.view(1, -1)).t() @ worker.state["x"])

@@ -11,6 +11,11 @@ store it).  Per step and layer a fresh batch key (π_b, c_b):
 * grad_weight ``G₂ = (dY c / c_b)[π_b][:, π_m]``; ``G₂ᵀX′ = (c dW s)[π_m][:, π_n]`` — the gradient
   already in W′'s key: the worker keeps it, and ``optimizer.step()`` has it apply SGD
   (momentum, dampening, Nesterov, weight decay) to W′ in place.  Nothing weight-sized crosses.
+  G₁ and G₂ share π_b, so ``G₂ = G₁ ⊙ ((1/(c_b c′_b))[π_b] ⊗ (c²)[π_m])``: G₁ crosses once, with that
+  rank-one factor, and the worker rescales it.
+
+Every check's operand side (``X q`` and its tolerance terms) is computed before the worker is called, from
+the plaintext just encoded; its result side is read from the encoded result before decoding.
 
 Decoding is exact up to float rounding (permutations, signs and powers of two are exact).
 Keys rotate every ``rotate_every`` steps: the enclave fetches W′ (and the momentum buffer),
@@ -144,8 +149,9 @@ class Tempo(Protocol):
               "scale, zero/sparsity patterns (ReLU), tensor shapes; the spatial layout of conv activations is "
               "kept, so first-layer image inputs are visible up to channel permutation, sign and scale; the "
               "weight key is fixed for a key epoch, so statistics across its steps can pin the inner "
-              "permutation; the output scales are exposed (row-norm statistics of W′, and the two backward operands "
-              "G₁, G₂ share the batch permutation, so G₂/G₁ is rank one with c² along the outputs)",
+              "permutation; the output scales are exposed (row-norm statistics of W′; and the worker rescales G₁ into "
+              "G₂ itself, by a rank-one factor it receives in the clear: c² along the outputs, 1/(c_b c′_b) along "
+              "the batch)",
         summary="bilinear ops offloaded on permuted/scaled operands; weights stay encrypted on the worker and "
                 "are updated there (SGD); re-encrypted only on key rotation or read-out",
     )
@@ -585,7 +591,8 @@ class Tempo(Protocol):
 
     # Every check is split in two: its operand side (``X q`` and the tolerance's activation terms) is computed
     # before the worker is called, from the plaintext the enclave has just encoded (still in its caches), and
-    # the result side (``Y ρ``) after decoding.  Same products, same bounds; only the order changes.
+    # its result side (``Y ρ``) from the encoded result as it arrives, before decoding.  Same products, same
+    # bounds; only the order of the work changes.
     def _expect_forward(self, layer, x):
         """The operand side of the forward check of ``Y = X Wᵀ``: ``X q`` and the tolerance's ``X`` terms
         (and, in training, what the weight-gradient projections need from this read of ``X``)."""
@@ -665,8 +672,8 @@ class Tempo(Protocol):
         """The rank-one factor of ``G₂ = G₁ ⊙ (rows ⊗ cols)`` when G₁ (batch key ``(π_b, c′_b)``) shares
         the forward's batch permutation: ``rows = (1/(c_b c′_b))[π_b]``, ``cols = (c²)[π_m]`` (powers of two,
         exact).  They cross in the clear: the worker that holds G₁ and G₂ learns the quotient G₂/G₁ = rows ⊗
-        cols anyway; what the factors add is how the common factor splits between them (and the entries of
-        rows or columns of G₁ that are entirely zero)."""
+        cols anyway; what the factors add is how a common factor splits between them, and their entries
+        for rows or columns of G₁ that are entirely zero."""
         pb, cb = layer.batch
         if "c2_pm" not in layer.key:  # (c²)[π_m], a constant of the key epoch
             layer.key["c2_pm"] = (layer.key["c"] ** 2)[layer.key["pm"]]
@@ -1035,7 +1042,7 @@ class Tempo(Protocol):
                 "fixed_by_view_bits": scales,
                 "effective_bits": perm + signs,
                 "fixed_by_view": "output scales (row-norm ratios of W′ against the known init distribution, and "
-                                 "G₂/G₁ = c² up to a common factor along the outputs); "
+                                 "the factor c² that rescales G₁ into G₂, sent in the clear); "
                                  "the multiset of |W| per row up to its scale; shapes",
                 "batch_key_bits_per_step": (_log2_factorial(layer.last_batch) + layer.last_batch * scale_bits)
                 if layer.last_batch else None,
