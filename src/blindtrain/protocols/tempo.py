@@ -474,7 +474,7 @@ class Tempo(Protocol):
             t["qtol"] = (t["qwa"] * (2 * _gamma(K) + _gamma(layer.m) + 2 * U32) + t["qwe"]).float()
             t["vtol"] = (t["vwa"] * (2 * _gamma(Kv) + _gamma(layer.n) + 2 * U32) + t["vwe"]).float()
         else:
-            # the checks' products, several per read of an activation (see _check_forward / _check_grad_input)
+            # the checks' products, several per read of an activation (see _expect_forward / _expect_grad_input)
             t["q_sigma"] = torch.cat([t["q32"], t["sigma"]], 1)
             t["q_sigma_asigma"] = torch.cat([t["q_sigma"], t["asigma"]], 1)
             t["v_rho"] = torch.cat([t["v32"], t["rho"]], 1)
@@ -542,7 +542,7 @@ class Tempo(Protocol):
             ye = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
             lhs = self._contract_encoded(layer, ye, "rho", pb, cb)
             y = self._dec(ye, pb, key["pm"], cb, key["c"])
-            self._check_forward(layer, expected, lhs, y)
+            self._check(layer, "forward", expected, lhs, y)
         return y.to(x.dtype)
 
     def fused_forward(self, site, x, weight, bias, spec):
@@ -636,15 +636,19 @@ class Tempo(Protocol):
         rows = self._reciprocal(cb).view(-1, *[1] * (product.dim() - 1))
         return product.index_select(0, self._inverse(pb)).mul_(rows)
 
-    def _check_forward(self, layer, expected, lhs, y):
-        """``|Y ρ − X q| ≤ 2·tol`` row by row, ``lhs = Y ρ`` (linear: the tolerance's ``Y`` term added here)."""
-        t = layer.t
-        if layer.conv:
-            tol = expected["tol"]
-        else:
-            tol = expected["tol"] + y.norm(dim=1, keepdim=True) * t["ftol_y"]
+    #: per checked op: the tracker entry of the tolerance's result term (linear layers) and what failed
+    _CHECKED = {"forward": ("ftol_y", "forward result"), "grad_input": ("btol_x", "input gradient")}
+
+    def _check(self, layer, op, expected, lhs, result):
+        """The result side of a check: ``|lhs − rhs| ≤ 2·tol`` row by row, with ``lhs = R V`` (``Y ρ`` or
+        ``dX σ``) and ``rhs``, ``tol`` from the operand side; linear layers add the tolerance's result term
+        ``‖r_i‖ · γ‖V‖``."""
+        result_tol, what = self._CHECKED[op]
+        tol = expected["tol"]
+        if not layer.conv:
+            tol = tol + result.norm(dim=1, keepdim=True) * layer.t[result_tol]
         ok = bool(((lhs - expected["rhs"]).abs() <= 2 * tol + 1e-30).all())
-        self._fail_if(ok, layer.site.name, "forward", "forward result fails the Freivalds check")
+        self._fail_if(ok, layer.site.name, op, f"{what} fails the Freivalds check")
 
     # The backward of a weighted layer (DESIGN.md): G₁ (the forward's batch permutation, fresh batch scales)
     # gives the input gradient, G₂ (the forward's batch key) the weight gradient.  G₂ is G₁ rescaled by a
@@ -722,7 +726,7 @@ class Tempo(Protocol):
                 re = re + p
             lhs = self._contract_encoded(layer, re, "sigma", pb, cb)
             dx = self._dec(re, pb, layer.key["pn"], cb, layer.key["s"])
-            self._check_grad_input(layer, expected, lhs, dx)
+            self._check(layer, "grad_input", expected, lhs, dx)
         return dx.to(dtype)
 
     def grad_input(self, site, grad_y, weight, input_shape):
@@ -778,16 +782,6 @@ class Tempo(Protocol):
             gn = gy.norm(dim=1, keepdim=True)
             layer.saved_g = {"of": _ident(gy), "gr": prod[:, k:], "gn": gn}
             return {"rhs": prod[:, :k], "tol": gn * t["btol_g"]}
-
-    def _check_grad_input(self, layer, expected, lhs, dx):
-        """``|dX σ − dY v| ≤ 2·tol`` row by row, ``lhs = dX σ`` (linear: the tolerance's ``dX`` term added here)."""
-        t = layer.t
-        if layer.conv:
-            tol = expected["tol"]
-        else:
-            tol = expected["tol"] + dx.norm(dim=1, keepdim=True) * t["btol_x"]
-        ok = bool(((lhs - expected["rhs"]).abs() <= 2 * tol + 1e-30).all())
-        self._fail_if(ok, layer.site.name, "grad_input", "input gradient fails the Freivalds check")
 
     def _grad_projections(self, layer, x, gy):
         """Projections of the weight gradient dW on ρ and σ (and their abs bounds), from plaintext x, dY."""
