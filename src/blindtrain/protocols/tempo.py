@@ -683,23 +683,23 @@ class Tempo(Protocol):
             layer.key["c2_pm"] = (layer.key["c"] ** 2)[layer.key["pm"]]
         return (1.0 / (cb * g1_scales))[pb], layer.key["c2_pm"]
 
+    @staticmethod
+    def _block(layer, g, lo, hi):
+        """The operand worker block ``[lo, hi)`` of the output channels gets: ``g[:, lo:hi]``, as sent."""
+        return Sent(g if len(layer.blocks) == 1 else g[:, lo:hi].contiguous(), "obfuscated")
+
     def _grad_input_product(self, layer, g1, lo, hi, input_shape):
         """Worker block ``[lo, hi)`` of the output channels: ``G₁[:, lo:hi] W′[lo:hi]`` (a partial sum)."""
-        g = g1 if len(layer.blocks) == 1 else g1[:, lo:hi].contiguous()
-        product = {"op": "grad_input", "A": Sent(g, "obfuscated"), "B": Ref(f"{layer.h}/w")}
+        product = {"op": "grad_input", "A": self._block(layer, g1, lo, hi), "B": Ref(f"{layer.h}/w")}
         if layer.conv:
             return {**product, "fn": "conv2d_input",
                     "params": {**layer.site.conv_params, "input_size": tuple(input_shape)}}
         return {**product, "fn": "matmul", "params": {}}
 
-    def _grad_weight_product(self, layer, g2, lo, hi, *, keep, factors=None):
+    def _grad_weight_product(self, layer, g, lo, hi, *, keep, factors=None):
         """Worker block ``[lo, hi)``: ``G₂[:, lo:hi]ᵀ X′`` — already in the weight's key; ``keep``: it stays
-        on the worker for the SGD step.  ``g2``: G₂ (a tensor), or with ``factors = (rows, cols)`` the
-        block's G₁ operand (a :class:`Sent`), which the worker rescales to G₂ (see :meth:`_g2_factors`)."""
-        if factors is None:
-            g = Sent(g2 if len(layer.blocks) == 1 else g2[:, lo:hi].contiguous(), "obfuscated")
-        else:
-            g = g2
+        on the worker for the SGD step.  ``g``: the block's G₂ operand (see :meth:`_block`), or with
+        ``factors = (rows, cols)`` its G₁ operand, which the worker rescales to G₂ (see :meth:`_g2_factors`)."""
         product = {"op": "grad_weight", "keep": f"{layer.h}/g" if keep else None}
         if factors is not None:
             rows, cols = factors
@@ -753,8 +753,8 @@ class Tempo(Protocol):
         parts = []
         for k, (lo, hi) in enumerate(layer.blocks):
             grad_input = self._grad_input_product(layer, g1, lo, hi, input_shape)
-            grad_weight = self._grad_weight_product(layer, grad_input["A"] if shared else g2, lo, hi, keep=True,
-                                                    factors=factors)
+            g = grad_input["A"] if shared else self._block(layer, g2, lo, hi)
+            grad_weight = self._grad_weight_product(layer, g, lo, hi, keep=True, factors=factors)
             parts.append(self._call(bilinear_products(tag, [grad_input, grad_weight]), k).result)
         return self._finish_grad_input(layer, parts, batch_key, expected, grad_y.dtype), None
 
@@ -849,11 +849,14 @@ class Tempo(Protocol):
         if layer.resident:
             self._hold_grad_projections(layer, x, grad_y)
             for k, (lo, hi) in enumerate(layer.blocks):
-                self._call(self._request(layer, self._grad_weight_product(layer, g2, lo, hi, keep=True)), k)
+                product = self._grad_weight_product(layer, self._block(layer, g2, lo, hi), lo, hi, keep=True)
+                self._call(self._request(layer, product), k)
             return None
         # enclave-side update: the obfuscated gradient comes back, is decoded and checked
-        parts = [self._call(self._request(layer, self._grad_weight_product(layer, g2, lo, hi, keep=False)), k).result
-                 for k, (lo, hi) in enumerate(layer.blocks)]
+        parts = []
+        for k, (lo, hi) in enumerate(layer.blocks):
+            product = self._grad_weight_product(layer, self._block(layer, g2, lo, hi), lo, hi, keep=False)
+            parts.append(self._call(self._request(layer, product), k).result)
         with rt.ledger.timed("decode_verify"):
             dw = self._dec(torch.cat(parts), key["pm"], key["pn"], key["c"], key["s"])
             proj = self._grad_projections(layer, x.detach().float(), grad_y.float())
