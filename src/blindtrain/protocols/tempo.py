@@ -15,7 +15,8 @@ store it).  Per step and layer a fresh batch key (π_b, c_b):
   rank-one factor, and the worker rescales it.
 
 Every check's operand side (``X q`` and its tolerance terms) is computed before the worker is called, from
-the plaintext just encoded; its result side is read from the encoded result before decoding.
+the plaintext just encoded; its result side (``Y ρ``) is read from the result as it is decoded.  For Linear
+layers both come with the encode / decode pass itself (:mod:`blindtrain.tempo.gather`: one read per row).
 
 Decoding is exact up to float rounding (permutations, signs and powers of two are exact).
 Keys rotate every ``rotate_every`` steps: the enclave fetches W′ (and the momentum buffer),
@@ -47,6 +48,7 @@ import torch.nn.functional as F
 from ..boundary import Ref, Request, Sent, Tag, bilinear_products
 from ..errors import IntegrityError, UsageError
 from ..tempo import thin
+from ..tempo.gather import bag_offsets, gather_rows, thin_product
 from .base import Protocol, ProtocolInfo, register
 
 U32 = 2.0 ** -24  # float32 unit roundoff
@@ -66,11 +68,8 @@ def _gamma(k: int) -> float:
 
 
 def _thin(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` for a thin ``b`` (a few check vectors), computed as ``(bᵀ aᵀ)ᵀ``: a GEMM with the thin
-    side as its few rows reads ``a`` once and runs several times faster than a GEMM with a few columns
-    or than one matrix-vector product per column (and for ``a = xᵀ`` it reads ``x`` in its own layout).
-    The same inner products, only summed in another order: the checks' error bounds hold for any order."""
-    return torch.matmul(b.t().contiguous(), a.t()).t()
+    """``a @ b`` for a thin ``b`` (a few check vectors as columns): see :func:`~blindtrain.tempo.gather.thin_product`."""
+    return thin_product(a, b.t().contiguous())
 
 
 def _ident(t: torch.Tensor) -> tuple:
@@ -91,18 +90,6 @@ def _linf(t: torch.Tensor) -> torch.Tensor:
 
 def _conv_kw(params: dict) -> dict:
     return {k: params[k] for k in ("stride", "padding", "dilation") if k in params}
-
-
-_ARANGE: dict[int, torch.Tensor] = {}
-
-
-def _arange(n: int) -> torch.Tensor:
-    """``torch.arange(n)`` (int64), kept: the offsets of one-row bags are the same every step."""
-    if n not in _ARANGE:
-        if len(_ARANGE) > 64:  # a few sizes in practice (batch, batch × channels); never grow without bound
-            _ARANGE.clear()
-        _ARANGE[n] = torch.arange(n)
-    return _ARANGE[n]
 
 
 def _log2_factorial(n: int) -> float:
@@ -223,21 +210,17 @@ class Tempo(Protocol):
     def _gather(x, p0, p1, r0, r1):
         """``x[p0][:, p1] * (r0 ⊗ r1)`` (r0, r1 in the output's order).
 
-        2-D: the rows gathered and scaled in one pass (one-row "bags" weighted by r0: ``x·r0`` exactly,
-        one product each), then the columns gathered, then scaled.  4-D: one gather-and-scale pass."""
+        2-D: :func:`~blindtrain.tempo.gather.gather_rows` (one fused pass).  4-D: one gather-and-scale
+        pass over the (row, channel) planes."""
         d0, d1 = x.shape[0], x.shape[1]
         if x.dim() == 2:
-            if x.dtype == r0.dtype:
-                out = F.embedding_bag(p0, x, _arange(d0), mode="sum", per_sample_weights=r0)
-            else:
-                out = x.index_select(0, p0).mul_(r0.view(-1, 1).to(x.dtype))
-            return out.index_select(1, p1).mul_(r1.to(x.dtype))
+            return gather_rows(x, p0, p1, r0, r1).out
         scale = r0.view(-1, 1) * r1.view(1, -1)
         rows = (p0.view(-1, 1) * d1 + p1.view(1, -1)).view(-1)
         flat = x.reshape(d0 * d1, -1)
         if flat.dtype == scale.dtype:
             # gather and scale in one pass: one-row "bags" weighted by the scale (x·s exactly, one product each)
-            out = F.embedding_bag(rows, flat, _arange(rows.numel()), mode="sum",
+            out = F.embedding_bag(rows, flat, bag_offsets(rows.numel()), mode="sum",
                                   per_sample_weights=scale.reshape(-1))
         else:
             out = flat.index_select(0, rows)
@@ -474,10 +457,13 @@ class Tempo(Protocol):
             t["qtol"] = (t["qwa"] * (2 * _gamma(K) + _gamma(layer.m) + 2 * U32) + t["qwe"]).float()
             t["vtol"] = (t["vwa"] * (2 * _gamma(Kv) + _gamma(layer.n) + 2 * U32) + t["vwe"]).float()
         else:
-            # the checks' products, several per read of an activation (see _expect_forward / _expect_grad_input)
-            t["q_sigma"] = torch.cat([t["q32"], t["sigma"]], 1)
-            t["q_sigma_asigma"] = torch.cat([t["q_sigma"], t["asigma"]], 1)
-            t["v_rho"] = torch.cat([t["v32"], t["rho"]], 1)
+            # the checks' vectors (k×cols, rows of one matrix), several per read of an activation (see
+            # _encode_forward, _encode_grad_input) or of a decoded result (_decode_result)
+            if "rho_t" not in t:
+                t["rho_t"], t["sigma_t"] = t["rho"].t().contiguous(), t["sigma"].t().contiguous()
+            t["q_t"] = t["q32"].t().contiguous()
+            t["q_sigma_asigma_t"] = torch.cat([t["q_t"], t["sigma_t"], t["asigma"].t()])
+            t["v_rho_t"] = torch.cat([t["v32"].t(), t["rho_t"]])
             # Linear: per-row tolerances (all O(k) per row given the rows' norms):
             #   Σ_j ρ_j err_ij, |err_ij| ≤ γ_n ‖x_i‖‖W_j‖, aggregated over j with random signs (Hoeffding, λ):
             #   λ γ_n ‖x_i‖ (Σ_j ρ_j² ‖W_j‖²)^½ ; the check's own products: γ_n ‖x_i‖‖q‖ + γ_m ‖y_i‖‖ρ‖ ; drift ‖x_i‖‖e‖.
@@ -523,10 +509,8 @@ class Tempo(Protocol):
         xf = x.detach().float()
         with rt.ledger.timed("encode"):
             pb, cb = self._batch_key(b)
-            xe = self._enc(xf, pb, key["pn"], cb, key["s"])
+        xe, expected = self._encode_forward(layer, xf, pb, cb)
         layer.batch = (pb, cb) if training else None
-        with rt.ledger.timed("decode_verify"):
-            expected = self._expect_forward(layer, xf)
         parts = []
         for k, (lo, hi) in enumerate(layer.blocks):
             if layer.conv:
@@ -540,9 +524,8 @@ class Tempo(Protocol):
             parts.append(self._call(req, k).result)
         with rt.ledger.timed("decode_verify"):
             ye = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
-            lhs = self._contract_encoded(layer, ye, "rho", pb, cb)
-            y = self._dec(ye, pb, key["pm"], cb, key["c"])
-            self._check(layer, "forward", expected, lhs, y)
+            y, lhs, y_norm = self._decode_result(layer, ye, (pb, cb), "rho")
+            self._check(layer, "forward", expected, lhs, y_norm)
         return y.to(x.dtype)
 
     def fused_forward(self, site, x, weight, bias, spec):
@@ -591,62 +574,94 @@ class Tempo(Protocol):
 
     # Every check is split in two: its operand side (``X q`` and the tolerance's activation terms) is computed
     # before the worker is called, from the plaintext the enclave has just encoded (still in its caches), and
-    # its result side (``Y ρ``) from the encoded result as it arrives, before decoding.  Same products, same
-    # bounds; only the order of the work changes.
-    def _expect_forward(self, layer, x):
-        """The operand side of the forward check of ``Y = X Wᵀ``: ``X q`` and the tolerance's ``X`` terms
-        (and, in training, what the weight-gradient projections need from this read of ``X``)."""
+    # its result side (``Y ρ``) from the result as it arrives.  Linear layers take both from the encode / decode
+    # pass itself (gather_rows: one read per row); conv layers by their own thin products.
+    @staticmethod
+    def _epoch_const(key, name, make):
+        """``make()``, a constant of the key epoch, kept in the layer's key."""
+        if name not in key:
+            key[name] = make()
+        return key[name]
+
+    def _encode_forward(self, layer, x, pb, cb):
+        """``X′ = (c_b X s)[π_b][:, π_n]`` and the forward check's operand side: ``X q`` and the tolerance's
+        ``X`` terms (in training also what the weight-gradient projections need from this read of ``X``:
+        ``X σ``, the rows' norms, and ``X |σ|`` when X ≥ 0, as after a ReLU)."""
+        key, t = layer.key, layer.t
+        ledger = self.runtime.ledger
+        if layer.conv:
+            with ledger.timed("encode"):
+                xe = self._enc(x, pb, key["pn"], cb, key["s"])
+            with ledger.timed("decode_verify"):
+                return xe, self._expect_conv_forward(layer, x)
+        training = layer.site.module.training
+        k = t["q_t"].shape[0]
+        with ledger.timed("encode"):
+            scales = self._epoch_const(key, "s_pn", lambda: key["s"][key["pn"]])
+            g = gather_rows(x, pb, key["pn"], cb[pb], scales, src_vecs=t["q_sigma_asigma_t"] if training else t["q_t"],
+                            src_norm=True, src_min=training)
+            if training:
+                layer.saved = {"of": _ident(x), "xs": g.src_dot[:, k:2 * k], "xn": g.src_norm,
+                               "xas": g.src_dot[:, 2 * k:] if g.src_min >= 0 else None}
+            return g.out, {"rhs": g.src_dot[:, :k], "tol": g.src_norm * t["ftol_x"]}
+
+    def _expect_conv_forward(self, layer, x):
+        """The operand side of a conv layer's forward check (see :meth:`_encode_forward`)."""
         t = layer.t
         training = layer.site.module.training
-        if layer.conv:
-            cp = layer.site.conv_params
-            k = t["sigma"].shape[1]
-            ones = torch.ones(1, layer.n)
-            rhs, extra = thin.conv(x, t["q32"], cp, extra=torch.cat([t["sigma"].t(), ones]))
-            xs, csum = extra[:, :k], extra[:, k:]
-            lo, hi = torch.aminmax(x)
-            # |X| ⋆ T ≤ (Σ_n |X_n|) ⋆ max_n T ; after a ReLU X ≥ 0 and Σ_n |X_n| comes with the GEMM
-            l1x = csum if lo >= 0 else _l1(x)
-            tol = thin.conv(l1x, t["qtol"], cp)
-            if training:  # what the weight-gradient projections need, from this read of X (X ≥ 0: no max map)
-                layer.saved = {"of": _ident(x), "xs": xs, "l1x": l1x, "linfx": None if lo >= 0 else _linf(x)}
-            return {"rhs": rhs, "tol": tol}
-        k = t["q32"].shape[1]
-        # in training, X σ (and X|σ| when X ≥ 0, as after a ReLU) for the weight-gradient projections
-        # come from the same read of X
-        nonneg = training and bool(x.amin() >= 0)
-        prod = _thin(x, t["q_sigma_asigma"] if nonneg else t["q_sigma"] if training else t["q32"])
-        xn = x.norm(dim=1, keepdim=True)
-        if training:
-            layer.saved = {"of": _ident(x), "xs": prod[:, k:2 * k], "xn": xn,
-                           "xas": prod[:, 2 * k:] if nonneg else None}
-        return {"rhs": prod[:, :k], "tol": xn * t["ftol_x"]}
+        cp = layer.site.conv_params
+        k = t["sigma"].shape[1]
+        ones = torch.ones(1, layer.n)
+        rhs, extra = thin.conv(x, t["q32"], cp, extra=torch.cat([t["sigma"].t(), ones]))
+        xs, csum = extra[:, :k], extra[:, k:]
+        lo, hi = torch.aminmax(x)
+        # |X| ⋆ T ≤ (Σ_n |X_n|) ⋆ max_n T ; after a ReLU X ≥ 0 and Σ_n |X_n| comes with the GEMM
+        l1x = csum if lo >= 0 else _l1(x)
+        tol = thin.conv(l1x, t["qtol"], cp)
+        if training:  # what the weight-gradient projections need, from this read of X (X ≥ 0: no max map)
+            layer.saved = {"of": _ident(x), "xs": xs, "l1x": l1x, "linfx": None if lo >= 0 else _linf(x)}
+        return {"rhs": rhs, "tol": tol}
 
     def _contract_encoded(self, layer, encoded, vectors, pb, cb):
-        """``R V`` (V: ρ on the outputs, σ on the inputs) of a result R the worker returned encoded,
+        """``R V`` (V: ρ on the outputs, σ on the inputs) of a conv result R the worker returned encoded,
         ``R′ = (c_b R c)[π_b][:, π]`` (c: the output scales c, or the input signs s), read from R′ itself
         while it is fresh: ``R′ (V/c)[π] = (c_b · R V)[π_b]``, exact up to the order of the sums (the
         scales are powers of two and signs)."""
         key = layer.key
-        name = vectors + "_enc"
-        if name not in key:  # a constant of the key epoch
-            perm, scales = (key["pm"], key["c"]) if vectors == "rho" else (key["pn"], key["s"])
-            key[name] = (layer.t[vectors] / scales.view(-1, 1))[perm].contiguous()
-        product = thin.channels(encoded, key[name]) if layer.conv else _thin(encoded, key[name])
+        perm, scales = (key["pm"], key["c"]) if vectors == "rho" else (key["pn"], key["s"])
+        encoded_vectors = self._epoch_const(key, vectors + "_enc",
+                                            lambda: (layer.t[vectors] / scales.view(-1, 1))[perm].contiguous())
+        product = thin.channels(encoded, encoded_vectors)
         rows = self._reciprocal(cb).view(-1, *[1] * (product.dim() - 1))
         return product.index_select(0, self._inverse(pb)).mul_(rows)
+
+    def _decode_result(self, layer, encoded, batch_key, vectors):
+        """Decode a result the worker returned, ``R′ = (c_b R c)[π_b][:, π]`` (``vectors = "rho"``: Y, on the
+        outputs (π_m, c); ``"sigma"``: dX, on the inputs (π_n, s)), and take its check's result side.
+
+        Returns ``(R, R V, ‖r_b‖)``.  Linear: all three from one pass (the norms, for the tolerance);
+        conv: ``R V`` contracted from R′ (:meth:`_contract_encoded`), no norms."""
+        pb, cb = batch_key
+        key = layer.key
+        perm, scales = (key["pm"], key["c"]) if vectors == "rho" else (key["pn"], key["s"])
+        if layer.conv:
+            lhs = self._contract_encoded(layer, encoded, vectors, pb, cb)
+            return self._dec(encoded, pb, perm, cb, scales), lhs, None
+        g = gather_rows(encoded, self._inverse(pb), self._inverse(perm), self._reciprocal(cb),
+                        self._reciprocal(scales), out_vecs=layer.t[vectors + "_t"], out_norm=True)
+        return g.out, g.out_dot, g.out_norm
 
     #: per checked op: the tracker entry of the tolerance's result term (linear layers) and what failed
     _CHECKED = {"forward": ("ftol_y", "forward result"), "grad_input": ("btol_x", "input gradient")}
 
-    def _check(self, layer, op, expected, lhs, result):
+    def _check(self, layer, op, expected, lhs, result_norm):
         """The result side of a check: ``|lhs − rhs| ≤ 2·tol`` row by row, with ``lhs = R V`` (``Y ρ`` or
         ``dX σ``) and ``rhs``, ``tol`` from the operand side; linear layers add the tolerance's result term
-        ``‖r_i‖ · γ‖V‖``."""
+        ``‖r_i‖ · γ‖V‖`` (``result_norm``: the rows' norms)."""
         result_tol, what = self._CHECKED[op]
         tol = expected["tol"]
         if not layer.conv:
-            tol = tol + result.norm(dim=1, keepdim=True) * layer.t[result_tol]
+            tol = tol + result_norm * layer.t[result_tol]
         ok = bool(((lhs - expected["rhs"]).abs() <= 2 * tol + 1e-30).all())
         self._fail_if(ok, layer.site.name, op, f"{what} fails the Freivalds check")
 
@@ -654,17 +669,29 @@ class Tempo(Protocol):
     # gives the input gradient, G₂ (the forward's batch key) the weight gradient.  G₂ is G₁ rescaled by a
     # rank-one factor of powers of two; with worker-held weights both products go in one message per worker,
     # G₁ crosses once and the worker rescales it (see _g2_factors).
-    def _encode_grad_input(self, layer, grad_y):
+    def _encode_grad_input(self, layer, gy, input_shape):
         """``G₁ = (c′_b dY / c)[π_b][:, π_m]``: the forward's batch permutation π_b (a fresh one if this
-        layer ran no training forward of this batch size) and fresh scales c′_b.  Returns G₁ and its
-        batch key ``(π_b, c′_b)``."""
-        b = grad_y.shape[0]
-        with self.runtime.ledger.timed("encode"):
+        layer ran no training forward of this batch size) and fresh scales c′_b; and the input-gradient
+        check's operand side: ``dY v`` and the tolerance's ``dY`` terms (and ``dY ρ`` and the norms the
+        weight-gradient projections need, from this read of ``dY``).  Returns G₁, its batch key
+        ``(π_b, c′_b)`` and the operand side."""
+        b = gy.shape[0]
+        key, t = layer.key, layer.t
+        ledger = self.runtime.ledger
+        with ledger.timed("encode"):
             keys = self._step_keys()
             forward = layer.batch
             pb = forward[0] if forward is not None and forward[0].numel() == b else self._perm(b, keys)
             cb = self._pow2(b, keys)
-            return self._enc(grad_y.float(), pb, layer.key["pm"], cb, self._reciprocal(layer.key["c"])), (pb, cb)
+            if not layer.conv:
+                k = t["v32"].shape[1]
+                scales = self._epoch_const(key, "rc_pm", lambda: self._reciprocal(key["c"])[key["pm"]])
+                g = gather_rows(gy, pb, key["pm"], cb[pb], scales, src_vecs=t["v_rho_t"], src_norm=True)
+                layer.saved_g = {"of": _ident(gy), "gr": g.src_dot[:, k:], "gn": g.src_norm}
+                return g.out, (pb, cb), {"rhs": g.src_dot[:, :k], "tol": g.src_norm * t["btol_g"]}
+            g1 = self._enc(gy, pb, key["pm"], cb, self._reciprocal(key["c"]))
+        with ledger.timed("decode_verify"):
+            return g1, (pb, cb), self._expect_conv_grad_input(layer, gy, input_shape)
 
     def _encode_grad_weight(self, layer, grad_y):
         """``G₂ = (dY c / c_b)[π_b][:, π_m]`` under the forward's batch key ``(π_b, c_b)``, by its own gather."""
@@ -679,9 +706,8 @@ class Tempo(Protocol):
         cols anyway; what the factors add is how a common factor splits between them, and their entries
         for rows or columns of G₁ that are entirely zero."""
         pb, cb = layer.batch
-        if "c2_pm" not in layer.key:  # (c²)[π_m], a constant of the key epoch
-            layer.key["c2_pm"] = (layer.key["c"] ** 2)[layer.key["pm"]]
-        return (1.0 / (cb * g1_scales))[pb], layer.key["c2_pm"]
+        key = layer.key
+        return (1.0 / (cb * g1_scales))[pb], self._epoch_const(key, "c2_pm", lambda: (key["c"] ** 2)[key["pm"]])
 
     @staticmethod
     def _block(layer, g, lo, hi):
@@ -724,15 +750,13 @@ class Tempo(Protocol):
             re = parts[0]
             for p in parts[1:]:
                 re = re + p
-            lhs = self._contract_encoded(layer, re, "sigma", pb, cb)
-            dx = self._dec(re, pb, layer.key["pn"], cb, layer.key["s"])
-            self._check(layer, "grad_input", expected, lhs, dx)
+            dx, lhs, dx_norm = self._decode_result(layer, re, batch_key, "sigma")
+            self._check(layer, "grad_input", expected, lhs, dx_norm)
         return dx.to(dtype)
 
     def grad_input(self, site, grad_y, weight, input_shape):
         layer = site.state["tempo"]
-        g1, batch_key = self._encode_grad_input(layer, grad_y)
-        expected = self._expect_grad_input(layer, grad_y.float(), input_shape)
+        g1, batch_key, expected = self._encode_grad_input(layer, grad_y.float(), input_shape)
         parts = [self._call(self._request(layer, self._grad_input_product(layer, g1, lo, hi, input_shape)), k).result
                  for k, (lo, hi) in enumerate(layer.blocks)]
         return self._finish_grad_input(layer, parts, batch_key, expected, grad_y.dtype)
@@ -743,11 +767,10 @@ class Tempo(Protocol):
         layer = site.state["tempo"]
         if not (needs[0] and needs[1] and layer.resident):
             return super().weighted_grads(site, x, grad_y, weight, needs=needs, input_shape=input_shape)
-        g1, batch_key = self._encode_grad_input(layer, grad_y)
+        g1, batch_key, expected = self._encode_grad_input(layer, grad_y.float(), input_shape)
         shared = layer.batch is not None and batch_key[0] is layer.batch[0]
         factors = self._g2_factors(layer, batch_key[1]) if shared else None
         g2 = None if shared else self._encode_grad_weight(layer, grad_y)
-        expected = self._expect_grad_input(layer, grad_y.float(), input_shape)
         self._hold_grad_projections(layer, x, grad_y)
         tag = Tag(self.runtime.step, site.name, "backward")
         parts = []
@@ -763,25 +786,17 @@ class Tempo(Protocol):
         with self.runtime.ledger.timed("decode_verify"):
             layer.pending = self._grad_projections(layer, x.detach().float(), grad_y.float())
 
-    def _expect_grad_input(self, layer, gy, input_shape):
-        """The operand side of the input-gradient check of ``dX = dY W``: ``dY v`` and the tolerance's ``dY``
-        terms (and ``dY ρ`` and the norms the weight-gradient projections need, from this read of ``dY``)."""
+    def _expect_conv_grad_input(self, layer, gy, input_shape):
+        """The operand side of a conv layer's input-gradient check (see :meth:`_encode_grad_input`)."""
         t = layer.t
-        with self.runtime.ledger.timed("decode_verify"):
-            if layer.conv:
-                cp = layer.site.conv_params
-                size = (input_shape[0], t["sigma"].shape[1], *input_shape[2:])
-                rhs, gr = thin.conv_input(gy, t["v32"], size, cp, extra=t["rho"].t())
-                ag = gy.abs()  # Σ_m |dY| here and max_m |dY| for the weight-gradient bounds, from one abs pass
-                l1g = ag.sum(1, keepdim=True)
-                layer.saved_g = {"of": _ident(gy), "gr": gr, "l1g": l1g,
-                                 "linfg": ag.amax(1, keepdim=True) if layer.site.module.training else None}
-                return {"rhs": rhs, "tol": thin.conv_input(l1g, t["vtol"], size, cp)}
-            k = t["v32"].shape[1]
-            prod = _thin(gy, t["v_rho"])  # dY ρ for the weight-gradient projections too
-            gn = gy.norm(dim=1, keepdim=True)
-            layer.saved_g = {"of": _ident(gy), "gr": prod[:, k:], "gn": gn}
-            return {"rhs": prod[:, :k], "tol": gn * t["btol_g"]}
+        cp = layer.site.conv_params
+        size = (input_shape[0], t["sigma"].shape[1], *input_shape[2:])
+        rhs, gr = thin.conv_input(gy, t["v32"], size, cp, extra=t["rho"].t())
+        ag = gy.abs()  # Σ_m |dY| here and max_m |dY| for the weight-gradient bounds, from one abs pass
+        l1g = ag.sum(1, keepdim=True)
+        layer.saved_g = {"of": _ident(gy), "gr": gr, "l1g": l1g,
+                         "linfg": ag.amax(1, keepdim=True) if layer.site.module.training else None}
+        return {"rhs": rhs, "tol": thin.conv_input(l1g, t["vtol"], size, cp)}
 
     def _grad_projections(self, layer, x, gy):
         """Projections of the weight gradient dW on ρ and σ (and their abs bounds), from plaintext x, dY."""
