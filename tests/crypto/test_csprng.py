@@ -61,6 +61,20 @@ def test_permutations_are_uniform_over_s3():
     assert len(counts) == 6 and stats.chisquare(counts).pvalue > 1e-4
 
 
+def test_permutations_drawn_together_are_independent_and_uniform_over_s3():
+    stream = Csprng(bytes(32)).stream("batch")
+    rows = stream.permutations(6000, 3)
+    assert rows.shape == (6000, 3) and rows.dtype == np.int64
+    assert (np.sort(rows, axis=1) == np.arange(3)).all()
+    seen = [tuple(r) for r in rows.tolist()]
+    counts = np.array([seen.count(p) for p in set(seen)])
+    assert len(counts) == 6 and stats.chisquare(counts).pvalue > 1e-4
+    # consecutive rows independent: the 36 ordered pairs of permutations are uniform too
+    pairs = list(zip(seen[0::2], seen[1::2]))
+    pair_counts = np.array([pairs.count(p) for p in set(pairs)])
+    assert len(pair_counts) == 36 and stats.chisquare(pair_counts).pvalue > 1e-4
+
+
 def test_signs_and_integers():
     rng = Csprng(bytes(32))
     signs = rng.signs(10_000, label=("s",))

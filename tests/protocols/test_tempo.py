@@ -80,6 +80,19 @@ def test_mlp_trains_alike_without_the_native_pass(digits, monkeypatch):
     assert checks > 0 and failures == 0
 
 
+def test_batch_keys_are_fresh_on_every_call(digits):
+    """A step's batch keys are drawn in batches and handed out once each: more calls than a batch holds
+    still give distinct permutations and scales (16! and 9^16 values: a repeat would be a reused key)."""
+    _, session, _, _ = _curve("tempo", "mlp", digits, steps=1)
+    protocol = session.protocol
+    keys = [protocol._batch_key(16) for _ in range(3 * len(protocol.layers) + 1)]
+    assert len({tuple(p.tolist()) for p, _ in keys}) == len(keys)
+    assert len({tuple(c.tolist()) for _, c in keys}) == len(keys)
+    assert all(sorted(p.tolist()) == list(range(16)) for p, _ in keys)
+    assert {float(v) for _, c in keys for v in c} <= {2.0 ** e for e in range(-4, 5)}
+    session.close()
+
+
 @pytest.mark.slow
 def test_lenet_synthetic_loss_curve_matches_plain(synthetic):
     plain, s1, _, _ = _curve("plain", "lenet", synthetic, batch=16, lr=0.02)

@@ -133,16 +133,23 @@ class KeyStream:
         return self.uniform_mod(shape, high - low + 1) + low
 
     def permutation(self, n: int) -> np.ndarray:
-        """A uniformly random permutation of ``range(n)``.
+        """A uniformly random permutation of ``range(n)``; see :meth:`permutations`."""
+        return self.permutations(1, n)[0]
 
-        The ranks of ``n`` independent uniform 64-bit words (one vectorized sort). It is exactly
-        uniform given distinct words; a tie (probability below n²/2^65) falls back to Fisher-Yates.
+    def permutations(self, count: int, n: int) -> np.ndarray:
+        """``count`` independent uniformly random permutations of ``range(n)`` (count×n, int64).
+
+        Each row: the ranks of ``n`` independent uniform 64-bit words (one vectorized sort for all rows).
+        It is exactly uniform given distinct words; a row with a tie (probability below n²/2^65) is
+        replaced by a Fisher-Yates draw.
         """
-        words = self._words(n, np.uint64)
-        perm = np.argsort(words, kind="stable").astype(np.int64)
-        if n > 1 and np.any(words[perm[1:]] == words[perm[:-1]]):  # pragma: no cover - astronomically rare
-            return self._fisher_yates(n)
-        return perm
+        words = self._words(count * n, np.uint64).reshape(count, n)
+        perms = np.argsort(words, axis=1, kind="stable").astype(np.int64)
+        if n > 1:
+            ranked = np.take_along_axis(words, perms, axis=1)
+            for row in np.flatnonzero((ranked[:, 1:] == ranked[:, :-1]).any(axis=1)):  # pragma: no cover
+                perms[row] = self._fisher_yates(n)  # astronomically rare
+        return perms
 
     def _fisher_yates(self, n: int) -> np.ndarray:
         """Fisher-Yates on keystream draws, each index by rejection sampling (exact, but a Python loop)."""

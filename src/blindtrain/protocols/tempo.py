@@ -165,6 +165,7 @@ class Tempo(Protocol):
         self.optimizer = None
         self.rotations = 0
         self._keys, self._keys_step = None, None
+        self._pool: dict = {}
         runtime.ledger.integrity_soundness_bits = self.detection()["soundness_bits_at_that_error"]
 
     # ------------------------------------------------------------------ keys ----
@@ -201,9 +202,27 @@ class Tempo(Protocol):
         """Check vectors uniform in [-1, 1)."""
         return torch.from_numpy(keys.uniform_float(shape) * 2.0 - 1.0).float()
 
+    def _fresh(self, kind, b):
+        """This step's next unused batch permutation (``kind = "perm"``) or power-of-two batch scales
+        (``"scales"``) of size ``b``.  A step's keys are drawn in batches — one keystream read and one
+        vectorized sort for all its layers — and handed out one per call, each once; what a step leaves
+        unused is dropped."""
+        pool = self._pool
+        if pool.get("step") != self.runtime.step:
+            pool.clear()
+            pool["step"] = self.runtime.step
+        queue = pool.setdefault((kind, b), [])
+        if not queue:
+            keys, count = self._step_keys(), max(len(self.layers), 1)
+            if kind == "perm":
+                queue.extend(torch.from_numpy(keys.permutations(count, b)).unbind(0))
+            else:
+                queue.extend(self._pow2(count * b, keys).view(count, b).unbind(0))
+        return queue.pop()
+
     def _batch_key(self, b):
-        keys = self._step_keys()
-        return self._perm(b, keys), self._pow2(b, keys)
+        """A fresh batch key ``(π_b, c_b)``."""
+        return self._fresh("perm", b), self._fresh("scales", b)
 
     # --------------------------------------------------------------- encoding ----
     @staticmethod
@@ -537,7 +556,7 @@ class Tempo(Protocol):
         key = layer.key
         b = layer.last_batch = x.shape[0]
         with rt.ledger.timed("encode"):
-            pb, cb = self._perm(b, self._step_keys()), torch.ones(b)  # unit batch scales: bias added on the worker
+            pb, cb = self._fresh("perm", b), torch.ones(b)  # unit batch scales: bias added on the worker
             xe = self._enc(x.detach().float(), pb, key["pn"], cb, key["s"])
             be = None
             if bias is not None:
@@ -679,10 +698,9 @@ class Tempo(Protocol):
         key, t = layer.key, layer.t
         ledger = self.runtime.ledger
         with ledger.timed("encode"):
-            keys = self._step_keys()
             forward = layer.batch
-            pb = forward[0] if forward is not None and forward[0].numel() == b else self._perm(b, keys)
-            cb = self._pow2(b, keys)
+            pb = forward[0] if forward is not None and forward[0].numel() == b else self._fresh("perm", b)
+            cb = self._fresh("scales", b)
             if not layer.conv:
                 k = t["v32"].shape[1]
                 scales = self._epoch_const(key, "rc_pm", lambda: self._reciprocal(key["c"])[key["pm"]])
