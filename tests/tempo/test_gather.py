@@ -14,9 +14,10 @@ HAVE_CC = native._compiler() is not None
 BACKENDS = [False, pytest.param(True, marks=pytest.mark.skipif(not HAVE_CC, reason="no C compiler"))]
 
 
-def _case(rows, cols, k_src, k_out, seed):
+def _case(shape, k_src, k_out, seed):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(rows, cols, generator=g)
+    rows, cols = shape[0], shape[1]
+    x = torch.randn(*shape, generator=g)
     p0, p1 = torch.randperm(rows, generator=g), torch.randperm(cols, generator=g)
     # tempo's scales: powers of two (and signs), so that decoding is exact
     r0 = torch.ldexp(torch.ones(rows), torch.randint(-4, 5, (rows,), generator=g))
@@ -27,65 +28,85 @@ def _case(rows, cols, k_src, k_out, seed):
     return x, p0, p1, r0, r1, src_vecs, out_vecs
 
 
-@pytest.mark.parametrize("use_native", BACKENDS)
-@pytest.mark.parametrize("rows,cols,k_src,k_out", [(64, 4096, 6, 2), (7, 37, 1, 5), (1, 9, 4, 0), (33, 130, 0, 7),
-                                                   (5, 3, 2, 1)])
-def test_gather_rows_against_plain_indexing_and_float64_products(use_native, rows, cols, k_src, k_out):
-    x, p0, p1, r0, r1, src_vecs, out_vecs = _case(rows, cols, k_src, k_out, seed=rows * cols)
-    got = gather.gather_rows(x, p0, p1, r0, r1, src_vecs=src_vecs, src_norm=True, src_min=True,
-                             out_vecs=out_vecs, out_norm=True, use_native=use_native)
-    want = x[p0][:, p1] * r0.view(-1, 1) * r1.view(1, -1)
-    assert torch.equal(got.out, want)  # powers of two and signs: exact, in any order of the products
-    x64, out64 = x.double(), want.double()
+def _contract(t, vecs):
+    """Σ_c t[:, c] vecs[k, c] in float64 (dim 1 becomes k)."""
+    return torch.einsum("bc...,kc->bk...", t.double(), vecs.double())
 
-    def close(a, b, scale):
-        # float32 inner products of length cols: error below cols·u·Σ|terms|
+
+@pytest.mark.parametrize("use_native", BACKENDS)
+@pytest.mark.parametrize("shape,k_src,k_out", [((64, 4096), 6, 2), ((7, 37), 1, 5), ((1, 9), 4, 0), ((33, 130), 0, 7),
+                                               ((5, 3), 2, 1), ((4, 5, 3, 3), 2, 2), ((2, 130, 1, 4), 3, 1),
+                                               ((3, 7, 8, 8), 0, 4), ((6, 64, 4, 4), 2, 0)])
+def test_gather_against_plain_indexing_and_float64_contractions(use_native, shape, k_src, k_out):
+    x, p0, p1, r0, r1, src_vecs, out_vecs = _case(shape, k_src, k_out, seed=sum(shape))
+    got = gather.gather(x, p0, p1, r0, r1, src_vecs=src_vecs, src_norm=True, src_abs=True, src_min=True,
+                        out_vecs=out_vecs, out_norm=True, use_native=use_native)
+    spread = (-1, 1) + (1,) * (x.dim() - 2)
+    want = x[p0][:, p1] * r0.view(spread) * r1.view(1, -1, *(1,) * (x.dim() - 2))
+    assert torch.equal(got.out, want)  # powers of two and signs: exact, in any order of the products
+    cols = shape[1]
+
+    def close(a, b):
+        # sums of nonnegative terms: float32 error below cols·u times the sum
         assert a.shape == b.shape
-        assert torch.allclose(a.double(), b, rtol=0, atol=cols * 2 ** -24 * float(scale) + 1e-30)
+        assert torch.allclose(a.double(), b, rtol=0, atol=cols * 2 ** -24 * float(b.abs().max()) * 4 + 1e-30)
 
     if k_src:
-        close(got.src_dot, x64 @ src_vecs.double().t(), (x64.abs() @ src_vecs.double().abs().t()).max())
+        # the bound's scale: the terms' magnitudes, not their (possibly cancelling) sum
+        assert torch.allclose(got.src_dot.double(), _contract(x, src_vecs), rtol=0,
+                              atol=cols * 2 ** -24 * float(_contract(x.abs(), src_vecs.abs()).max()) + 1e-30)
     else:
         assert got.src_dot is None
     if k_out:
-        close(got.out_dot, out64 @ out_vecs.double().t(), (out64.abs() @ out_vecs.double().abs().t()).max())
+        assert torch.allclose(got.out_dot.double(), _contract(want, out_vecs), rtol=0,
+                              atol=cols * 2 ** -24 * float(_contract(want.abs(), out_vecs.abs()).max()) + 1e-30)
     else:
         assert got.out_dot is None
-    close(got.src_norm, x64.norm(dim=1, keepdim=True), x64.norm(dim=1).max())
-    close(got.out_norm, out64.norm(dim=1, keepdim=True), out64.norm(dim=1).max())
+    close(got.src_norm, x.double().norm(dim=1, keepdim=True))
+    close(got.out_norm, want.double().norm(dim=1, keepdim=True))
+    close(got.src_l1, x.double().abs().sum(1, keepdim=True))
+    assert torch.equal(got.src_linf, x.abs().amax(1, keepdim=True))
     assert got.src_min == float(x.min())
 
 
 @pytest.mark.parametrize("use_native", BACKENDS)
 def test_statistics_are_optional_and_decoding_inverts_encoding(use_native):
-    x, p0, p1, r0, r1, _, _ = _case(16, 100, 0, 0, seed=3)
-    enc = gather.gather_rows(x, p0, p1, r0, r1, use_native=use_native)
-    assert enc.src_dot is enc.src_norm is enc.src_min is enc.out_dot is enc.out_norm is None
-    inv0, inv1 = torch.argsort(p0), torch.argsort(p1)
-    dec = gather.gather_rows(enc.out, inv0, inv1, 1 / r0[inv0], 1 / r1[inv1], use_native=use_native)
-    assert torch.equal(dec.out, x)
+    for shape in ((16, 100), (16, 10, 5, 5)):
+        x, p0, p1, r0, r1, _, _ = _case(shape, 0, 0, seed=3)
+        enc = gather.gather(x, p0, p1, r0, r1, use_native=use_native)
+        assert all(stat is None for stat in enc[1:])
+        inv0, inv1 = torch.argsort(p0), torch.argsort(p1)
+        dec = gather.gather(enc.out, inv0, inv1, 1 / r0[inv0], 1 / r1[inv1], use_native=use_native)
+        assert torch.equal(dec.out, x)
 
 
 @pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
 def test_native_pass_rejects_out_of_range_indices_and_unsupported_inputs():
-    x, p0, p1, r0, r1, _, _ = _case(8, 20, 0, 0, seed=4)
+    x, p0, p1, r0, r1, _, _ = _case((8, 20), 0, 0, seed=4)
     bad = p1.clone()
     bad[3] = 20
     with pytest.raises(IndexError):
-        gather.gather_rows(x, p0, bad, r0, r1, use_native=True)
+        gather.gather(x, p0, bad, r0, r1, use_native=True)
     bad = p0.clone()
     bad[0] = -1
     with pytest.raises(IndexError):
-        gather.gather_rows(x, bad, p1, r0, r1, use_native=True)
+        gather.gather(x, bad, p1, r0, r1, use_native=True)
+    x4 = x.view(8, 5, 2, 2)
+    bad = torch.arange(5)
+    bad[4] = 5
+    with pytest.raises(IndexError):
+        gather.gather(x4, p0, bad, r0, torch.ones(5), use_native=True)
     with pytest.raises(ValueError):
-        gather.gather_rows(x, p0[:-1].contiguous(), p1, r0[:-1].contiguous(), r1, use_native=True)
+        gather.gather(x, p0[:-1].contiguous(), p1, r0[:-1].contiguous(), r1, use_native=True)
+    with pytest.raises(ValueError):
+        gather.gather(x, p0, p1, r0, r1, src_vecs=torch.ones(2, 19), use_native=True)
     with pytest.raises(ValueError):  # float64 is not the kernel's
-        gather.gather_rows(x.double(), p0, p1, r0, r1, use_native=True)
+        gather.gather(x.double(), p0, p1, r0, r1, use_native=True)
     # by default such inputs take the PyTorch path, with the same result
     want = x.double()[p0][:, p1] * r0.view(-1, 1).double() * r1.view(1, -1).double()
-    assert torch.equal(gather.gather_rows(x.double(), p0, p1, r0, r1).out, want)
+    assert torch.equal(gather.gather(x.double(), p0, p1, r0, r1).out, want)
     t = x.t()  # not contiguous
-    assert torch.equal(gather.gather_rows(t, p1, p0, r1, r0).out, t[p1][:, p0] * r1.view(-1, 1) * r0.view(1, -1))
+    assert torch.equal(gather.gather(t, p1, p0, r1, r0).out, t[p1][:, p0] * r1.view(-1, 1) * r0.view(1, -1))
 
 
 @pytest.fixture

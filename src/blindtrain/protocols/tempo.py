@@ -15,8 +15,8 @@ store it).  Per step and layer a fresh batch key (π_b, c_b):
   rank-one factor, and the worker rescales it.
 
 Every check's operand side (``X q`` and its tolerance terms) is computed before the worker is called, from
-the plaintext just encoded; its result side (``Y ρ``) is read from the result as it is decoded.  For Linear
-layers both come with the encode / decode pass itself (:mod:`blindtrain.tempo.gather`: one read per row).
+the plaintext just encoded; its result side (``Y ρ``) is read from the result as it is decoded.  The
+encode / decode pass (:mod:`blindtrain.tempo.gather`) takes what it can of both from the same read.
 
 Decoding is exact up to float rounding (permutations, signs and powers of two are exact).
 Keys rotate every ``rotate_every`` steps: the enclave fetches W′ (and the momentum buffer),
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from ..boundary import Ref, Request, Sent, Tag, bilinear_products
 from ..errors import IntegrityError, UsageError
 from ..tempo import thin
-from ..tempo.gather import bag_offsets, gather_rows, thin_product
+from ..tempo.gather import gather, thin_product
 from .base import Protocol, ProtocolInfo, register
 
 U32 = 2.0 ** -24  # float32 unit roundoff
@@ -226,27 +226,6 @@ class Tempo(Protocol):
 
     # --------------------------------------------------------------- encoding ----
     @staticmethod
-    def _gather(x, p0, p1, r0, r1):
-        """``x[p0][:, p1] * (r0 ⊗ r1)`` (r0, r1 in the output's order).
-
-        2-D: :func:`~blindtrain.tempo.gather.gather_rows` (one fused pass).  4-D: one gather-and-scale
-        pass over the (row, channel) planes."""
-        d0, d1 = x.shape[0], x.shape[1]
-        if x.dim() == 2:
-            return gather_rows(x, p0, p1, r0, r1).out
-        scale = r0.view(-1, 1) * r1.view(1, -1)
-        rows = (p0.view(-1, 1) * d1 + p1.view(1, -1)).view(-1)
-        flat = x.reshape(d0 * d1, -1)
-        if flat.dtype == scale.dtype:
-            # gather and scale in one pass: one-row "bags" weighted by the scale (x·s exactly, one product each)
-            out = F.embedding_bag(rows, flat, bag_offsets(rows.numel()), mode="sum",
-                                  per_sample_weights=scale.reshape(-1))
-        else:
-            out = flat.index_select(0, rows)
-            out.mul_(scale.reshape(-1, 1))
-        return out.view(d0, d1, *x.shape[2:])
-
-    @staticmethod
     def _derived(key, name, make):
         """``make(key)``, cached on the key tensor: weight keys serve every step of their epoch.  Key tensors
         are never modified in place."""
@@ -272,14 +251,15 @@ class Tempo(Protocol):
 
     @classmethod
     def _enc(cls, x, p0, p1, s0, s1):
-        """``(s0 ⊗ s1 · x)[p0][:, p1]`` for a 2-D or 4-D tensor (s0, s1 in *original* order)."""
-        return cls._gather(x, p0, p1, s0[p0], s1[p1])
+        """``(s0 ⊗ s1 · x)[p0][:, p1]`` for a 2-D or 4-D tensor (s0, s1 in *original* order), one pass
+        (:func:`~blindtrain.tempo.gather.gather`)."""
+        return gather(x, p0, p1, s0[p0], s1[p1]).out
 
     @classmethod
     def _dec(cls, y, p0, p1, s0, s1):
         """Inverse of :meth:`_enc` given the same keys (x = dec(enc(x))), exact: the scales are powers of two
         and signs, so ``(1/s0) ⊗ (1/s1)`` equals ``1 / (s0 ⊗ s1)`` exactly."""
-        return cls._gather(y, cls._inverse(p0), cls._inverse(p1), cls._reciprocal(s0), cls._reciprocal(s1))
+        return gather(y, cls._inverse(p0), cls._inverse(p1), cls._reciprocal(s0), cls._reciprocal(s1)).out
 
     # ------------------------------------------------------------------ wrap ----
     def wrap(self, model, optimizer):
@@ -470,6 +450,8 @@ class Tempo(Protocol):
         """float32 copies of the projections and the error bounds used by the checks this step."""
         t = layer.t
         t["q32"], t["v32"] = t["qw"].float(), t["vw"].float()
+        if "rho_t" not in t:  # the check vectors as rows (k×m, k×n): the decoding pass contracts results with them
+            t["rho_t"], t["sigma_t"] = t["rho"].t().contiguous(), t["sigma"].t().contiguous()
         if layer.conv:
             # |Yρ - X q| ≤ 2γ_K |X||W|ᵀ|ρ| (the product and the check) + γ_m |Y||ρ| (≤ γ_m |X||W|ᵀ|ρ|) + drift
             K, Kv = layer.n * layer.ksz, layer.m * layer.ksz
@@ -477,9 +459,7 @@ class Tempo(Protocol):
             t["vtol"] = (t["vwa"] * (2 * _gamma(Kv) + _gamma(layer.n) + 2 * U32) + t["vwe"]).float()
         else:
             # the checks' vectors (k×cols, rows of one matrix), several per read of an activation (see
-            # _encode_forward, _encode_grad_input) or of a decoded result (_decode_result)
-            if "rho_t" not in t:
-                t["rho_t"], t["sigma_t"] = t["rho"].t().contiguous(), t["sigma"].t().contiguous()
+            # _encode_forward, _encode_grad_input)
             t["q_t"] = t["q32"].t().contiguous()
             t["q_sigma_asigma_t"] = torch.cat([t["q_t"], t["sigma_t"], t["asigma"].t()])
             t["v_rho_t"] = torch.cat([t["v32"].t(), t["rho_t"]])
@@ -593,8 +573,9 @@ class Tempo(Protocol):
 
     # Every check is split in two: its operand side (``X q`` and the tolerance's activation terms) is computed
     # before the worker is called, from the plaintext the enclave has just encoded (still in its caches), and
-    # its result side (``Y ρ``) from the result as it arrives.  Linear layers take both from the encode / decode
-    # pass itself (gather_rows: one read per row); conv layers by their own thin products.
+    # its result side (``Y ρ``) from the result as it is decoded.  The encode and decode passes (gather: one
+    # read per row) also take the contractions and norms the checks need; a conv layer's ``X q`` (3×3 taps) is
+    # a thin product of its own (tempo.thin).
     @staticmethod
     def _epoch_const(key, name, make):
         """``make()``, a constant of the key epoch, kept in the layer's key."""
@@ -608,24 +589,24 @@ class Tempo(Protocol):
         ``X σ``, the rows' norms, and ``X |σ|`` when X ≥ 0, as after a ReLU)."""
         key, t = layer.key, layer.t
         ledger = self.runtime.ledger
+        training = layer.site.module.training
+        scales = self._epoch_const(key, "s_pn", lambda: key["s"][key["pn"]])
         if layer.conv:
             with ledger.timed("encode"):
-                xe = self._enc(x, pb, key["pn"], cb, key["s"])
+                g = gather(x, pb, key["pn"], cb[pb], scales, src_min=True)
             with ledger.timed("decode_verify"):
-                return xe, self._expect_conv_forward(layer, x)
-        training = layer.site.module.training
+                return g.out, self._expect_conv_forward(layer, x, nonneg=g.src_min >= 0)
         k = t["q_t"].shape[0]
         with ledger.timed("encode"):
-            scales = self._epoch_const(key, "s_pn", lambda: key["s"][key["pn"]])
-            g = gather_rows(x, pb, key["pn"], cb[pb], scales, src_vecs=t["q_sigma_asigma_t"] if training else t["q_t"],
-                            src_norm=True, src_min=training)
+            g = gather(x, pb, key["pn"], cb[pb], scales, src_vecs=t["q_sigma_asigma_t"] if training else t["q_t"],
+                       src_norm=True, src_min=training)
             if training:
                 layer.saved = {"of": _ident(x), "xs": g.src_dot[:, k:2 * k], "xn": g.src_norm,
                                "xas": g.src_dot[:, 2 * k:] if g.src_min >= 0 else None}
             return g.out, {"rhs": g.src_dot[:, :k], "tol": g.src_norm * t["ftol_x"]}
 
-    def _expect_conv_forward(self, layer, x):
-        """The operand side of a conv layer's forward check (see :meth:`_encode_forward`)."""
+    def _expect_conv_forward(self, layer, x, *, nonneg):
+        """The operand side of a conv layer's forward check (see :meth:`_encode_forward`); ``nonneg``: X ≥ 0."""
         t = layer.t
         training = layer.site.module.training
         cp = layer.site.conv_params
@@ -633,41 +614,24 @@ class Tempo(Protocol):
         ones = torch.ones(1, layer.n)
         rhs, extra = thin.conv(x, t["q32"], cp, extra=torch.cat([t["sigma"].t(), ones]))
         xs, csum = extra[:, :k], extra[:, k:]
-        lo, hi = torch.aminmax(x)
         # |X| ⋆ T ≤ (Σ_n |X_n|) ⋆ max_n T ; after a ReLU X ≥ 0 and Σ_n |X_n| comes with the GEMM
-        l1x = csum if lo >= 0 else _l1(x)
+        l1x = csum if nonneg else _l1(x)
         tol = thin.conv(l1x, t["qtol"], cp)
         if training:  # what the weight-gradient projections need, from this read of X (X ≥ 0: no max map)
-            layer.saved = {"of": _ident(x), "xs": xs, "l1x": l1x, "linfx": None if lo >= 0 else _linf(x)}
+            layer.saved = {"of": _ident(x), "xs": xs, "l1x": l1x, "linfx": None if nonneg else _linf(x)}
         return {"rhs": rhs, "tol": tol}
-
-    def _contract_encoded(self, layer, encoded, vectors, pb, cb):
-        """``R V`` (V: ρ on the outputs, σ on the inputs) of a conv result R the worker returned encoded,
-        ``R′ = (c_b R c)[π_b][:, π]`` (c: the output scales c, or the input signs s), read from R′ itself
-        while it is fresh: ``R′ (V/c)[π] = (c_b · R V)[π_b]``, exact up to the order of the sums (the
-        scales are powers of two and signs)."""
-        key = layer.key
-        perm, scales = (key["pm"], key["c"]) if vectors == "rho" else (key["pn"], key["s"])
-        encoded_vectors = self._epoch_const(key, vectors + "_enc",
-                                            lambda: (layer.t[vectors] / scales.view(-1, 1))[perm].contiguous())
-        product = thin.channels(encoded, encoded_vectors)
-        rows = self._reciprocal(cb).view(-1, *[1] * (product.dim() - 1))
-        return product.index_select(0, self._inverse(pb)).mul_(rows)
 
     def _decode_result(self, layer, encoded, batch_key, vectors):
         """Decode a result the worker returned, ``R′ = (c_b R c)[π_b][:, π]`` (``vectors = "rho"``: Y, on the
         outputs (π_m, c); ``"sigma"``: dX, on the inputs (π_n, s)), and take its check's result side.
 
-        Returns ``(R, R V, ‖r_b‖)``.  Linear: all three from one pass (the norms, for the tolerance);
-        conv: ``R V`` contracted from R′ (:meth:`_contract_encoded`), no norms."""
+        Returns ``(R, R V, ‖r_b‖)`` from one pass (``R V`` per row, or per pixel of a conv result; the rows'
+        norms, for a linear layer's tolerance, else None)."""
         pb, cb = batch_key
         key = layer.key
         perm, scales = (key["pm"], key["c"]) if vectors == "rho" else (key["pn"], key["s"])
-        if layer.conv:
-            lhs = self._contract_encoded(layer, encoded, vectors, pb, cb)
-            return self._dec(encoded, pb, perm, cb, scales), lhs, None
-        g = gather_rows(encoded, self._inverse(pb), self._inverse(perm), self._reciprocal(cb),
-                        self._reciprocal(scales), out_vecs=layer.t[vectors + "_t"], out_norm=True)
+        g = gather(encoded, self._inverse(pb), self._inverse(perm), self._reciprocal(cb), self._reciprocal(scales),
+                   out_vecs=layer.t[vectors + "_t"], out_norm=not layer.conv)
         return g.out, g.out_dot, g.out_norm
 
     #: per checked op: the tracker entry of the tolerance's result term (linear layers) and what failed
@@ -701,15 +665,16 @@ class Tempo(Protocol):
             forward = layer.batch
             pb = forward[0] if forward is not None and forward[0].numel() == b else self._fresh("perm", b)
             cb = self._fresh("scales", b)
+            scales = self._epoch_const(key, "rc_pm", lambda: self._reciprocal(key["c"])[key["pm"]])
             if not layer.conv:
                 k = t["v32"].shape[1]
-                scales = self._epoch_const(key, "rc_pm", lambda: self._reciprocal(key["c"])[key["pm"]])
-                g = gather_rows(gy, pb, key["pm"], cb[pb], scales, src_vecs=t["v_rho_t"], src_norm=True)
+                g = gather(gy, pb, key["pm"], cb[pb], scales, src_vecs=t["v_rho_t"], src_norm=True)
                 layer.saved_g = {"of": _ident(gy), "gr": g.src_dot[:, k:], "gn": g.src_norm}
                 return g.out, (pb, cb), {"rhs": g.src_dot[:, :k], "tol": g.src_norm * t["btol_g"]}
-            g1 = self._enc(gy, pb, key["pm"], cb, self._reciprocal(key["c"]))
+            g = gather(gy, pb, key["pm"], cb[pb], scales, src_abs=True)  # Σ_m |dY| and max_m |dY| maps
         with ledger.timed("decode_verify"):
-            return g1, (pb, cb), self._expect_conv_grad_input(layer, gy, input_shape)
+            return g.out, (pb, cb), self._expect_conv_grad_input(layer, gy, input_shape, l1g=g.src_l1,
+                                                                 linfg=g.src_linf)
 
     def _encode_grad_weight(self, layer, grad_y):
         """``G₂ = (dY c / c_b)[π_b][:, π_m]`` under the forward's batch key ``(π_b, c_b)``, by its own gather."""
@@ -804,16 +769,15 @@ class Tempo(Protocol):
         with self.runtime.ledger.timed("decode_verify"):
             layer.pending = self._grad_projections(layer, x.detach().float(), grad_y.float())
 
-    def _expect_conv_grad_input(self, layer, gy, input_shape):
-        """The operand side of a conv layer's input-gradient check (see :meth:`_encode_grad_input`)."""
+    def _expect_conv_grad_input(self, layer, gy, input_shape, *, l1g, linfg):
+        """The operand side of a conv layer's input-gradient check (see :meth:`_encode_grad_input`), given the
+        channel maps ``Σ_m |dY|`` and ``max_m |dY|``."""
         t = layer.t
         cp = layer.site.conv_params
         size = (input_shape[0], t["sigma"].shape[1], *input_shape[2:])
         rhs, gr = thin.conv_input(gy, t["v32"], size, cp, extra=t["rho"].t())
-        ag = gy.abs()  # Σ_m |dY| here and max_m |dY| for the weight-gradient bounds, from one abs pass
-        l1g = ag.sum(1, keepdim=True)
-        layer.saved_g = {"of": _ident(gy), "gr": gr, "l1g": l1g,
-                         "linfg": ag.amax(1, keepdim=True) if layer.site.module.training else None}
+        # Σ_m |dY| for the tolerance here, max_m |dY| for the weight-gradient bounds
+        layer.saved_g = {"of": _ident(gy), "gr": gr, "l1g": l1g, "linfg": linfg}
         return {"rhs": rhs, "tol": thin.conv_input(l1g, t["vtol"], size, cp)}
 
     def _grad_projections(self, layer, x, gy):

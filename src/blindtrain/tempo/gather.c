@@ -1,23 +1,27 @@
-/* The enclave's 2-D obfuscation pass, fused: gather + scale of a matrix's rows and columns, with the
- * statistics the Freivalds checks need, from one read of each row while it is in L1.
+/* The enclave's obfuscation pass, fused: gather + scale of a tensor's rows and columns (channels), with
+ * the statistics the Freivalds checks need, from one read of each row while it is in cache.
  *
  * Built and loaded by blindtrain/tempo/native.py (ctypes); blindtrain/tempo/gather.py has the same
  * pass in plain PyTorch, used when no C compiler is at hand, and its tests compare the two.
  *
- *   out[i, j]     = x[p0[i], p1[j]] * r0[i] * r1[j]              (x: rows x cols, row-major float32)
- *   src_dot[s, k] = sum_j x[s, j] * src_vecs[k, j]    s = p0[i]  (the source row, in its own order)
- *   src_sq[s]     = sum_j x[s, j]^2                   (float64)
- *   src_min[s]    = min_j x[s, j]
- *   out_dot[i, k] = sum_j out[i, j] * out_vecs[k, j]             (the output row)
- *   out_sq[i]     = sum_j out[i, j]^2                 (float64)
+ * x: rows x cols x plane, row-major float32 (a matrix: plane = 1; a conv activation: plane = h*w).
+ * Per row i, with s = p0[i] its source row, and per plane position t:
+ *
+ *   out[i, j, t]     = x[s, p1[j], t] * r0[i] * r1[j]
+ *   src_dot[s, k, t] = sum_c x[s, c, t] * src_vecs[k, c]      (the source, in its own order)
+ *   src_sq[s, t]     = sum_c x[s, c, t]^2                      (float64)
+ *   src_l1[s, t]     = sum_c |x[s, c, t]|,   src_linf[s, t] = max_c |x[s, c, t]|
+ *   src_min[s]       = min_{c,t} x[s, c, t]                    (NaN entries ignored)
+ *   out_dot[i, k, t] = sum_j out[i, j, t] * out_vecs[k, j]
+ *   out_sq[i, t]     = sum_j out[i, j, t]^2                    (float64)
  *
  * p0 and p1 are permutations (checked to be in range; the source-row statistics need p0 injective).
  * Any statistic may be skipped (a NULL pointer, or no vectors).  Returns 0, or -1 (and writes nothing)
- * when an index is out of range.  The sums are float32 inner products
- * in another order than a BLAS's; the checks' error bounds hold for any order.  The minimum
- * ignores NaN entries.
+ * when an index is out of range.  The sums are float32 inner products in another order than a BLAS's;
+ * the checks' error bounds hold for any order.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 static void gather_scale(const float *restrict src, const int64_t *restrict p1, const float *restrict r1, float ri,
@@ -64,15 +68,12 @@ static double row_sq(const float *restrict row, int64_t cols)
     return sq;
 }
 
-int bt_gather_rows(const float *x, int64_t rows, int64_t cols, const int64_t *p0, const int64_t *p1,
-                    const float *r0, const float *r1, float *out,
-                    const float *src_vecs, int64_t n_src_vecs, float *src_dot, double *src_sq, float *src_min,
-                    const float *out_vecs, int64_t n_out_vecs, float *out_dot, double *out_sq, int64_t threads)
+static void matrix_rows(const float *x, int64_t rows, int64_t cols, const int64_t *p0, const int64_t *p1,
+                        const float *r0, const float *r1, float *out,
+                        const float *src_vecs, int64_t n_src_vecs, float *src_dot, double *src_sq,
+                        float *src_l1, float *src_linf, float *src_min,
+                        const float *out_vecs, int64_t n_out_vecs, float *out_dot, double *out_sq, int64_t threads)
 {
-    for (int64_t i = 0; i < rows; i++)
-        if (p0[i] < 0 || p0[i] >= rows) return -1;
-    for (int64_t j = 0; j < cols; j++)
-        if (p1[j] < 0 || p1[j] >= cols) return -1;
     #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t i = 0; i < rows; i++) {
         const int64_t s = p0[i];
@@ -81,14 +82,109 @@ int bt_gather_rows(const float *x, int64_t rows, int64_t cols, const int64_t *p0
         gather_scale(src, p1, r1, r0[i], row, cols);
         if (n_src_vecs > 0) row_dots(src, cols, src_vecs, n_src_vecs, src_dot + s * n_src_vecs);
         if (src_sq) src_sq[s] = row_sq(src, cols);
-        if (src_min) {
-            float least = INFINITY;
-            #pragma omp simd reduction(min:least)
-            for (int64_t j = 0; j < cols; j++) least = src[j] < least ? src[j] : least;
-            src_min[s] = least;
+        if (src_min || src_l1 || src_linf) {
+            float least = INFINITY, l1 = 0.0f, linf = 0.0f;
+            #pragma omp simd reduction(min:least) reduction(+:l1) reduction(max:linf)
+            for (int64_t j = 0; j < cols; j++) {
+                const float e = src[j], a = fabsf(e);
+                least = e < least ? e : least;
+                l1 += a;
+                linf = a > linf ? a : linf;
+            }
+            if (src_min) src_min[s] = least;
+            if (src_l1) src_l1[s] = l1;
+            if (src_linf) src_linf[s] = linf;
         }
         if (n_out_vecs > 0) row_dots(row, cols, out_vecs, n_out_vecs, out_dot + i * n_out_vecs);
         if (out_sq) out_sq[i] = row_sq(row, cols);
     }
+}
+
+/* plane > 1: whole planes are gathered (contiguous, no element gathers); the statistics are maps over the
+ * plane, accumulated channel by channel into the row's output blocks */
+static void plane_rows(const float *x, int64_t rows, int64_t cols, int64_t plane, const int64_t *p0,
+                       const int64_t *p1, const float *r0, const float *r1, float *out,
+                       const float *src_vecs, int64_t n_src_vecs, float *src_dot, double *src_sq,
+                       float *src_l1, float *src_linf, float *src_min,
+                       const float *out_vecs, int64_t n_out_vecs, float *out_dot, double *out_sq, int64_t threads)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t i = 0; i < rows; i++) {
+        const int64_t s = p0[i];
+        float *sdot = src_dot ? src_dot + s * n_src_vecs * plane : NULL;
+        float *odot = out_dot ? out_dot + i * n_out_vecs * plane : NULL;
+        double *ssq = src_sq ? src_sq + s * plane : NULL, *osq = out_sq ? out_sq + i * plane : NULL;
+        float *sl1 = src_l1 ? src_l1 + s * plane : NULL, *slinf = src_linf ? src_linf + s * plane : NULL;
+        for (int64_t t = 0; t < n_src_vecs * plane; t++) sdot[t] = 0.0f;
+        for (int64_t t = 0; t < n_out_vecs * plane; t++) odot[t] = 0.0f;
+        for (int64_t t = 0; t < plane; t++) {
+            if (ssq) ssq[t] = 0.0;
+            if (osq) osq[t] = 0.0;
+            if (sl1) sl1[t] = 0.0f;
+            if (slinf) slinf[t] = 0.0f;
+        }
+        float least = INFINITY;
+        for (int64_t j = 0; j < cols; j++) {
+            const int64_t c = p1[j];
+            const float *restrict src = x + (s * cols + c) * plane;
+            float *restrict o = out + (i * cols + j) * plane;
+            const float scale = r0[i] * r1[j];
+            #pragma omp simd
+            for (int64_t t = 0; t < plane; t++) o[t] = src[t] * scale;
+            for (int64_t k = 0; k < n_src_vecs; k++) {
+                const float w = src_vecs[k * cols + c];
+                float *restrict d = sdot + k * plane;
+                #pragma omp simd
+                for (int64_t t = 0; t < plane; t++) d[t] += src[t] * w;
+            }
+            for (int64_t k = 0; k < n_out_vecs; k++) {
+                const float w = out_vecs[k * cols + j];
+                float *restrict d = odot + k * plane;
+                #pragma omp simd
+                for (int64_t t = 0; t < plane; t++) d[t] += o[t] * w;
+            }
+            if (ssq) {
+                #pragma omp simd
+                for (int64_t t = 0; t < plane; t++) ssq[t] += (double)src[t] * src[t];
+            }
+            if (osq) {
+                #pragma omp simd
+                for (int64_t t = 0; t < plane; t++) osq[t] += (double)o[t] * o[t];
+            }
+            if (sl1) {
+                #pragma omp simd
+                for (int64_t t = 0; t < plane; t++) sl1[t] += fabsf(src[t]);
+            }
+            if (slinf) {
+                #pragma omp simd
+                for (int64_t t = 0; t < plane; t++) slinf[t] = fabsf(src[t]) > slinf[t] ? fabsf(src[t]) : slinf[t];
+            }
+            if (src_min) {
+                #pragma omp simd reduction(min:least)
+                for (int64_t t = 0; t < plane; t++) least = src[t] < least ? src[t] : least;
+            }
+        }
+        if (src_min) src_min[s] = least;
+    }
+}
+
+int bt_gather(const float *x, int64_t rows, int64_t cols, int64_t plane, const int64_t *p0, const int64_t *p1,
+              const float *r0, const float *r1, float *out,
+              const float *src_vecs, int64_t n_src_vecs, float *src_dot, double *src_sq,
+              float *src_l1, float *src_linf, float *src_min,
+              const float *out_vecs, int64_t n_out_vecs, float *out_dot, double *out_sq, int64_t threads)
+{
+    for (int64_t i = 0; i < rows; i++)
+        if (p0[i] < 0 || p0[i] >= rows) return -1;
+    for (int64_t j = 0; j < cols; j++)
+        if (p1[j] < 0 || p1[j] >= cols) return -1;
+    if (!src_dot) n_src_vecs = 0;
+    if (!out_dot) n_out_vecs = 0;
+    if (plane == 1)
+        matrix_rows(x, rows, cols, p0, p1, r0, r1, out, src_vecs, n_src_vecs, src_dot, src_sq, src_l1, src_linf,
+                    src_min, out_vecs, n_out_vecs, out_dot, out_sq, threads);
+    else
+        plane_rows(x, rows, cols, plane, p0, p1, r0, r1, out, src_vecs, n_src_vecs, src_dot, src_sq, src_l1,
+                   src_linf, src_min, out_vecs, n_out_vecs, out_dot, out_sq, threads);
     return 0;
 }
