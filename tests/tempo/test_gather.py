@@ -141,3 +141,23 @@ def test_native_falls_back_when_disabled_or_the_build_fails(fresh_native, monkey
     monkeypatch.setenv("CC", failing)
     assert native.load("gather") is None
     assert native.status("gather").startswith("torch (native build unavailable")
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
+def test_native_builds_serial_when_the_compiler_has_no_openmp(fresh_native, monkeypatch):
+    real = native._compiler()
+    fake = fresh_native / "cc-without-openmp"
+    fake.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec "{real}" "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    lib = native.load("gather")
+    assert lib is not None and native.status("gather").startswith("native")
+    fn = lib.bt_gather
+    fn.argtypes, fn.restype = gather._SIGNATURE, gather.ctypes.c_int
+    monkeypatch.setattr(gather, "_LIB", [fn])
+    x, p0, p1, r0, r1, src_vecs, out_vecs = _case((9, 6, 2, 3), 2, 2, seed=5)
+    got = gather.gather(x, p0, p1, r0, r1, src_vecs=src_vecs, out_vecs=out_vecs, src_abs=True, use_native=True)
+    want = gather.gather(x, p0, p1, r0, r1, src_vecs=src_vecs, out_vecs=out_vecs, src_abs=True, use_native=False)
+    assert torch.equal(got.out, want.out)
+    for a, b in ((got.src_dot, want.src_dot), (got.out_dot, want.out_dot), (got.src_l1, want.src_l1)):
+        assert torch.allclose(a, b, atol=1e-5)

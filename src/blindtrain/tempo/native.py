@@ -3,9 +3,13 @@
 A kernel is compiled once per source, compiler and machine into a cache folder
 (``$BLINDTRAIN_CACHE``, else ``$XDG_CACHE_HOME/blindtrain`` or ``~/.cache/blindtrain``, else the temp
 folder) and loaded with :mod:`ctypes`.  It links the OpenMP runtime PyTorch has already loaded
-(``libgomp.so.1``), so the kernels and PyTorch share one thread pool.  Anything that fails — no
-compiler, a compile error, an unwritable cache, ``BLINDTRAIN_NATIVE=0`` — makes :func:`load` return
-``None`` with the reason in :func:`status`, and the callers use their PyTorch implementation.
+(``libgomp.so.1``), so the kernels and PyTorch share one thread pool; a compiler without OpenMP
+builds them serial.  Anything else that fails — no compiler, a compile error, an unwritable cache,
+``BLINDTRAIN_NATIVE=0`` — makes :func:`load` return ``None`` with the reason in :func:`status`, and the
+callers use their PyTorch implementation.
+
+(A real enclave would ship these kernels built into its measured image; compiling at first use is this
+emulation's way of running them without a build step.)
 """
 
 from __future__ import annotations
@@ -58,11 +62,12 @@ def _cache_dir() -> Path:
     return path
 
 
-def _flags() -> list[str]:
-    flags = ["-O3", "-std=c11", "-shared", "-fPIC", "-fopenmp"]
+def _flag_sets() -> list[list[str]]:
+    """Compiler flags to try in order: with OpenMP (threads), then without (serial)."""
+    base = ["-O3", "-std=c11", "-shared", "-fPIC"]
     if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
-        flags.append("-march=native")
-    return flags
+        base.append("-march=native")
+    return [base + ["-fopenmp"], base]
 
 
 def _build(name: str) -> Path:
@@ -72,20 +77,23 @@ def _build(name: str) -> Path:
     if cc is None:
         raise RuntimeError("no C compiler found (set CC)")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    flags = _flags()
-    digest = hashlib.sha256(b"\0".join([source, cc.encode(), version.encode(), " ".join(flags).encode(),
-                                        _cpu_tag().encode(), sys.platform.encode()])).hexdigest()[:16]
-    target = _cache_dir() / f"{name}-{digest}.so"
-    if target.exists():
-        return target
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src, lib = Path(tmp) / f"{name}.c", Path(tmp) / f"{name}.so"
-        src.write_bytes(source)
-        run = subprocess.run([cc, *flags, str(src), "-o", str(lib)], capture_output=True, text=True, check=False)
-        if run.returncode != 0:
-            raise RuntimeError(f"{Path(cc).name} failed: {run.stderr.strip()[:500]}")
-        os.replace(lib, target)  # atomic: a concurrent build of the same source writes the same file
-    return target
+    errors = []
+    for flags in _flag_sets():
+        digest = hashlib.sha256(b"\0".join([source, cc.encode(), version.encode(), " ".join(flags).encode(),
+                                            _cpu_tag().encode(), sys.platform.encode()])).hexdigest()[:16]
+        target = _cache_dir() / f"{name}-{digest}.so"
+        if target.exists():
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            src, lib = Path(tmp) / f"{name}.c", Path(tmp) / f"{name}.so"
+            src.write_bytes(source)
+            run = subprocess.run([cc, *flags, str(src), "-o", str(lib)], capture_output=True, text=True,
+                                 check=False)
+            if run.returncode == 0:
+                os.replace(lib, target)  # atomic: a concurrent build of the same source writes the same file
+                return target
+            errors.append(run.stderr.strip()[:300])
+    raise RuntimeError(f"{Path(cc).name} failed: {' | '.join(errors)}")
 
 
 def load(name: str) -> ctypes.CDLL | None:
