@@ -43,7 +43,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..boundary import Ref, Request, Sent, Tag, bilinear_products
 from ..errors import IntegrityError, UsageError
@@ -503,7 +502,6 @@ class Tempo(Protocol):
         rt = self.runtime
         training = site.module.training  # (autograd.Function.forward runs with grad mode off)
         self._ensure(layer, weight, training)
-        key = layer.key
         b = layer.last_batch = x.shape[0]
         xf = x.detach().float()
         with rt.ledger.timed("encode"):
@@ -728,7 +726,6 @@ class Tempo(Protocol):
 
     def _finish_grad_input(self, layer, parts, batch_key, expected, dtype):
         """Sum the workers' partial products, decode ``dX`` and check it against ``expected``."""
-        pb, cb = batch_key
         with self.runtime.ledger.timed("decode_verify"):
             re = parts[0]
             for p in parts[1:]:
