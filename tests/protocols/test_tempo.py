@@ -14,7 +14,7 @@ import blindtrain as bt
 from blindtrain import data as datasets
 from blindtrain.cli import main
 from blindtrain.models import build
-from blindtrain.tempo import gather
+from blindtrain.tempo import gather, native
 
 
 def _curve(protocol, model_name, dataset, *, steps=20, batch=32, lr=0.05, model_kwargs=None, optimizer="sgd",
@@ -70,12 +70,15 @@ def test_mlp_digits_loss_curve_matches_plain(digits):
 def test_mlp_trains_alike_without_the_native_pass(digits, monkeypatch):
     """Without a C compiler the fused encode / decode pass falls back to PyTorch ops: same curve, same checks."""
     fused, s1, _, _ = _curve("tempo", "mlp", digits, steps=6)
+    fused_pass = s1.protocol.summary()["encode_decode_pass"]
     monkeypatch.setattr(gather, "_LIB", [None])  # as if the native build had failed
     monkeypatch.setattr(gather, "_native", lambda *args: pytest.fail("the native pass ran"))
     fallback, s2, _, _ = _curve("tempo", "mlp", digits, steps=6)
     checks = s2.metrics()["integrity_checks"]
     failures = s2.metrics()["integrity_failures"]
+    fallback_pass = s2.protocol.summary()["encode_decode_pass"]
     s1.close(), s2.close()
+    assert fused_pass.startswith("native" if native._compiler() else "torch") and fallback_pass.startswith("torch")
     assert _max_rel(fallback, fused) <= 1e-5
     assert checks > 0 and failures == 0
 

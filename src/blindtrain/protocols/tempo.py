@@ -47,6 +47,7 @@ import torch
 from ..boundary import Ref, Request, Sent, Tag, bilinear_products
 from ..errors import IntegrityError, UsageError
 from ..tempo import thin
+from ..tempo.gather import backend as gather_backend
 from ..tempo.gather import gather, thin_product
 from .base import Protocol, ProtocolInfo, register
 
@@ -165,6 +166,7 @@ class Tempo(Protocol):
         self.rotations = 0
         self._keys, self._keys_step = None, None
         self._pool: dict = {}
+        gather_backend()  # builds the fused encode / decode pass now (once per machine), not inside a step
         runtime.ledger.integrity_soundness_bits = self.detection()["soundness_bits_at_that_error"]
 
     # ------------------------------------------------------------------ keys ----
@@ -1073,6 +1075,7 @@ class Tempo(Protocol):
                                    "ReLU outputs' signs are" if self.settings["fuse_activations"] else None,
                 "optimizer_update": "worker (SGD on W′ in place)" if any(l.resident for l in self.layers.values())
                 else "enclave (decode gradient, re-encrypt each step)",
+                "encode_decode_pass": gather_backend(),
                 "integrity": self.detection(), "privacy": self.privacy(), "layers": layers}
 
     # -------------------------------------------------------------- cost model ------

@@ -57,9 +57,10 @@ def _kernel():
 
 
 def backend() -> str:
-    """``native (...)`` or ``torch (why)``: which implementation :func:`gather` uses."""
-    _kernel()
-    return native.status("gather")
+    """``native (...)`` or ``torch (why)``: which implementation :func:`gather` uses (building the
+    native one on first call)."""
+    status = native.status("gather")
+    return status if _kernel() is not None or status.startswith("torch") else "torch (native pass not loaded)"
 
 
 _OFFSETS: dict[int, torch.Tensor] = {}
