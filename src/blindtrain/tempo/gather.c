@@ -68,104 +68,103 @@ static double row_sq(const float *restrict row, int64_t cols)
     return sq;
 }
 
-static void matrix_rows(const float *x, int64_t rows, int64_t cols, const int64_t *p0, const int64_t *p1,
-                        const float *r0, const float *r1, float *out,
-                        const float *src_vecs, int64_t n_src_vecs, float *src_dot, double *src_sq,
-                        float *src_l1, float *src_linf, float *src_min,
-                        const float *out_vecs, int64_t n_out_vecs, float *out_dot, double *out_sq, int64_t threads)
+/* one call's operands and outputs (see the header comment); NULL / 0 where a statistic is not wanted */
+struct pass {
+    const float *x;
+    int64_t rows, cols, plane;
+    const int64_t *p0, *p1;
+    const float *r0, *r1;
+    float *out;
+    const float *src_vecs, *out_vecs;
+    int64_t n_src_vecs, n_out_vecs;
+    float *src_dot, *src_l1, *src_linf, *src_min, *out_dot;
+    double *src_sq, *out_sq;
+};
+
+static void matrix_row(const struct pass *a, int64_t i)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (int64_t i = 0; i < rows; i++) {
-        const int64_t s = p0[i];
-        const float *src = x + s * cols;
-        float *row = out + i * cols;
-        gather_scale(src, p1, r1, r0[i], row, cols);
-        if (n_src_vecs > 0) row_dots(src, cols, src_vecs, n_src_vecs, src_dot + s * n_src_vecs);
-        if (src_sq) src_sq[s] = row_sq(src, cols);
-        if (src_min || src_l1 || src_linf) {
-            float least = INFINITY, l1 = 0.0f, linf = 0.0f;
-            #pragma omp simd reduction(min:least) reduction(+:l1) reduction(max:linf)
-            for (int64_t j = 0; j < cols; j++) {
-                const float e = src[j], a = fabsf(e);
-                least = e < least ? e : least;
-                l1 += a;
-                linf = a > linf ? a : linf;
-            }
-            if (src_min) src_min[s] = least;
-            if (src_l1) src_l1[s] = l1;
-            if (src_linf) src_linf[s] = linf;
+    const int64_t cols = a->cols, s = a->p0[i];
+    const float *src = a->x + s * cols;
+    float *row = a->out + i * cols;
+    gather_scale(src, a->p1, a->r1, a->r0[i], row, cols);
+    if (a->n_src_vecs > 0) row_dots(src, cols, a->src_vecs, a->n_src_vecs, a->src_dot + s * a->n_src_vecs);
+    if (a->src_sq) a->src_sq[s] = row_sq(src, cols);
+    if (a->src_min || a->src_l1 || a->src_linf) {
+        float least = INFINITY, l1 = 0.0f, linf = 0.0f;
+        #pragma omp simd reduction(min:least) reduction(+:l1) reduction(max:linf)
+        for (int64_t j = 0; j < cols; j++) {
+            const float e = src[j], abs_e = fabsf(e);
+            least = e < least ? e : least;
+            l1 += abs_e;
+            linf = abs_e > linf ? abs_e : linf;
         }
-        if (n_out_vecs > 0) row_dots(row, cols, out_vecs, n_out_vecs, out_dot + i * n_out_vecs);
-        if (out_sq) out_sq[i] = row_sq(row, cols);
+        if (a->src_min) a->src_min[s] = least;
+        if (a->src_l1) a->src_l1[s] = l1;
+        if (a->src_linf) a->src_linf[s] = linf;
     }
+    if (a->n_out_vecs > 0) row_dots(row, cols, a->out_vecs, a->n_out_vecs, a->out_dot + i * a->n_out_vecs);
+    if (a->out_sq) a->out_sq[i] = row_sq(row, cols);
 }
 
 /* plane > 1: whole planes are gathered (contiguous, no element gathers); the statistics are maps over the
  * plane, accumulated channel by channel into the row's output blocks */
-static void plane_rows(const float *x, int64_t rows, int64_t cols, int64_t plane, const int64_t *p0,
-                       const int64_t *p1, const float *r0, const float *r1, float *out,
-                       const float *src_vecs, int64_t n_src_vecs, float *src_dot, double *src_sq,
-                       float *src_l1, float *src_linf, float *src_min,
-                       const float *out_vecs, int64_t n_out_vecs, float *out_dot, double *out_sq, int64_t threads)
+static void plane_row(const struct pass *a, int64_t i)
 {
-    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (int64_t i = 0; i < rows; i++) {
-        const int64_t s = p0[i];
-        float *sdot = src_dot ? src_dot + s * n_src_vecs * plane : NULL;
-        float *odot = out_dot ? out_dot + i * n_out_vecs * plane : NULL;
-        double *ssq = src_sq ? src_sq + s * plane : NULL, *osq = out_sq ? out_sq + i * plane : NULL;
-        float *sl1 = src_l1 ? src_l1 + s * plane : NULL, *slinf = src_linf ? src_linf + s * plane : NULL;
-        for (int64_t t = 0; t < n_src_vecs * plane; t++) sdot[t] = 0.0f;
-        for (int64_t t = 0; t < n_out_vecs * plane; t++) odot[t] = 0.0f;
-        for (int64_t t = 0; t < plane; t++) {
-            if (ssq) ssq[t] = 0.0;
-            if (osq) osq[t] = 0.0;
-            if (sl1) sl1[t] = 0.0f;
-            if (slinf) slinf[t] = 0.0f;
-        }
-        float least = INFINITY;
-        for (int64_t j = 0; j < cols; j++) {
-            const int64_t c = p1[j];
-            const float *restrict src = x + (s * cols + c) * plane;
-            float *restrict o = out + (i * cols + j) * plane;
-            const float scale = r0[i] * r1[j];
-            #pragma omp simd
-            for (int64_t t = 0; t < plane; t++) o[t] = src[t] * scale;
-            for (int64_t k = 0; k < n_src_vecs; k++) {
-                const float w = src_vecs[k * cols + c];
-                float *restrict d = sdot + k * plane;
-                #pragma omp simd
-                for (int64_t t = 0; t < plane; t++) d[t] += src[t] * w;
-            }
-            for (int64_t k = 0; k < n_out_vecs; k++) {
-                const float w = out_vecs[k * cols + j];
-                float *restrict d = odot + k * plane;
-                #pragma omp simd
-                for (int64_t t = 0; t < plane; t++) d[t] += o[t] * w;
-            }
-            if (ssq) {
-                #pragma omp simd
-                for (int64_t t = 0; t < plane; t++) ssq[t] += (double)src[t] * src[t];
-            }
-            if (osq) {
-                #pragma omp simd
-                for (int64_t t = 0; t < plane; t++) osq[t] += (double)o[t] * o[t];
-            }
-            if (sl1) {
-                #pragma omp simd
-                for (int64_t t = 0; t < plane; t++) sl1[t] += fabsf(src[t]);
-            }
-            if (slinf) {
-                #pragma omp simd
-                for (int64_t t = 0; t < plane; t++) slinf[t] = fabsf(src[t]) > slinf[t] ? fabsf(src[t]) : slinf[t];
-            }
-            if (src_min) {
-                #pragma omp simd reduction(min:least)
-                for (int64_t t = 0; t < plane; t++) least = src[t] < least ? src[t] : least;
-            }
-        }
-        if (src_min) src_min[s] = least;
+    const int64_t cols = a->cols, plane = a->plane, s = a->p0[i];
+    float *sdot = a->src_dot ? a->src_dot + s * a->n_src_vecs * plane : NULL;
+    float *odot = a->out_dot ? a->out_dot + i * a->n_out_vecs * plane : NULL;
+    double *ssq = a->src_sq ? a->src_sq + s * plane : NULL, *osq = a->out_sq ? a->out_sq + i * plane : NULL;
+    float *sl1 = a->src_l1 ? a->src_l1 + s * plane : NULL, *slinf = a->src_linf ? a->src_linf + s * plane : NULL;
+    for (int64_t t = 0; t < a->n_src_vecs * plane; t++) sdot[t] = 0.0f;
+    for (int64_t t = 0; t < a->n_out_vecs * plane; t++) odot[t] = 0.0f;
+    for (int64_t t = 0; t < plane; t++) {
+        if (ssq) ssq[t] = 0.0;
+        if (osq) osq[t] = 0.0;
+        if (sl1) sl1[t] = 0.0f;
+        if (slinf) slinf[t] = 0.0f;
     }
+    float least = INFINITY;
+    for (int64_t j = 0; j < cols; j++) {
+        const int64_t c = a->p1[j];
+        const float *restrict src = a->x + (s * cols + c) * plane;
+        float *restrict o = a->out + (i * cols + j) * plane;
+        const float scale = a->r0[i] * a->r1[j];
+        #pragma omp simd
+        for (int64_t t = 0; t < plane; t++) o[t] = src[t] * scale;
+        for (int64_t k = 0; k < a->n_src_vecs; k++) {
+            const float w = a->src_vecs[k * cols + c];
+            float *restrict d = sdot + k * plane;
+            #pragma omp simd
+            for (int64_t t = 0; t < plane; t++) d[t] += src[t] * w;
+        }
+        for (int64_t k = 0; k < a->n_out_vecs; k++) {
+            const float w = a->out_vecs[k * cols + j];
+            float *restrict d = odot + k * plane;
+            #pragma omp simd
+            for (int64_t t = 0; t < plane; t++) d[t] += o[t] * w;
+        }
+        if (ssq) {
+            #pragma omp simd
+            for (int64_t t = 0; t < plane; t++) ssq[t] += (double)src[t] * src[t];
+        }
+        if (osq) {
+            #pragma omp simd
+            for (int64_t t = 0; t < plane; t++) osq[t] += (double)o[t] * o[t];
+        }
+        if (sl1) {
+            #pragma omp simd
+            for (int64_t t = 0; t < plane; t++) sl1[t] += fabsf(src[t]);
+        }
+        if (slinf) {
+            #pragma omp simd
+            for (int64_t t = 0; t < plane; t++) slinf[t] = fabsf(src[t]) > slinf[t] ? fabsf(src[t]) : slinf[t];
+        }
+        if (a->src_min) {
+            #pragma omp simd reduction(min:least)
+            for (int64_t t = 0; t < plane; t++) least = src[t] < least ? src[t] : least;
+        }
+    }
+    if (a->src_min) a->src_min[s] = least;
 }
 
 int bt_gather(const float *x, int64_t rows, int64_t cols, int64_t plane, const int64_t *p0, const int64_t *p1,
@@ -178,13 +177,19 @@ int bt_gather(const float *x, int64_t rows, int64_t cols, int64_t plane, const i
         if (p0[i] < 0 || p0[i] >= rows) return -1;
     for (int64_t j = 0; j < cols; j++)
         if (p1[j] < 0 || p1[j] >= cols) return -1;
-    if (!src_dot) n_src_vecs = 0;
-    if (!out_dot) n_out_vecs = 0;
-    if (plane == 1)
-        matrix_rows(x, rows, cols, p0, p1, r0, r1, out, src_vecs, n_src_vecs, src_dot, src_sq, src_l1, src_linf,
-                    src_min, out_vecs, n_out_vecs, out_dot, out_sq, threads);
-    else
-        plane_rows(x, rows, cols, plane, p0, p1, r0, r1, out, src_vecs, n_src_vecs, src_dot, src_sq, src_l1,
-                   src_linf, src_min, out_vecs, n_out_vecs, out_dot, out_sq, threads);
+    const struct pass a = {
+        .x = x, .rows = rows, .cols = cols, .plane = plane, .p0 = p0, .p1 = p1, .r0 = r0, .r1 = r1, .out = out,
+        .src_vecs = src_vecs, .out_vecs = out_vecs,
+        .n_src_vecs = src_dot ? n_src_vecs : 0, .n_out_vecs = out_dot ? n_out_vecs : 0,
+        .src_dot = src_dot, .src_l1 = src_l1, .src_linf = src_linf, .src_min = src_min, .out_dot = out_dot,
+        .src_sq = src_sq, .out_sq = out_sq,
+    };
+    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t i = 0; i < rows; i++) {
+        if (plane == 1)
+            matrix_row(&a, i);
+        else
+            plane_row(&a, i);
+    }
     return 0;
 }
