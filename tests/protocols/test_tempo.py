@@ -207,6 +207,16 @@ def test_adversaries_are_caught_with_exit_3(adversary, tmp_path):
     assert "integrity violation" in result.output
 
 
+@pytest.mark.parametrize("adversary", ["tamper:layer=features.0", "tamper:op=grad_input,layer=features.3",
+                                       "noise:layer=features.3", "zeros:op=grad_input,layer=features.3"])
+def test_adversaries_on_conv_layers_are_caught_with_exit_3(adversary):
+    """The conv checks' result side (Y ρ, dX σ per pixel) comes from the decoding pass: tampering is caught."""
+    result = CliRunner().invoke(main, ["train", "--protocol", "tempo", "--model", "lenet", "--dataset", "synthetic",
+                                       "--steps", "3", "--quiet", "--device", "cpu", "--adversary", adversary])
+    assert result.exit_code == 3, result.output
+    assert "integrity violation" in result.output and "features." in result.output
+
+
 def test_honest_run_passes_and_reports_privacy_and_detection(tmp_path):
     runner = CliRunner()
     metrics = tmp_path / "m.json"
