@@ -81,7 +81,7 @@ def test_statistics_are_optional_and_decoding_inverts_encoding(use_native):
 
 
 @pytest.mark.skipif(not HAVE_CC, reason="no C compiler")
-def test_native_pass_rejects_out_of_range_indices_and_unsupported_inputs():
+def test_native_pass_rejects_what_is_not_a_permutation_and_unsupported_inputs():
     x, p0, p1, r0, r1, _, _ = _case((8, 20), 0, 0, seed=4)
     bad = p1.clone()
     bad[3] = 20
@@ -91,6 +91,14 @@ def test_native_pass_rejects_out_of_range_indices_and_unsupported_inputs():
     bad[0] = -1
     with pytest.raises(IndexError):
         gather.gather(x, bad, p1, r0, r1, use_native=True)
+    bad = p1.clone()
+    bad[0] = bad[1]  # in range, repeated: the source-row statistics would leave a row unwritten
+    with pytest.raises(IndexError):
+        gather.gather(x, p0, bad, r0, r1, use_native=True)
+    bad = p0.clone()
+    bad[2] = bad[5]
+    with pytest.raises(IndexError):
+        gather.gather(x, bad, p1, r0, r1, src_norm=True, use_native=True)
     x4 = x.view(8, 5, 2, 2)
     bad = torch.arange(5)
     bad[4] = 5

@@ -15,14 +15,15 @@
  *   out_dot[i, k, t] = sum_j out[i, j, t] * out_vecs[k, j]
  *   out_sq[i, t]     = sum_j out[i, j, t]^2                    (float64)
  *
- * p0 and p1 are permutations (checked to be in range; the source-row statistics need p0 injective).
- * Any statistic may be skipped (a NULL pointer, or no vectors).  Returns 0, or -1 (and writes nothing)
- * when an index is out of range.  The sums are float32 inner products in another order than a BLAS's;
+ * p0 and p1 must be permutations.  Any statistic may be skipped (a NULL pointer, or no vectors).
+ * Returns 0; or -1, writing nothing, when p0 or p1 is not a permutation (an index out of range or
+ * repeated); -2 when out of memory.  The sums are float32 inner products in another order than a BLAS's;
  * the checks' error bounds hold for any order.
  */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 static void gather_scale(const float *restrict src, const int64_t *restrict p1, const float *restrict r1, float ri,
                          float *restrict out, int64_t cols)
@@ -167,16 +168,30 @@ static void plane_row(const struct pass *a, int64_t i)
     if (a->src_min) a->src_min[s] = least;
 }
 
+/* 0 if p is a permutation of 0..n-1; -1 if not; -2 out of memory */
+static int is_permutation(const int64_t *p, int64_t n)
+{
+    unsigned char *seen = calloc((size_t)(n > 0 ? n : 1), 1);
+    if (!seen) return -2;
+    int status = 0;
+    for (int64_t i = 0; i < n && status == 0; i++) {
+        if (p[i] < 0 || p[i] >= n || seen[p[i]]) status = -1;
+        else seen[p[i]] = 1;
+    }
+    free(seen);
+    return status;
+}
+
 int bt_gather(const float *x, int64_t rows, int64_t cols, int64_t plane, const int64_t *p0, const int64_t *p1,
               const float *r0, const float *r1, float *out,
               const float *src_vecs, int64_t n_src_vecs, float *src_dot, double *src_sq,
               float *src_l1, float *src_linf, float *src_min,
               const float *out_vecs, int64_t n_out_vecs, float *out_dot, double *out_sq, int64_t threads)
 {
-    for (int64_t i = 0; i < rows; i++)
-        if (p0[i] < 0 || p0[i] >= rows) return -1;
-    for (int64_t j = 0; j < cols; j++)
-        if (p1[j] < 0 || p1[j] >= cols) return -1;
+    const int checked = is_permutation(p0, rows);
+    if (checked != 0) return checked;
+    const int checked_cols = is_permutation(p1, cols);
+    if (checked_cols != 0) return checked_cols;
     const struct pass a = {
         .x = x, .rows = rows, .cols = cols, .plane = plane, .p0 = p0, .p1 = p1, .r0 = r0, .r1 = r1, .out = out,
         .src_vecs = src_vecs, .out_vecs = out_vecs,

@@ -129,8 +129,10 @@ def _native(fn, x, p0, p1, r0, r1, src_vecs, src_norm, src_abs, src_min, out_vec
     status = fn(x.data_ptr(), rows, cols, plane, p0.data_ptr(), p1.data_ptr(), r0.data_ptr(), r1.data_ptr(),
                 out.data_ptr(), ptr(src_vecs), ks, ptr(sdot), ptr(ssq), ptr(sl1), ptr(slinf), ptr(smin),
                 ptr(out_vecs), ko, ptr(odot), ptr(osq), torch.get_num_threads())
+    if status == -2:
+        raise MemoryError("gather: out of memory")
     if status != 0:
-        raise IndexError("gather: a permutation index is out of range")
+        raise IndexError("gather: p0 or p1 is not a permutation (an index out of range or repeated)")
     return Gathered(out, sdot, None if ssq is None else ssq.sqrt_().float(), sl1, slinf,
                     None if smin is None else (float(smin.min()) if rows else float("inf")),
                     odot, None if osq is None else osq.sqrt_().float())
