@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import native
+from . import native, thin
 
 
 class Gathered(NamedTuple):
@@ -66,7 +66,7 @@ def backend() -> str:
 _OFFSETS: dict[int, torch.Tensor] = {}
 
 
-def bag_offsets(n: int) -> torch.Tensor:
+def _bag_offsets(n: int) -> torch.Tensor:
     """``torch.arange(n)`` (int64), kept: the offsets of ``n`` one-row bags of ``F.embedding_bag`` (a
     gather-and-scale in one pass) are the same every step."""
     if n not in _OFFSETS:
@@ -148,10 +148,7 @@ def thin_product(a: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:
 
 def _contract(t, vecs):
     """``Σ_c t[:, c] vecs[k, c]`` with dim 1 of size k: a thin GEMM."""
-    if t.dim() == 2:
-        return thin_product(t, vecs)
-    b, c = t.shape[0], t.shape[1]
-    return torch.matmul(vecs, t.reshape(b, c, -1)).view(b, vecs.shape[0], *t.shape[2:])
+    return thin_product(t, vecs) if t.dim() == 2 else thin.channels(t, vecs.t())
 
 
 def _torch(x, p0, p1, r0, r1, src_vecs, src_norm, src_abs, src_min, out_vecs, out_norm) -> Gathered:
@@ -161,7 +158,7 @@ def _torch(x, p0, p1, r0, r1, src_vecs, src_norm, src_abs, src_min, out_vecs, ou
     d0, d1 = x.shape[0], x.shape[1]
     if x.dim() == 2:
         if x.dtype == r0.dtype:
-            out = F.embedding_bag(p0, x, bag_offsets(d0), mode="sum", per_sample_weights=r0)
+            out = F.embedding_bag(p0, x, _bag_offsets(d0), mode="sum", per_sample_weights=r0)
         else:
             out = x.index_select(0, p0).mul_(r0.view(-1, 1).to(x.dtype))
         out = out.index_select(1, p1).mul_(r1.to(x.dtype))
@@ -170,7 +167,7 @@ def _torch(x, p0, p1, r0, r1, src_vecs, src_norm, src_abs, src_min, out_vecs, ou
         planes = (p0.view(-1, 1) * d1 + p1.view(1, -1)).view(-1)
         flat = x.reshape(d0 * d1, -1)
         if flat.dtype == scale.dtype:
-            out = F.embedding_bag(planes, flat, bag_offsets(planes.numel()), mode="sum",
+            out = F.embedding_bag(planes, flat, _bag_offsets(planes.numel()), mode="sum",
                                   per_sample_weights=scale.reshape(-1))
         else:
             out = flat.index_select(0, planes).mul_(scale.reshape(-1, 1).to(x.dtype))

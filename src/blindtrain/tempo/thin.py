@@ -128,6 +128,6 @@ def conv_weight_thin_in(xs, grad, kernel, params):
 
 
 def channels(t, vectors):
-    """``einsum('bchw,ck->bkhw', t, vectors)`` as one batched GEMM."""
-    b, c, h, w = t.shape
-    return torch.matmul(vectors.t(), t.reshape(b, c, h * w)).view(b, vectors.shape[1], h, w)
+    """``einsum('bc...,ck->bk...', t, vectors)`` as one batched GEMM."""
+    b, c = t.shape[:2]
+    return torch.matmul(vectors.t(), t.reshape(b, c, -1)).view(b, vectors.shape[1], *t.shape[2:])
