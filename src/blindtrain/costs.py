@@ -60,6 +60,8 @@ class StepCost:
     bytes_from_worker: int = 0
     round_trips: int = 0
     workers: int = 0
+    #: bytes that cross once, when the model is prepared (plain hands the whole model over), not per step
+    setup_bytes_to_worker: int = 0
     trust: str = ""
     notes: list[str] = field(default_factory=list)
 

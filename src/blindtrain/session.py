@@ -116,7 +116,7 @@ class Session:
         wrapped, optimizer = self.protocol.wrap(model, optimizer)
         if self.protocol.info.name != "plain":  # plain's model runs on the worker: that is worker time
             time_nonlinear_layers(model, self.ledger)
-        wrapped.register_forward_pre_hook(self._before_forward)
+        wrapped.register_forward_pre_hook(self._before_forward, prepend=True)  # before any protocol hook
         if optimizer is not None:
             optimizer.register_step_post_hook(self._after_step)
         self.model = wrapped

@@ -128,7 +128,7 @@ def test_tiny_preset_writes_all_outputs_and_consistent_figures(tiny_run):
         assert c["measured_all_steps"]["bytes_from_worker"] == [cost["bytes_from_worker"]]
         steps_run = c["warmup_steps"] + c["timed_steps"]
         if c["mode"] == "infer":  # nothing else crossed: the session's own totals agree too
-            assert c["ledger"]["bytes_to_worker"] == steps_run * cost["bytes_to_worker"]
+            assert c["ledger"]["bytes_to_worker"] == steps_run * cost["bytes_to_worker"] + cost["setup_bytes_to_worker"]
             assert c["ledger"]["bytes_from_worker"] == steps_run * cost["bytes_from_worker"]
         else:
             assert c["ledger"]["bytes_to_worker"] >= steps_run * cost["bytes_to_worker"]

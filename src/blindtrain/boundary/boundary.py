@@ -65,9 +65,9 @@ class Boundary:
         return response
 
     # -- crossings without a worker instruction (a model resident on an in-process worker) --
-    def hand_over(self, tensor, *, tag, kind: str, device: str, role: str = "main"):
+    def hand_over(self, tensor, *, tag, kind: str, device: str, role: str = "main", operand: str = "A"):
         """Copy ``tensor`` to the in-process worker's ``device`` (counted and recorded like a request)."""
-        self._record(role, f"{role}0", tensor, tag, operand="A", kind=kind)
+        self._record(role, f"{role}0", tensor, tag, operand=operand, kind=kind)
         moved = tensor.detach().to(device, copy=True)
         self.ledger.record_crossing(worker=f"{role}0", sent=tensor_bytes(tensor), received=0, waited=0.0,
                                     worker_time=0.0)

@@ -1,8 +1,11 @@
 """``plain``: the unprotected baseline.  The whole model and its training step run on
 the worker's device (CUDA when present), in the clear.
 
-The enclave keeps only the loss: each step the input batch crosses to the worker,
-the logits come back, and the logits' gradient goes out again.  Everything on the
+The model's parameters and buffers cross to the worker once, in the clear, when it is
+prepared.  The enclave keeps only the loss: each step the input batch crosses to the
+worker, the logits come back, and the logits' gradient goes out again.  The user's model
+object is kept (hooks, not a wrapper), so ``state_dict`` keys, indexing and multi-input
+forwards are those of plain PyTorch.  Everything on the
 worker device is counted as worker time.  This is the upper bound on speed; it
 protects nothing.  The worker runs in this process (``--transport inproc``): a
 model-resident worker in another process is not what this baseline measures.
@@ -13,7 +16,6 @@ from __future__ import annotations
 import time
 
 import torch
-from torch import nn
 
 from ..boundary import Tag
 from ..errors import UsageError
@@ -58,26 +60,45 @@ class _WorkerTimer:
             self._start = None
 
 
-class WorkerResident(nn.Module):
-    """Runs ``inner`` on the worker device; inputs and logits cross the boundary."""
+def _cross(value, *, to_worker: bool, protocol: "Plain", tag: Tag, anchor):
+    """Move every floating tensor in ``value`` (a tensor, or a tuple / list / dict of them) across."""
+    runtime = protocol.runtime
+    if torch.is_tensor(value):
+        if not value.is_floating_point() and to_worker:
+            return runtime.boundary.hand_over(value, tag=tag, kind="clear", device=runtime.worker_device)
+        if not value.is_floating_point():
+            return runtime.boundary.hand_back(value, tag=tag)
+        return _Crossing.apply(value, anchor if to_worker else None, runtime.boundary, tag, to_worker,
+                               runtime.worker_device, protocol.timer)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cross(v, to_worker=to_worker, protocol=protocol, tag=tag, anchor=anchor) for v in value)
+    if isinstance(value, dict):
+        return {k: _cross(v, to_worker=to_worker, protocol=protocol, tag=tag, anchor=anchor) for k, v in value.items()}
+    return value
 
-    def __init__(self, inner: nn.Module, protocol: "Plain") -> None:
-        super().__init__()
-        self.inner = inner
-        self._protocol = [protocol]  # not a submodule
-        self._anchor = torch.zeros((), requires_grad=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        protocol = self._protocol[0]
-        runtime = protocol.runtime
-        device = runtime.worker_device
+class _ResidentHooks:
+    """Forward hooks that make the user's own model object run on the worker device.
+
+    Inputs (every positional and keyword tensor) cross to the worker before the forward, outputs cross
+    back after it; the model, its ``state_dict`` keys, indexing and multi-input forwards are unchanged.
+    """
+
+    def __init__(self, protocol: "Plain") -> None:
+        self.protocol = protocol
+        self.anchor = torch.zeros((), requires_grad=True)  # keeps the input crossing in the autograd graph
+
+    def before(self, module, args, kwargs):
+        runtime = self.protocol.runtime
         tag = Tag(step=runtime.step, layer="input", op="forward")
-        timer = protocol.timer
-        x_worker = _Crossing.apply(x, self._anchor, runtime.boundary, tag, True, device, timer)
-        timer.start()
-        logits = self.inner(x_worker)
-        return _Crossing.apply(logits, None, runtime.boundary, Tag(runtime.step, "logits", "forward"), False,
-                               device, timer)
+        args = _cross(args, to_worker=True, protocol=self.protocol, tag=tag, anchor=self.anchor)
+        kwargs = _cross(kwargs, to_worker=True, protocol=self.protocol, tag=tag, anchor=self.anchor)
+        self.protocol.timer.start()
+        return args, kwargs
+
+    def after(self, module, args, kwargs, output):
+        tag = Tag(step=self.protocol.runtime.step, layer="logits", op="forward")
+        return _cross(output, to_worker=False, protocol=self.protocol, tag=tag, anchor=None)
 
 
 @register
@@ -99,6 +120,7 @@ class Plain(Protocol):
             raise UsageError("protocol 'plain' runs the model on an in-process worker device; "
                              "use --transport inproc")
         self.timer = _WorkerTimer(runtime.ledger)
+        self.model_bytes = 0  # parameters and buffers handed to the worker at prepare()
 
     def cost_model(self, ops, *, batch, input_numel, classes, training=True):
         from ..costs import FLOAT32, StepCost
@@ -108,11 +130,19 @@ class Plain(Protocol):
         return StepCost(worker_flops=sum(op.flops for op in used),
                         bytes_to_worker=batch * input_numel * FLOAT32 + (logits if training else 0),
                         bytes_from_worker=logits, round_trips=2 if training else 1, workers=1,
+                        setup_bytes_to_worker=self.model_bytes,
                         trust="the worker sees everything", notes=["the loss stays on the trusted side"])
 
     def wrap(self, model, optimizer):
+        """Hand the model to the worker (each parameter and buffer crosses once, counted and recorded as
+        ``clear``) and hook its forward; returns the user's own model object, not a wrapper."""
         device = self.runtime.worker_device
-        model.to(device)
+        boundary = self.runtime.boundary
+        with torch.no_grad():
+            for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+                tensor.data = boundary.hand_over(tensor.data, tag=Tag(self.runtime.step, name, "load"),
+                                                 kind="clear", device=device, operand="B")
+                self.model_bytes += tensor.numel() * tensor.element_size()
         if optimizer is not None:
             # the step runs on the worker device: count it as worker time
             optimizer.register_step_pre_hook(lambda *_: self.timer.start())
@@ -121,4 +151,7 @@ class Plain(Protocol):
                 for key, value in state.items():
                     if torch.is_tensor(value) and key != "step":
                         state[key] = value.to(device)
-        return WorkerResident(model, self), optimizer
+        hooks = _ResidentHooks(self)
+        model.register_forward_pre_hook(hooks.before, with_kwargs=True)
+        model.register_forward_hook(hooks.after, with_kwargs=True)
+        return model, optimizer
