@@ -7,9 +7,10 @@
 
 from .errors import BlindtrainError, IntegrityError, UsageError, WorkerCrashed
 from .protocols import PROTOCOLS, Protocol, ProtocolInfo, register
+from .placement import Placement, validate
 from .session import Session
 
 __version__ = "0.1.0"
 
-__all__ = ["Session", "Protocol", "ProtocolInfo", "register", "PROTOCOLS", "BlindtrainError",
+__all__ = ["Session", "validate", "Placement", "Protocol", "ProtocolInfo", "register", "PROTOCOLS", "BlindtrainError",
            "IntegrityError", "UsageError", "WorkerCrashed", "__version__"]

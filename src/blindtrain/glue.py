@@ -163,6 +163,8 @@ def install(model: nn.Module, protocol) -> list[LayerSite]:
     sites: list[LayerSite] = []
     order = {name: index for index, (name, _) in enumerate(model.named_modules())}
     for parent_name, parent in list(model.named_modules()):
+        if isinstance(parent, nn.MultiheadAttention):
+            continue  # it reads its projections' weights directly (F.multi_head_attention_forward)
         for child_name, child in list(parent.named_children()):
             if not _offloadable(child):
                 continue

@@ -28,6 +28,7 @@ from .boundary.transport import TRANSPORTS
 from .crypto import Csprng
 from .errors import UsageError
 from .ledger import Ledger
+from .placement import Placement, validate
 from .runtime import EnclaveConfig, Runtime
 from .timing import time_nonlinear_layers
 from .worker.adversaries import AdversarySpec
@@ -100,11 +101,18 @@ class Session:
         self.protocol = protocol_cls(self.runtime, **protocol_options)
         self.model: torch.nn.Module | None = None
         self._user_model: torch.nn.Module | None = None
+        self.placement: Placement | None = None
         self._closed = False
 
     # -- the Opacus-like API ---------------------------------------------------------------
-    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None):
-        """Wrap ``model`` (and its ``optimizer``) for this protocol; returns ``(model, optimizer)``."""
+    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                strict: bool = False, example_input=None):
+        """Wrap ``model`` (and its ``optimizer``) for this protocol; returns ``(model, optimizer)``.
+
+        What runs where is kept in :attr:`placement` (:mod:`blindtrain.placement`): each bilinear op, on
+        the worker or in the enclave, and why; with ``example_input`` its share of the forward's MACs.
+        ``strict=True`` raises :class:`UsageError` if an offloadable kind of op would stay in the enclave.
+        """
         if self.model is not None:
             raise UsageError("this session already prepared a model; use one session per model")
         if not isinstance(model, torch.nn.Module):
@@ -112,6 +120,7 @@ class Session:
         if optimizer is not None and not self.protocol.info.trains:
             raise UsageError(f"protocol {self.protocol_name!r} is for inference only; it cannot train "
                              f"(use otp or tempo to train, then predict with {self.protocol_name})")
+        self.placement = validate(model, self.protocol_name, example_input=example_input, strict=strict)
         self._user_model = model
         wrapped, optimizer = self.protocol.wrap(model, optimizer)
         if self.protocol.info.name != "plain":  # plain's model runs on the worker: that is worker time

@@ -167,7 +167,8 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
     train_seconds, accuracy = 0.0, None
     wall_start = time.perf_counter()
     try:
-        model, optimizer = session.prepare(model, optimizer)
+        model, optimizer = session.prepare(model, optimizer, example_input=dataset.x_train[:2])
+        echo(session.placement.table())
         session.step = start_step
         model.train()
         bar = tqdm(total=total, desc=f"train {info.name}", unit="step", disable=not config.progress,
