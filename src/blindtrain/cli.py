@@ -81,7 +81,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--model", default="mlp", show_default=True, help="mlp, lenet, resnet18, resnet50, vit-tiny")
+@click.option("--model", default="mlp", show_default=True,
+              help="mlp, lenet, resnet18, resnet50, vit-tiny, or your own: path/to/file.py:factory")
 @click.option("--hidden", callback=_parse_hidden, help="mlp hidden widths, e.g. 128,64")
 @click.option("--activation", default="relu", show_default=True, help="mlp activation: relu, sigmoid, arctan, softplus")
 @click.option("--dataset", default="digits", show_default=True, help="digits, synthetic, cifar10")

@@ -7,7 +7,10 @@ count, so the user never reshapes inputs.  All bilinear ops are ``nn.Linear``,
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -165,9 +168,58 @@ class ViT(nn.Module):
         return self.head(self.norm(self.blocks(x))[:, 0])
 
 
+def is_user_model(name: str) -> bool:
+    """``path/to/file.py:factory`` names a model of the user's own."""
+    path, colon, factory = name.rpartition(":")
+    return bool(colon and factory.isidentifier() and path.endswith(".py"))
+
+
+def known(name: str) -> bool:
+    return name in MODELS or is_user_model(name)
+
+
+def load_user_model(name: str, input_shape, num_classes: int) -> nn.Module:
+    """Import ``file.py`` and call ``factory`` (the user's own, trusted code: it runs in the enclave).
+
+    The factory is called with ``input_shape`` (C×H×W) and ``num_classes`` as keywords where its
+    signature takes them, and must return an ``nn.Module``.  Every failure is one
+    :class:`UsageError` line naming the file and the factory.
+    """
+    path_text, _, factory_name = name.rpartition(":")
+    path = Path(path_text)
+    if not path.is_file():
+        raise UsageError(f"--model {name}: no such file {path_text}")
+    spec = importlib.util.spec_from_file_location(f"blindtrain_user_model_{abs(hash(path.resolve()))}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - the user's file: report, do not crash
+        raise UsageError(f"--model {name}: importing {path_text} failed: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise UsageError(f"--model {name}: {path_text} defines no function {factory_name!r}")
+    offered = {"input_shape": tuple(input_shape), "num_classes": int(num_classes)}
+    try:
+        accepted = inspect.signature(factory).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+        model = factory(**{k: v for k, v in offered.items() if takes_any or k in accepted})
+    except Exception as exc:  # noqa: BLE001
+        raise UsageError(f"--model {name}: {factory_name}() failed: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"--model {name}: {factory_name}() returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
 def build(name: str, input_shape, num_classes: int, *, hidden=None, activation: str = "relu",
           **kwargs) -> nn.Module:
-    """Build model ``name`` for inputs ``C×H×W`` and ``num_classes`` outputs."""
+    """Build model ``name`` for inputs ``C×H×W`` and ``num_classes`` outputs (or the user's own:
+    ``path/to/file.py:factory``, see :func:`load_user_model`)."""
+    if is_user_model(name):
+        if hidden is not None:
+            raise UsageError("--hidden applies to --model mlp only")
+        return load_user_model(name, input_shape, num_classes)
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) != 3:
         raise UsageError(f"models take C×H×W inputs, got shape {input_shape}")
@@ -183,4 +235,4 @@ def build(name: str, input_shape, num_classes: int, *, hidden=None, activation: 
         return ResNet(Bottleneck, (3, 4, 6, 3), input_shape, num_classes)
     if name == "vit-tiny":
         return ViT(input_shape, num_classes, **kwargs)
-    raise UsageError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    raise UsageError(f"unknown model {name!r}; choose from {', '.join(MODELS)} or give path/to/file.py:factory")

@@ -69,8 +69,9 @@ class TrainConfig:
         for flag, value in positive.items():
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise UsageError(f"{flag} must be positive, got {value}")
-        if self.model not in models.MODELS:
-            raise UsageError(f"unknown model {self.model!r}; choose from {', '.join(models.MODELS)}")
+        if not models.known(self.model):
+            raise UsageError(f"unknown model {self.model!r}; choose from {', '.join(models.MODELS)} "
+                             f"or give path/to/file.py:factory")
         if self.dataset not in datasets.DATASETS:
             raise UsageError(f"unknown dataset {self.dataset!r}; choose from {', '.join(datasets.DATASETS)}")
         if self.activation not in models.ACTIVATIONS:
