@@ -5,8 +5,8 @@ world size, each worker marks itself up, then every rank builds one gloo process
 directly, not as torch.distributed's process-wide default group, so several sessions can follow one
 another, or run side by side, in one process).
 
-Messages are wire frames (:mod:`blindtrain.boundary.wire`) sent as a length (one int64) and then the
-bytes (a uint8 tensor).  Gloo's receive has no usable poll (a timed-out wait closes the pair), so
+Messages are wire frames (:mod:`blindtrain.boundary.wire`) sent as uint8 tensors: a fixed-size first
+chunk holding the length (int64) and the frame's start, then the rest if any.  Gloo's receive has no usable poll (a timed-out wait closes the pair), so
 the trusted side waits with the whole remaining deadline and treats any gloo error — the peer's
 connection closed, or the deadline passed — as the worker's crash.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from urllib.parse import urlsplit
 
 import torch
@@ -26,6 +27,7 @@ WORLD_KEY = "blindtrain/world_size"
 UP_KEY = "blindtrain/up/{rank}"
 GROUP_PREFIX = "blindtrain/pg"
 MESSAGE_TAG = 0
+FIRST_CHUNK = 4096  # bytes of every message's first gloo send (length + the frame's start)
 MAX_FRAME_BYTES = 2**36  # a worker's claimed length above this is refused before allocating
 FOREVER = datetime.timedelta(days=30)  # the group's own timeout: waits that must not expire on their own
 
@@ -69,23 +71,35 @@ def _wait(work, timeout: float | None) -> None:
 
 
 def send_frame(group, dst: int, frame: bytearray, *, timeout: float | None = None) -> None:
-    """Send one frame to rank ``dst`` (raises ``RuntimeError`` from gloo on a closed peer or timeout)."""
-    length = torch.tensor([len(frame)], dtype=torch.int64)
-    payload = torch.frombuffer(frame, dtype=torch.uint8)
-    first = group.send([length], dst, MESSAGE_TAG)
-    second = group.send([payload], dst, MESSAGE_TAG)
-    _wait(first, timeout)
-    _wait(second, timeout)
+    """Send one frame to rank ``dst``: a fixed-size first chunk (the length, then the frame's start) and,
+    for a frame longer than that, the rest.  A small message is one gloo send: each gloo receive costs
+    the receiver a thread wake-up, which on a loaded machine is a scheduler tick.  Raises gloo's
+    ``RuntimeError`` on a closed peer or a timeout."""
+    first = torch.zeros(FIRST_CHUNK, dtype=torch.uint8)
+    first[:8] = torch.tensor([len(frame)], dtype=torch.int64).view(torch.uint8)
+    head = min(len(frame), FIRST_CHUNK - 8)
+    first[8:8 + head] = torch.frombuffer(frame, dtype=torch.uint8, count=head)
+    works = [group.send([first], dst, MESSAGE_TAG)]
+    if len(frame) > head:
+        works.append(group.send([torch.frombuffer(frame, dtype=torch.uint8, offset=head)], dst, MESSAGE_TAG))
+    for work in works:
+        _wait(work, timeout)
 
 
 def recv_frame(group, src: int, *, timeout: float | None = None) -> memoryview:
-    """Receive one frame from rank ``src``: a writable view of a fresh buffer (raises ``RuntimeError``
-    from gloo on a closed peer or timeout, ``ValueError`` on an impossible length)."""
-    length = torch.empty(1, dtype=torch.int64)
-    _wait(group.recv([length], src, MESSAGE_TAG), timeout)
-    n = int(length[0])
+    """Receive one frame from rank ``src``: a writable view of a fresh buffer (raises gloo's
+    ``RuntimeError`` on a closed peer or timeout, ``ValueError`` on an impossible length)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    first = torch.empty(FIRST_CHUNK, dtype=torch.uint8)
+    _wait(group.recv([first], src, MESSAGE_TAG), timeout)
+    n = int(first[:8].view(torch.int64)[0])
     if not 0 < n <= MAX_FRAME_BYTES:
         raise ValueError(f"frame length {n} is out of range")
+    head = min(n, FIRST_CHUNK - 8)
+    if n == head:
+        return memoryview(first[8:8 + n].numpy())
     payload = torch.empty(n, dtype=torch.uint8)
-    _wait(group.recv([payload], src, MESSAGE_TAG), timeout)
+    payload[:head] = first[8:8 + head]
+    remaining = None if deadline is None else deadline - time.monotonic()
+    _wait(group.recv([payload[head:]], src, MESSAGE_TAG), remaining)
     return memoryview(payload.numpy())

@@ -1,0 +1,86 @@
+"""Per-message latency (µs/message) and bandwidth (GB/s) of each transport, measured side by side.
+
+    PYTHONPATH=src python scripts/transport_bench.py [--rounds 5] [--messages 200] [--mib 64] [--json OUT]
+
+All three transports (inproc, process, dist) are open at once and measured in interleaved rounds, so
+that load from other processes falls on all of them alike; the median over rounds is reported.
+* latency: a round trip of a request naming a held 8-byte tensor and its 8-byte answer (``fetch``),
+  i.e. the fixed cost of one message each way;
+* bandwidth to the worker: ``store`` of a float32 tensor of ``--mib`` MiB (no answer);
+* bandwidth from the worker: ``fetch`` of that tensor back.
+Every crossing goes through the session's boundary, as a protocol's would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+import blindtrain as bt
+from blindtrain.boundary import Ref, Request, Sent, Tag
+
+TRANSPORTS = ("inproc", "process", "dist")
+TAG = Tag(step=0, layer="bench", op="forward")
+
+
+def _latency(boundary, messages: int) -> float:
+    request = Request("fetch", {"X": Ref("small")}, TAG)
+    start = time.perf_counter()
+    for _ in range(messages):
+        boundary.call(request)
+    return (time.perf_counter() - start) / messages * 1e6
+
+
+def _bandwidth(boundary, big: torch.Tensor) -> tuple[float, float]:
+    nbytes = big.numel() * big.element_size()
+    start = time.perf_counter()
+    boundary.call(Request("store", {"X": Sent(big, "clear")}, TAG, keep={"X": "big"}, return_result=False))
+    to_worker = nbytes / (time.perf_counter() - start) / 1e9
+    start = time.perf_counter()
+    boundary.call(Request("fetch", {"X": Ref("big")}, TAG))
+    from_worker = nbytes / (time.perf_counter() - start) / 1e9
+    return to_worker, from_worker
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=200)
+    parser.add_argument("--mib", type=int, default=64)
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args()
+    sessions = {name: bt.Session(protocol="tempo", transport=name, device="cpu", worker_threads=1)
+                for name in TRANSPORTS}
+    big = torch.randn(args.mib * 2**18)
+    figures: dict[str, dict[str, list[float]]] = {n: {"us_per_message": [], "gb_s_to": [], "gb_s_from": []}
+                                                  for n in TRANSPORTS}
+    try:
+        for session in sessions.values():
+            session.boundary.call(Request("store", {"X": Sent(torch.zeros(2), "clear")}, TAG, keep={"X": "small"},
+                                          return_result=False))
+        for _ in range(args.rounds):
+            for name, session in sessions.items():
+                figures[name]["us_per_message"].append(_latency(session.boundary, args.messages))
+                to_worker, from_worker = _bandwidth(session.boundary, big)
+                figures[name]["gb_s_to"].append(to_worker)
+                figures[name]["gb_s_from"].append(from_worker)
+    finally:
+        for session in sessions.values():
+            session.close()
+    result = {name: {key: statistics.median(values) for key, values in f.items()} for name, f in figures.items()}
+    print(f"{'transport':10s} {'µs/message':>11s} {'GB/s to':>8s} {'GB/s from':>10s}   "
+          f"(median of {args.rounds} interleaved rounds; {args.mib} MiB tensors)")
+    for name, row in result.items():
+        print(f"{name:10s} {row['us_per_message']:11.1f} {row['gb_s_to']:8.2f} {row['gb_s_from']:10.2f}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"rounds": args.rounds, "messages": args.messages, "mib": args.mib, "figures": result}, handle,
+                      indent=2)
+
+
+if __name__ == "__main__":
+    main()
