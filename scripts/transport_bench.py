@@ -9,6 +9,10 @@ that load from other processes falls on all of them alike; the median over round
 * bandwidth to the worker: ``store`` of a float32 tensor of ``--mib`` MiB (no answer);
 * bandwidth from the worker: ``fetch`` of that tensor back.
 Every crossing goes through the session's boundary, as a protocol's would.
+
+``--concurrent N``: two dist workers (one thread each) each multiply a held N×N matrix by a sent one;
+the wall time of calling them one after the other is compared, in interleaved rounds, with submitting
+both before waiting for either (``DistTransport.submit``; the boundary itself still calls one at a time).
 """
 
 from __future__ import annotations
@@ -46,13 +50,47 @@ def _bandwidth(boundary, big: torch.Tensor) -> tuple[float, float]:
     return to_worker, from_worker
 
 
+def _concurrency(n: int, rounds: int) -> dict:
+    from blindtrain.boundary.dist import DistHub
+    from blindtrain.worker import WorkerConfig
+
+    hub = DistHub(workers=2, device="cpu", threads=1, timeout=600)
+    try:
+        workers = [hub.transport(WorkerConfig(name=f"main{i}", threads=1)) for i in range(2)]
+        for worker in workers:
+            worker.call(Request("store", {"B": Sent(torch.randn(n, n), "clear")}, TAG, keep={"B": "b"},
+                                return_result=False))
+        request = Request("bilinear", {"A": Sent(torch.randn(n, n), "clear"), "B": Ref("b")}, TAG,
+                          params={"fn": "matmul"}, return_result=False)
+        sequential, concurrent = [], []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for worker in workers:
+                worker.call(request)
+            sequential.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for pending in [worker.submit(request) for worker in workers]:
+                pending.result()
+            concurrent.append(time.perf_counter() - start)
+    finally:
+        hub.close()
+    seq, con = statistics.median(sequential), statistics.median(concurrent)
+    return {"n": n, "sequential_s": seq, "concurrent_s": con, "ratio": con / seq}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--mib", type=int, default=64)
+    parser.add_argument("--concurrent", type=int, metavar="N", help="also time 2 dist workers on N×N matmuls")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
+    if args.concurrent:
+        c = _concurrency(args.concurrent, args.rounds)
+        print(f"2 dist workers, {c['n']}×{c['n']} matmul each: one after the other {c['sequential_s'] * 1e3:.1f} ms, "
+              f"submitted together {c['concurrent_s'] * 1e3:.1f} ms (ratio {c['ratio']:.2f}; median of "
+              f"{args.rounds} interleaved rounds)")
     sessions = {name: bt.Session(protocol="tempo", transport=name, device="cpu", worker_threads=1)
                 for name in TRANSPORTS}
     big = torch.randn(args.mib * 2**18)
@@ -78,8 +116,8 @@ def main() -> None:
         print(f"{name:10s} {row['us_per_message']:11.1f} {row['gb_s_to']:8.2f} {row['gb_s_from']:10.2f}")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"rounds": args.rounds, "messages": args.messages, "mib": args.mib, "figures": result}, handle,
-                      indent=2)
+            json.dump({"rounds": args.rounds, "messages": args.messages, "mib": args.mib, "figures": result,
+                       "concurrency": c if args.concurrent else None}, handle, indent=2)
 
 
 if __name__ == "__main__":

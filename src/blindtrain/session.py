@@ -85,6 +85,8 @@ class Session:
         self.ledger = Ledger()
         transport_cls = TRANSPORTS[transport]
         in_process = transport == "inproc"
+        if (rendezvous or dist_workers) and transport != "dist":
+            raise UsageError("rendezvous and dist workers apply to transport 'dist' (--transport dist)")
         if transport == "dist":
             from .boundary.dist import DistHub, slots_for
 

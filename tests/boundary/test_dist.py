@@ -164,3 +164,26 @@ def test_worker_process_imports_no_trusted_code():
     trusted = {"blindtrain.session", "blindtrain.crypto", "blindtrain.crypto.keystore", "blindtrain.crypto.csprng",
                "blindtrain.protocols", "blindtrain.boundary.boundary", "blindtrain.ledger", "blindtrain.train"}
     assert not loaded & trusted, sorted(loaded & trusted)
+
+
+def test_rendezvous_without_the_dist_transport_is_a_usage_error():
+    with pytest.raises(bt.UsageError, match="transport 'dist'"):
+        bt.Session(protocol="tempo", transport="process", rendezvous="tcp://127.0.0.1:29500")
+
+
+@pytest.mark.slow
+def test_a_tampering_dist_worker_is_caught():
+    with pytest.raises(bt.IntegrityError, match="step 1"):
+        _curve("tempo", "dist", steps=3, adversary="tamper:step=1")
+
+
+@pytest.mark.slow
+def test_cli_dist_crash_exits_3_with_a_clear_message():
+    from click.testing import CliRunner
+
+    from blindtrain.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--protocol", "otp", "--transport", "dist", "--adversary",
+                                       "crash:step=1", "--steps", "3", "--quiet"])
+    assert result.exit_code == 3, result.output
+    assert "error: worker 'main0' (rank 1) died (exit code 17)" in result.output
