@@ -1,6 +1,7 @@
 """Per-message latency (µs/message) and bandwidth (GB/s) of each transport, measured side by side.
 
-    PYTHONPATH=src python scripts/transport_bench.py [--rounds 5] [--messages 200] [--mib 64] [--json OUT]
+    PYTHONPATH=src python scripts/transport_bench.py [--rounds 5] [--messages 200] [--mib 64] [--raw]
+                                                     [--concurrent N] [--json OUT]
 
 All three transports (inproc, process, dist) are open at once and measured in interleaved rounds, so
 that load from other processes falls on all of them alike; the median over rounds is reported.
@@ -50,6 +51,67 @@ def _bandwidth(boundary, big: torch.Tensor) -> tuple[float, float]:
     return to_worker, from_worker
 
 
+def _raw_ping_pong(messages: int, rounds: int) -> dict:
+    """The floor under each transport: 512-byte ping-pong over a bare multiprocessing pipe and over a bare gloo
+    pair (one send each way, no blindtrain framing), between this process and one child."""
+    import datetime
+    import multiprocessing as mp
+    import subprocess
+    import sys
+
+    import torch.distributed as dist
+
+    context = mp.get_context("spawn")
+    ours, theirs = context.Pipe()
+    child = context.Process(target=_pipe_echo, args=(theirs,), daemon=True)
+    child.start()
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                          timeout=datetime.timedelta(seconds=120))
+    echo = subprocess.Popen([sys.executable, __file__, "--gloo-echo", str(store.port), "--messages", str(messages),
+                             "--rounds", str(rounds)])
+    group = dist.ProcessGroupGloo(dist.PrefixStore("raw", store), 0, 2, datetime.timedelta(seconds=120))
+    buffer = torch.zeros(512, dtype=torch.uint8)
+    pipe, gloo = [], []
+    try:
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(messages):
+                ours.send_bytes(bytes(512))
+                ours.recv_bytes()
+            pipe.append((time.perf_counter() - start) / messages * 1e6)
+            start = time.perf_counter()
+            for _ in range(messages):
+                group.send([buffer], 1, 0).wait()
+                group.recv([buffer], 1, 0).wait()
+            gloo.append((time.perf_counter() - start) / messages * 1e6)
+    finally:
+        ours.send_bytes(b"")
+        echo.wait(60)
+        child.join(10)
+    return {"pipe_us_per_round_trip": statistics.median(pipe), "gloo_us_per_round_trip": statistics.median(gloo)}
+
+
+def _pipe_echo(conn) -> None:
+    while True:
+        data = conn.recv_bytes()
+        if not data:
+            return
+        conn.send_bytes(data)
+
+
+def _gloo_echo(port: int, messages: int, rounds: int) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=120))
+    group = dist.ProcessGroupGloo(dist.PrefixStore("raw", store), 1, 2, datetime.timedelta(seconds=120))
+    buffer = torch.zeros(512, dtype=torch.uint8)
+    for _ in range(messages * rounds):
+        group.recv([buffer], 0, 0).wait()
+        group.send([buffer], 0, 0).wait()
+
+
 def _concurrency(n: int, rounds: int) -> dict:
     from blindtrain.boundary.dist import DistHub
     from blindtrain.worker import WorkerConfig
@@ -84,8 +146,17 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--mib", type=int, default=64)
     parser.add_argument("--concurrent", type=int, metavar="N", help="also time 2 dist workers on N×N matmuls")
+    parser.add_argument("--raw", action="store_true", help="also time bare pipe and bare gloo ping-pong")
+    parser.add_argument("--gloo-echo", type=int, help=argparse.SUPPRESS)  # (the --raw child)
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
+    if args.gloo_echo:
+        _gloo_echo(args.gloo_echo, args.messages, args.rounds)
+        return
+    raw = _raw_ping_pong(args.messages, args.rounds) if args.raw else None
+    if raw:
+        print(f"bare 512-byte ping-pong: pipe {raw['pipe_us_per_round_trip']:.1f} µs, gloo "
+              f"{raw['gloo_us_per_round_trip']:.1f} µs per round trip (median of {args.rounds} interleaved rounds)")
     if args.concurrent:
         c = _concurrency(args.concurrent, args.rounds)
         print(f"2 dist workers, {c['n']}×{c['n']} matmul each: one after the other {c['sequential_s'] * 1e3:.1f} ms, "
@@ -117,7 +188,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"rounds": args.rounds, "messages": args.messages, "mib": args.mib, "figures": result,
-                       "concurrency": c if args.concurrent else None}, handle, indent=2)
+                       "concurrency": c if args.concurrent else None, "raw": raw}, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,7 @@ class ProcessTransport(Transport):
 
 
 def _dist_transport(*args, **kwargs):
+    """``DistTransport(config, hub=..., rank=...)``; a session gets them from its ``DistHub`` (boundary/dist.py)."""
     from .dist import DistTransport
 
     return DistTransport(*args, **kwargs)

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..errors import IntegrityError, WorkerError
+from ..errors import IntegrityError, WorkerCrashed, WorkerError
 from .messages import Ref, Request, Response, Sent, Tag
 
 MAGIC = b"BTW1"
@@ -425,8 +425,6 @@ def read_reply(data, *, request: Request, worker: str) -> Response:
 
 def read_ready(data, *, worker: str) -> str:
     """The device a worker reports in its ``ready`` message (a malformed one is a crash at startup)."""
-    from ..errors import WorkerCrashed
-
     try:
         message = decode(data, expect=("ready", "error"))
     except MalformedMessage as exc:
