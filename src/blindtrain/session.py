@@ -88,9 +88,10 @@ class Session:
         if (rendezvous or dist_workers) and transport != "dist":
             raise UsageError("rendezvous and dist workers apply to transport 'dist' (--transport dist)")
         if transport == "dist":
-            from .boundary.dist import DistHub, slots_for
+            from .boundary.dist import DistHub, worker_names
 
-            hub = DistHub(workers=dist_workers or slots_for(protocol_options), rendezvous=rendezvous,
+            names = worker_names(protocol_options)
+            hub = DistHub(workers=dist_workers or len(names), names=names, rendezvous=rendezvous,
                           device=self.worker_device, threads=worker_threads, timeout=worker_timeout)
 
         def make_transport(role: str, index: int):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import blindtrain as bt
 from blindtrain import data as datasets
 from blindtrain.boundary import Ref, Request, Sent, Tag
-from blindtrain.boundary.dist import DistHub
+from blindtrain.boundary.dist import DistHub, worker_names
 from blindtrain.models import build
 
 pytest.importorskip("torch.distributed")
@@ -187,3 +187,11 @@ def test_cli_dist_crash_exits_3_with_a_clear_message():
                                        "crash:step=1", "--steps", "3", "--quiet"])
     assert result.exit_code == 3, result.output
     assert "error: worker 'main0' (rank 1) died (exit code 17)" in result.output
+
+
+def test_roles_have_fixed_ranks_whatever_order_they_are_first_used_in():
+    """otp asks its mask worker first, yet rank 1 is main0: an operator knows which machine plays which role."""
+    names = worker_names({"workers": 2, "unmask": "mask-worker"})
+    assert names == ["main0", "main1", "mask0"]
+    assert DistHub(workers=3, names=names).ranks == {"main0": 1, "main1": 2, "mask0": 3}
+    assert worker_names({}) == ["main0"]

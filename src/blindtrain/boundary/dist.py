@@ -33,9 +33,11 @@ _ENV_NAMES = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "BLINDT
 _ENV_PREFIXES = ("PYTHON", "CUDA_", "NVIDIA_", "LD_LIBRARY", "OMP_", "MKL_", "GLOO_", "TORCH_")
 
 
-def slots_for(protocol_options: dict) -> int:
-    """Worker ranks the built-in protocols ask for: tempo's ``workers`` main workers, plus otp's mask worker."""
-    return int(protocol_options.get("workers") or 1) + (protocol_options.get("unmask") == "mask-worker")
+def worker_names(protocol_options: dict) -> list[str]:
+    """The workers the built-in protocols ask for, in rank order: tempo's ``workers`` main workers
+    (``main0`` is rank 1, ``main1`` rank 2 ...), then otp's mask worker (``mask0``) if ``unmask=mask-worker``."""
+    names = [f"main{i}" for i in range(int(protocol_options.get("workers") or 1))]
+    return names + (["mask0"] if protocol_options.get("unmask") == "mask-worker" else [])
 
 
 def _worker_env() -> dict[str, str]:
@@ -55,6 +57,8 @@ class DistHub:
 
     Args (keyword-only):
         workers: N, the number of worker ranks.
+        names: worker names (``main0``, ``mask0`` ...) in rank order, so that an operator knows which
+            machine plays which role; a name not listed takes the next rank after them.
         rendezvous: ``tcp://HOST:PORT`` to serve for remote workers; ``None`` launches N local workers.
         device: the local workers' device.
         threads: the local workers' torch threads.
@@ -62,8 +66,9 @@ class DistHub:
         startup_timeout: seconds for all workers to join.
     """
 
-    def __init__(self, *, workers: int, rendezvous: str | None = None, device: str = "cpu",
-                 threads: int | None = None, timeout: float = 600.0, startup_timeout: float = 120.0) -> None:
+    def __init__(self, *, workers: int, names: list[str] | None = None, rendezvous: str | None = None,
+                 device: str = "cpu", threads: int | None = None, timeout: float = 600.0,
+                 startup_timeout: float = 120.0) -> None:
         if workers < 1:
             raise UsageError("the dist transport needs at least one worker")
         self.workers = workers
@@ -77,7 +82,8 @@ class DistHub:
         self.group = None
         self._store = None
         self.processes: dict[int, subprocess.Popen] = {}
-        self._next_rank = 1
+        self.ranks = {name: rank for rank, name in enumerate(names or [], start=1) if rank <= workers}
+        self._next_rank = len(self.ranks) + 1
         self._open: set[int] = set()
         self._closed_ranks: set[int] = set()
         self._finalizer = None
@@ -151,11 +157,15 @@ class DistHub:
             raise WorkerCrashed(f"worker {config.name!r}: this session's dist transport is closed")
         if self.group is None:
             self._start()
-        if self._next_rank > self.workers:
-            raise UsageError(f"the dist transport has {self.workers} worker rank(s), all in use; worker "
-                             f"{config.name!r} needs another (start the session with more dist workers)")
-        rank = self._next_rank
-        self._next_rank += 1
+        rank = self.ranks.get(config.name)
+        if rank is None:
+            if self._next_rank > self.workers:
+                raise UsageError(f"the dist transport has {self.workers} worker rank(s), all in use; worker "
+                                 f"{config.name!r} needs another (start the session with more dist workers)")
+            rank = self._next_rank
+            self._next_rank += 1
+        if rank in self._open:
+            raise UsageError(f"dist worker rank {rank} ({config.name!r}) is already connected")
         self._open.add(rank)
         return DistTransport(config, hub=self, rank=rank)
 
