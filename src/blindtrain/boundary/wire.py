@@ -51,6 +51,7 @@ DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
 }
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+_ITEMSIZE = {name: torch.empty((), dtype=dtype).element_size() for name, dtype in DTYPES.items()}
 KINDS = frozenset({"masked", "public", "obfuscated", "pad", "share", "clear"})
 _PREFIX = struct.Struct("<4sI")
 
@@ -191,7 +192,8 @@ def _pad(n: int) -> int:
 
 
 def _frame(header: dict, tensors: list[torch.Tensor]) -> bytearray:
-    cpu = [t.detach().to("cpu").contiguous() for t in tensors]
+    cpu = [t.detach() if t.device.type == "cpu" and t.is_contiguous() else t.detach().to("cpu").contiguous()
+           for t in tensors]
     metas = []
     for tensor in cpu:
         if tensor.dtype not in _DTYPE_NAMES:
@@ -211,7 +213,7 @@ def _frame(header: dict, tensors: list[torch.Tensor]) -> bytearray:
     view = memoryview(frame)
     for start, meta, tensor in zip(starts, metas, cpu):
         if meta["nbytes"]:
-            view[start:start + meta["nbytes"]] = tensor.reshape(-1).view(torch.uint8).numpy().data
+            view[start:start + meta["nbytes"]] = tensor.reshape(-1).view(torch.uint8).numpy()
     return frame
 
 
@@ -252,7 +254,7 @@ def _unframe(data) -> tuple[dict, list[torch.Tensor]]:
         if any(s >= 2**62 for s in shape):
             raise MalformedMessage(f"tensor {i}: a dimension is implausibly large")
         nbytes = _int(meta["nbytes"], f"tensor {i} nbytes", minimum=0)
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = _ITEMSIZE[meta["dtype"]]
         if math.prod(shape) * itemsize != nbytes:
             raise MalformedMessage(f"tensor {i}: nbytes {nbytes} does not match shape {shape} of {meta['dtype']}")
         end = offset + nbytes
