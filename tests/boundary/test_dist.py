@@ -50,8 +50,8 @@ def _curve(protocol: str, transport: str, steps: int = 3, **options) -> tuple[li
     return losses, metrics
 
 
-@pytest.mark.parametrize("protocol, options", [  # each starts worker processes (seconds): most are slow
-    ("tempo", {"workers": 1}),
+@pytest.mark.parametrize("protocol, options", [  # each runs inproc, then starts worker processes: seconds
+    pytest.param("tempo", {"workers": 1}, marks=pytest.mark.slow),
     pytest.param("tempo", {"workers": 2}, marks=pytest.mark.slow),
     pytest.param("tempo", {"workers": 4}, marks=pytest.mark.slow),
     pytest.param("otp", {}, marks=pytest.mark.slow),
@@ -116,6 +116,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_remote_workers_join_a_rendezvous_by_flag_and_by_torchrun_environment():
     """Two workers started by hand (one with --rank, one with torchrun's variables) serve a session."""
     port = _free_port()
