@@ -99,7 +99,8 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="worker device: auto, cpu, cuda")
 @click.option("--threads", type=int, help="threads of the trusted side")
-@click.option("--transport", default="inproc", show_default=True, help="inproc or process")
+@click.option("--transport", default="inproc", show_default=True, help="inproc, process or dist (torch.distributed)")
+@click.option("--rendezvous", help="dist: tcp://HOST:PORT to wait at for remote workers (default: launch local ones)")
 @click.option("--workers", type=int, help="number of main workers (protocols that split ops)")
 @click.option("--adversary", help="honest, tamper, noise, zeros, replay, crash [:step=N,layer=L,op=O]")
 @click.option("--transcript", type=click.Path(dir_okay=False), help="write every tensor the worker received (.npz)")
@@ -213,6 +214,21 @@ def bench(preset, models, protocols, batch_sizes, steps, device, out, profile, c
                   progress=not quiet, command=_command_line(click.get_current_context()), echo=click.echo)
     except BlindtrainError as exc:
         _fail(exc)
+
+
+@main.command()
+@click.option("--rendezvous", help="tcp://HOST:PORT of the trusted side (default: tcp://$MASTER_ADDR:$MASTER_PORT)")
+@click.option("--rank", type=int, help="this worker's rank, 1..N (default: $RANK)")
+@click.option("--world-size", type=int, help="1 + number of workers (default: $WORLD_SIZE or the trusted side's)")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+@click.option("--threads", type=int, help="torch threads of this worker")
+@click.option("--connect-timeout", type=float, default=120.0, show_default=True, help="seconds to reach the rendezvous")
+def worker(rendezvous, rank, world_size, device, threads, connect_timeout) -> None:
+    """An untrusted worker for --transport dist: joins the trusted side at the rendezvous as rank R."""
+    from .worker.serve import run
+
+    sys.exit(run(rendezvous=rendezvous, rank=rank, world_size=world_size, device=device, threads=threads,
+                 connect_timeout=connect_timeout))
 
 
 if __name__ == "__main__":  # pragma: no cover

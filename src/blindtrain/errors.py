@@ -42,3 +42,13 @@ class WorkerCrashed(BlindtrainError):
     """The untrusted worker died or stopped answering (exit code 3)."""
 
     exit_code = 3
+
+
+class WorkerError(BlindtrainError):
+    """A worker reported that it could not run a request (exit code 3), on every transport.
+
+    The worker is untrusted, so its text is quoted with control characters escaped and cut to a
+    bounded length (:func:`blindtrain.boundary.wire.quote_worker_text`).
+    """
+
+    exit_code = 3

@@ -53,7 +53,7 @@ class Session:
         device: the worker's device: ``auto`` (CUDA if present), ``cpu`` or ``cuda``.
         seed: seeds PyTorch's generators (model init, data order). Never keys: keys come
             from the enclave CSPRNG.
-        transport: ``inproc`` or ``process``.
+        transport: ``inproc``, ``process`` or ``dist`` (torch.distributed, :mod:`blindtrain.boundary.dist`).
         threads: thread count of the trusted side.
         adversary: worker behaviour for integrity tests (``honest`` by default).
         transcript: record every tensor each worker role receives.
@@ -61,13 +61,16 @@ class Session:
         epc_bytes: the emulated enclave's page-cache budget, for the modelled paging cost.
         worker_threads: threads of a worker process.
         worker_timeout: seconds a worker process may take to answer before it is declared dead.
+        rendezvous: ``dist`` only: ``tcp://HOST:PORT`` to wait at for remote workers (default: launch local ones).
+        dist_workers: ``dist`` only: worker ranks (default: what the protocol options ask for).
         **protocol_options: the protocol's own options (``unmask=``, ``fuse_activations=`` ...).
     """
 
     def __init__(self, *, protocol: str = "tempo", device: str = "auto", seed: int | None = 0,
                  transport: str = "inproc", threads: int | None = None, adversary: str | None = None,
                  transcript: bool = False, enclave_key: bytes | None = None, epc_bytes: int = 128 * 2**20,
-                 worker_threads: int | None = None, worker_timeout: float = 600.0, **protocol_options) -> None:
+                 worker_threads: int | None = None, worker_timeout: float = 600.0, rendezvous: str | None = None,
+                 dist_workers: int | None = None, **protocol_options) -> None:
         protocol_cls = protocol_registry.get(protocol)
         if transport not in TRANSPORTS:
             raise UsageError(f"unknown transport {transport!r}; choose from {', '.join(TRANSPORTS)}")
@@ -82,6 +85,14 @@ class Session:
         self.ledger = Ledger()
         transport_cls = TRANSPORTS[transport]
         in_process = transport == "inproc"
+        if (rendezvous or dist_workers) and transport != "dist":
+            raise UsageError("rendezvous and dist workers apply to transport 'dist' (--transport dist)")
+        if transport == "dist":
+            from .boundary.dist import DistHub, worker_names
+
+            names = worker_names(protocol_options)
+            hub = DistHub(workers=dist_workers or len(names), names=names, rendezvous=rendezvous,
+                          device=self.worker_device, threads=worker_threads, timeout=worker_timeout)
 
         def make_transport(role: str, index: int):
             config = WorkerConfig(name=f"{role}{index}", device=self.worker_device, threads=worker_threads,
@@ -89,6 +100,8 @@ class Session:
                                   in_process=in_process)
             if transport == "process":
                 return transport_cls(config, timeout=worker_timeout)
+            if transport == "dist":
+                return hub.transport(config)
             return transport_cls(config)
 
         self.boundary = Boundary(ledger=self.ledger, transport_factory=make_transport,

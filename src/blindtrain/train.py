@@ -48,6 +48,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     transport: str = "inproc"
+    rendezvous: str | None = None
     adversary: str | None = None
     transcript: str | None = None
     metrics: str | None = None
@@ -152,7 +153,8 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
         start_step = payload["step"]
 
     session = Session(protocol=config.protocol, device=config.device, seed=None, transport=config.transport,
-                      threads=config.threads, adversary=config.adversary, transcript=config.transcript is not None,
+                      rendezvous=config.rendezvous, threads=config.threads, adversary=config.adversary,
+                      transcript=config.transcript is not None,
                       **config.protocol_options)
     info = session.protocol.info
     if not info.trains:

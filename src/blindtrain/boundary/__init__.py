@@ -1,6 +1,13 @@
 """The enclave/worker boundary: messages, transports and the one choke point."""
 
-from .boundary import Boundary
 from .messages import Ref, Request, Response, Sent, Tag, bilinear_products
 
 __all__ = ["Boundary", "Ref", "Request", "Response", "Sent", "Tag", "bilinear_products"]
+
+
+def __getattr__(name: str):  # the choke point (trusted side) loads on first use; workers import messages only
+    if name == "Boundary":
+        from .boundary import Boundary
+
+        return Boundary
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,8 +3,8 @@
 * :class:`InprocTransport` — the worker object lives in this process, but every
   tensor is copied across (never shared by reference) both ways.
 * :class:`ProcessTransport` — the worker is a separate OS process (``spawn``);
-  tensors travel as NumPy buffers through a pipe.  A worker that dies or stops
-  answering raises :class:`~blindtrain.errors.WorkerCrashed`, never a hang.
+  messages travel as wire frames (:mod:`.wire`: a JSON header and raw tensor
+  bytes, never pickle) through a pipe.  A worker that dies or stops answering raises :class:`~blindtrain.errors.WorkerCrashed`, never a hang.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-import numpy as np
 import torch
 
-from ..errors import BlindtrainError, WorkerCrashed
+from ..errors import WorkerCrashed, WorkerError
 from ..worker.worker import Worker, WorkerConfig
+from . import wire
 from .messages import Request, Response, Sent
 
 
@@ -48,7 +48,13 @@ class InprocTransport(Transport):
         self.device = self.worker.device
 
     def call(self, request: Request) -> Response:
-        response = self.worker.handle(_copy_request(request))
+        try:
+            response = self.worker.handle(_copy_request(request))
+        except WorkerCrashed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one WorkerError on every transport
+            raise WorkerError(f"worker {self.worker.config.name!r} failed: "
+                              f"{wire.quote_worker_text(f'{type(exc).__name__}: {exc}')}") from exc
         result = None if response.result is None else response.result.detach().to("cpu", copy=True)
         return Response(result=result, worker_seconds=response.worker_seconds)
 
@@ -58,48 +64,10 @@ class InprocTransport(Transport):
 
 # -- process transport -------------------------------------------------------------
 
-@dataclass
-class _WireRequest:
-    """A request with tensors as NumPy arrays (what is pickled onto the pipe)."""
-
-    instr: str
-    args: dict
-    tag: object
-    params: dict
-    keep: dict
-    keep_result: str | None
-    return_result: bool
-
-
-def _to_wire(request: Request) -> _WireRequest:
-    args = {name: (arg.tensor.detach().cpu().numpy(), arg.kind) if isinstance(arg, Sent) else arg
-            for name, arg in request.args.items()}
-    return _WireRequest(request.instr, args, request.tag, request.params, request.keep,
-                        request.keep_result, request.return_result)
-
-
-def _from_wire(wire: _WireRequest) -> Request:
-    args = {name: Sent(torch.from_numpy(np.array(arg[0], copy=True)), arg[1]) if isinstance(arg, tuple) else arg
-            for name, arg in wire.args.items()}
-    return Request(wire.instr, args, wire.tag, wire.params, wire.keep, wire.keep_result, wire.return_result)
-
-
 def _worker_main(conn, config: WorkerConfig) -> None:  # runs in the child process
-    worker = Worker(config)
-    conn.send(("ready", worker.device))
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:
-            return
-        if message is None:
-            return
-        try:
-            response = worker.handle(_from_wire(message))
-            result = None if response.result is None else response.result.detach().cpu().numpy()
-            conn.send(("ok", result, response.worker_seconds))
-        except Exception as exc:  # noqa: BLE001 - report to the trusted side, keep serving
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    from ..worker.serve import serve_pipe
+
+    serve_pipe(conn, config)
 
 
 class ProcessTransport(Transport):
@@ -119,7 +87,7 @@ class ProcessTransport(Transport):
         child_conn.close()
         self.timeout = timeout
         self.name = config.name
-        status, self.device = self._receive(startup=True)
+        self.device = wire.read_ready(self._receive(startup=True), worker=self.name)
 
     def _receive(self, startup: bool = False):
         deadline = time.monotonic() + (120.0 if startup else self.timeout)
@@ -130,26 +98,22 @@ class ProcessTransport(Transport):
                 self._process.kill()
                 raise WorkerCrashed(f"worker {self.name!r} did not answer within {self.timeout:.0f} s")
         try:
-            return self._conn.recv()
+            return self._conn.recv_bytes()
         except (EOFError, ConnectionError):
             self._process.join(1.0)
             raise WorkerCrashed(f"worker {self.name!r} died (exit code {self._process.exitcode})") from None
 
     def call(self, request: Request) -> Response:
         try:
-            self._conn.send(_to_wire(request))
+            self._conn.send_bytes(wire.encode(request))
         except (BrokenPipeError, ConnectionError, OSError):
             raise WorkerCrashed(f"worker {self.name!r} is gone (exit code {self._process.exitcode})") from None
-        reply = self._receive()
-        if reply[0] == "error":
-            raise BlindtrainError(f"worker {self.name!r} failed: {reply[1]}")
-        _, result, worker_seconds = reply
-        return Response(result=None if result is None else torch.from_numpy(result), worker_seconds=worker_seconds)
+        return wire.read_reply(self._receive(), request=request, worker=self.name)
 
     def close(self) -> None:
         if self._process.is_alive():
             try:
-                self._conn.send(None)
+                self._conn.send_bytes(wire.encode(wire.Close()))
             except (BrokenPipeError, OSError):
                 pass
             self._process.join(5.0)
@@ -158,4 +122,11 @@ class ProcessTransport(Transport):
         self._conn.close()
 
 
-TRANSPORTS = {"inproc": InprocTransport, "process": ProcessTransport}
+def _dist_transport(*args, **kwargs):
+    """``DistTransport(config, hub=..., rank=...)``; a session gets them from its ``DistHub`` (boundary/dist.py)."""
+    from .dist import DistTransport
+
+    return DistTransport(*args, **kwargs)
+
+
+TRANSPORTS = {"inproc": InprocTransport, "process": ProcessTransport, "dist": _dist_transport}
