@@ -107,6 +107,8 @@ def main() -> None:
 @click.option("--checkpoint-every", type=int, help="also write it every N steps")
 @click.option("--resume", type=click.Path(dir_okay=False), help="continue from a sealed checkpoint")
 @click.option("--keystore", type=click.Path(dir_okay=False), help="sealing key file (default ~/.config/blindtrain)")
+@click.option("--record-ground-truth", type=click.Path(dir_okay=False),
+              help="privacy lab: write the true batches and final model, sealed, for `blindtrain attack` scoring")
 @click.option("--unmask", help="otp: where unmask factors are computed: enclave or mask-worker")
 @click.option("--fuse-activations/--no-fuse-activations", default=None, help="tempo: activations on the worker")
 @click.option("--rotate-every", type=int, help="tempo: rotate weight keys every N steps")
@@ -139,16 +141,17 @@ def train(**kwargs) -> None:
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--keystore", type=click.Path(dir_okay=False))
 @click.option("--metrics", type=click.Path(dir_okay=False))
+@click.option("--transcript", type=click.Path(dir_okay=False), help="write every tensor the worker received (.npz)")
 @click.option("--option", "extra", multiple=True, help="protocol option KEY=VALUE (repeatable)")
 def predict(checkpoint, protocol, dataset, data_dir, device, transport, adversary, batch_size, keystore, metrics,
-            extra) -> None:
+            transcript, extra) -> None:
     """Test accuracy of a sealed checkpoint, with inference under a protocol."""
     from .train import run_predict, write_json
 
     try:
         result = run_predict(checkpoint=checkpoint, protocol=protocol, dataset=dataset, data_dir=data_dir,
                              device=device, keystore=keystore, transport=transport, adversary=adversary,
-                             batch_size=batch_size, protocol_options=_parse_options(extra))
+                             batch_size=batch_size, protocol_options=_parse_options(extra), transcript=transcript)
     except BlindtrainError as exc:
         _fail(exc)
     if metrics:
@@ -210,6 +213,32 @@ def bench(preset, models, protocols, batch_sizes, steps, device, out, profile, c
         run_bench(preset=preset, models=models, protocols=protocols, batch_sizes=batch_sizes, steps=steps,
                   device=device, out=out, seed=seed, profile=profile, cell_budget=cell_budget,
                   progress=not quiet, command=_command_line(click.get_current_context()), echo=click.echo)
+    except BlindtrainError as exc:
+        _fail(exc)
+
+
+@main.command()
+@click.option("--transcript", required=True, type=click.Path(dir_okay=False),
+              help="the main worker's transcript (.npz); other roles' are FILE.ROLE.npz beside it")
+@click.option("--role", "roles", multiple=True, help="role(s) the attacker controls: main, mask, s0, s1, dealer "
+              "(repeatable; default main)")
+@click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False),
+              help="the run's metrics JSON (architecture and hyper-parameters)")
+@click.option("--ground-truth", type=click.Path(dir_okay=False), help="sealed ground truth: score the attacks")
+@click.option("--keystore", type=click.Path(dir_okay=False), help="sealing key file (to unseal --ground-truth)")
+@click.option("--attacks", "targets", default="labels,inputs,model,gradients", show_default=True,
+              help="what to attack: labels, inputs, model, gradients")
+@click.option("--data-dir", type=click.Path(), help="directory of the CIFAR-10 python batches (public split)")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the results as JSON")
+def attack(transcript, roles, metrics_path, ground_truth, keystore, targets, data_dir, json_out) -> None:
+    """The privacy lab: attack what an untrusted worker saw; with --ground-truth, score it."""
+    from .attacks.cli import run_attack
+
+    try:
+        run_attack(transcript=transcript, roles=roles or ("main",), metrics=metrics_path, ground_truth=ground_truth,
+                   keystore=keystore, targets=targets, data_dir=data_dir, json_out=json_out,
+                   command=["blindtrain", "attack", *sys.argv[2:]] if sys.argv[1:2] == ["attack"] else None,
+                   echo=click.echo)
     except BlindtrainError as exc:
         _fail(exc)
 

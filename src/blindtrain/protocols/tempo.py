@@ -508,6 +508,8 @@ class Tempo(Protocol):
         xf = x.detach().float()
         with rt.ledger.timed("encode"):
             pb, cb = self._batch_key(b)
+        if rt.ground_truth is not None:  # scoring only: frame row r is true batch row pb[r]
+            rt.ground_truth.row_order(rt.step, site.name, pb)
         xe, expected = self._encode_forward(layer, xf, pb, cb)
         layer.batch = (pb, cb) if training else None
         parts = []
@@ -537,6 +539,8 @@ class Tempo(Protocol):
         b = layer.last_batch = x.shape[0]
         with rt.ledger.timed("encode"):
             pb, cb = self._fresh("perm", b), torch.ones(b)  # unit batch scales: bias added on the worker
+        if rt.ground_truth is not None:  # scoring only: frame row r is true batch row pb[r]
+            rt.ground_truth.row_order(rt.step, site.name, pb)
             xe = self._enc(x.detach().float(), pb, key["pn"], cb, key["s"])
             be = None
             if bias is not None:
