@@ -142,16 +142,19 @@ def train(**kwargs) -> None:
 @click.option("--keystore", type=click.Path(dir_okay=False))
 @click.option("--metrics", type=click.Path(dir_okay=False))
 @click.option("--transcript", type=click.Path(dir_okay=False), help="write every tensor the worker received (.npz)")
+@click.option("--record-ground-truth", type=click.Path(dir_okay=False),
+              help="privacy lab: write the true inputs and the model, sealed, for `blindtrain attack` scoring")
 @click.option("--option", "extra", multiple=True, help="protocol option KEY=VALUE (repeatable)")
 def predict(checkpoint, protocol, dataset, data_dir, device, transport, adversary, batch_size, keystore, metrics,
-            transcript, extra) -> None:
+            transcript, record_ground_truth, extra) -> None:
     """Test accuracy of a sealed checkpoint, with inference under a protocol."""
     from .train import run_predict, write_json
 
     try:
         result = run_predict(checkpoint=checkpoint, protocol=protocol, dataset=dataset, data_dir=data_dir,
                              device=device, keystore=keystore, transport=transport, adversary=adversary,
-                             batch_size=batch_size, protocol_options=_parse_options(extra), transcript=transcript)
+                             batch_size=batch_size, protocol_options=_parse_options(extra), transcript=transcript,
+                             record_ground_truth=record_ground_truth)
     except BlindtrainError as exc:
         _fail(exc)
     if metrics:

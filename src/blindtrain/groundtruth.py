@@ -124,3 +124,14 @@ def load(path, *, keystore: KeyStore) -> GroundTruth:
         model_state=payload["model_state"],
         extra=payload["extra"],
     )
+
+
+def save_inference(path, *, keystore: KeyStore, model_spec: dict, model_state: dict, x: torch.Tensor,
+                   y: torch.Tensor, batch_size: int, extra: dict | None = None) -> Path:
+    """Ground truth of an inference run (``blindtrain predict``): inference batch ``i`` (the protocol's step
+    ``i``) is ``x[i·batch_size : (i+1)·batch_size]``, rows in order; the model is the one served."""
+    recorder = GroundTruthRecorder(torch.nn.Module())
+    for step, start in enumerate(range(0, len(y), batch_size)):
+        recorder.record_batch(step, x[start:start + batch_size], y[start:start + batch_size])
+    return recorder.save(path, keystore=keystore, model_spec=model_spec, model_state=model_state,
+                         extra={"inference": True, **(extra or {})})

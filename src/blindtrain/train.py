@@ -258,7 +258,8 @@ def _save_ground_truth(config, keystore, session, recorder, spec) -> None:
 def run_predict(*, checkpoint: str, protocol: str = "enclave", dataset: str | None = None,
                 data_dir: str | None = None, device: str = "auto", seed: int = 0, keystore: str | None = None,
                 transport: str = "inproc", adversary: str | None = None, batch_size: int = 256,
-                protocol_options: dict | None = None, transcript: str | None = None) -> dict:
+                protocol_options: dict | None = None, transcript: str | None = None,
+                record_ground_truth: str | None = None) -> dict:
     """Test accuracy of a checkpointed model, with inference run under ``protocol``."""
     if batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
@@ -279,6 +280,12 @@ def run_predict(*, checkpoint: str, protocol: str = "enclave", dataset: str | No
         metrics = session.metrics()
         if transcript is not None:
             session.save_transcripts(transcript)
+    if record_ground_truth is not None:
+        from .groundtruth import save_inference
+
+        save_inference(record_ground_truth, keystore=KeyStore(keystore), model_spec=spec,
+                       model_state=payload["model_state"], x=data.x_test, y=data.y_test, batch_size=batch_size,
+                       extra={"protocol": protocol, "seed": seed})
     metrics.update({"model": spec["model"], "dataset": data.name, "test_accuracy": accuracy,
                     "test_samples": len(data.y_test), "wall_seconds": time.perf_counter() - start,
                     "checkpoint_step": payload["step"], "model_spec": spec, "batch_size": batch_size,

@@ -39,6 +39,8 @@ def attack_view(*, transcript: str, roles: Sequence[str] = ("main",), metrics: s
                    "--metrics", "METRICS" if isinstance(metrics, dict) else str(metrics)]
         if ground_truth:
             command += ["--ground-truth", str(ground_truth)]
+        if keystore:
+            command += ["--keystore", str(keystore)]
         if tuple(targets) != registry.TARGETS:
             command += ["--attacks", ",".join(targets)]
     report = {

@@ -104,17 +104,65 @@ def _layout(message: Message, param: torch.Tensor) -> str | None:
     return None
 
 
-def _weight_value(message: Message, param: torch.Tensor) -> np.ndarray:
+def _oriented(message: Message, param: torch.Tensor) -> np.ndarray:
     values = real(message)
-    if _layout(message, param) == "transposed":
-        values = values.T
-    if message.modulus is not None:  # fixed point: W̃ = round(2^l W); 2^-l from the initialisation bound
-        fan_in = math.prod(param.shape[1:])
-        bound = 1.0 / math.sqrt(fan_in)
-        peak = float(np.abs(values).max())
-        if peak > 0:
-            values = values * 2.0 ** round(math.log2(bound / peak))
-    return values
+    return values.T if _layout(message, param) == "transposed" else values
+
+
+def _weight_series(messages: Sequence[Message], param: torch.Tensor, name: str,
+                   per_step: dict[int, dict[str, Message]]) -> dict[int, np.ndarray]:
+    """step -> the layer's weight in the parameter's layout and scale.  Field values ``W̃ = round(2^l W)`` are
+    rescaled by ``2^-l``: ``l`` read at the first step from PyTorch's initialisation bound ``1/sqrt(fan_in)``
+    (uniform initial weights fill it), then followed step to step (``l`` moves by at most one while the
+    weights move little: the ``l`` that keeps consecutive weights closest)."""
+    series: dict[int, np.ndarray] = {}
+    exponent = None
+    bound = 1.0 / math.sqrt(math.prod(param.shape[1:]))
+    for step in sorted(per_step):
+        message = per_step[step].get(name)
+        if message is None:
+            continue
+        values = _oriented(message, param)
+        if message.modulus is None:
+            series[step] = values
+            continue
+        peak = float(np.abs(values).max()) or 1.0
+        if exponent is None or not series:
+            exponent = round(math.log2(peak / bound))
+        else:
+            previous = series[max(series)]
+            exponent = min((exponent - 1, exponent, exponent + 1),
+                           key=lambda k: float(np.abs(values * 2.0 ** -k - previous).mean()))
+        series[step] = values * 2.0 ** -exponent
+    return series
+
+
+def _fit_on_public(model: torch.nn.Module, recovered: set[str], scaled: set[str], knowledge: Knowledge, *,
+                   steps: int = 150) -> None:
+    """Fit on the public split what the view does not pin down: the parameters that never crossed (biases,
+    norms) and, for weights read from fixed-point values (``scaled``), one positive scale per tensor; the
+    recovered weights themselves stay as read."""
+    free = [p for n, p in model.named_parameters() if n not in recovered]
+    log_scales = {n: torch.zeros((), requires_grad=True) for n in scaled}
+    if not free and not log_scales:
+        return
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if n in scaled}
+    x = torch.from_numpy(knowledge.public_x[:512])
+    y = torch.from_numpy(knowledge.public_y[:512])
+    optimizer = torch.optim.Adam(free + list(log_scales.values()), lr=0.01)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        weights = {n: base[n] * log_scales[n].exp() for n in scaled}
+        logits = torch.func.functional_call(model, weights, (x,), strict=False)
+        penalty = sum((p ** 2).sum() for p in free)  # what never crossed stays small (as trained biases are)
+        (torch.nn.functional.cross_entropy(logits, y) + 1e-2 * penalty).backward()
+        optimizer.step()
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for n in scaled:
+            params[n].copy_(base[n] * log_scales[n].exp())
+    model.eval()
 
 
 def _replay(messages: Sequence[Message], knowledge: Knowledge, recovery: Recovery) -> dict | None:
@@ -147,26 +195,6 @@ def _replay(messages: Sequence[Message], knowledge: Knowledge, recovery: Recover
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _fit_missing(model: torch.nn.Module, recovered: set[str], knowledge: Knowledge, *, steps: int = 150) -> None:
-    """Fit the parameters that never crossed (biases, norms) on the public split, recovered weights frozen."""
-    free = [p for n, p in model.named_parameters() if n not in recovered]
-    if not free:
-        return
-    for n, p in model.named_parameters():
-        p.requires_grad_(n not in recovered)
-    x = torch.from_numpy(knowledge.public_x[:512])
-    y = torch.from_numpy(knowledge.public_y[:512])
-    optimizer = torch.optim.Adam(free, lr=0.01)
-    model.train()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(True)
-
-
 def model(messages: Sequence[Message], knowledge: Knowledge) -> Recovery:
     recovery = Recovery(attack="generic.model")
     replayed = _replay(messages, knowledge, recovery)
@@ -175,19 +203,27 @@ def model(messages: Sequence[Message], knowledge: Knowledge) -> Recovery:
         return recovery
     victim = knowledge.build_model()
     params = dict(victim.named_parameters())
-    latest: dict[str, Message] = {}
-    for step_weights in _visible_weights(messages, params).values():
-        latest.update(step_weights)
+    per_step = _visible_weights(messages, params)
+    latest: dict[str, np.ndarray] = {}
+    scaled = set()
+    for name in params:
+        series = _weight_series(messages, params[name], name, per_step)
+        if series:
+            latest[name] = series[max(series)]
+            at_init = knowledge.hyper.get("training", True) and min(series) == 0
+            if not at_init and any(per_step[s][name].modulus is not None for s in series):
+                scaled.add(name)  # fixed point never seen at its initialisation: its scale is a guess
     if not latest:
         recovery.notes.append("no weight crossed in a public or clear message: no model claimed")
         return recovery
     with torch.no_grad():
-        for name, message in latest.items():
-            params[name].copy_(torch.from_numpy(_weight_value(message, params[name])).to(params[name].dtype))
-    _fit_missing(victim, set(latest), knowledge)
+        for name, value in latest.items():
+            params[name].copy_(torch.from_numpy(value).to(params[name].dtype))
+    _fit_on_public(victim, set(latest), scaled, knowledge)
     recovery.model_state = {k: v.detach().clone() for k, v in victim.state_dict().items()}
-    recovery.notes.append(f"read {len(latest)} weight tensors from public/clear messages (the latest of each); "
-                          f"fitted the {len(params) - len(latest)} other parameters on the public split")
+    recovery.notes.append(f"read {len(latest)} weight tensors from public/clear messages (the latest of each"
+                          + (f"; {len(scaled)} from fixed point, one scale each fitted on the public split" if scaled
+                             else "") + f"); fitted the {len(params) - len(latest)} other parameters on the public split")
     return recovery
 
 
@@ -203,19 +239,16 @@ def gradients(messages: Sequence[Message], knowledge: Knowledge) -> Recovery:
     params = dict(knowledge.build_model().named_parameters())
     per_step = _visible_weights(messages, params)
     lr, momentum, decay = float(hyper["lr"]), float(hyper["momentum"]), float(hyper["weight_decay"])
-    velocity: dict[str, np.ndarray] = {}
-    steps = sorted(per_step)
-    for step, following in zip(steps, steps[1:]):
-        if following != step + 1:
-            velocity.clear()
-            continue
-        for name, message in per_step[step].items():
-            if name not in per_step[following]:
+    for name in params:
+        series = _weight_series(messages, params[name], name, per_step)
+        velocity = None
+        for step in sorted(series):
+            if step + 1 not in series:
+                velocity = None
                 continue
-            now, nxt = _weight_value(message, params[name]), _weight_value(per_step[following][name], params[name])
-            v = (now - nxt) / lr
-            grad = v - momentum * velocity.get(name, 0.0) - decay * now
-            velocity[name] = v
-            recovery.gradients.setdefault(step, {})[name] = grad
+            v = (series[step] - series[step + 1]) / lr
+            recovery.gradients.setdefault(step, {})[name] = (
+                v - momentum * (velocity if velocity is not None else 0.0) - decay * series[step])
+            velocity = v
     recovery.notes.append("g_t = (W_t − W_{t+1})/η − μ·v_t − λ·W_t from consecutive visible weights")
     return recovery

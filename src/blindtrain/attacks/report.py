@@ -1,0 +1,167 @@
+"""The privacy lab's report: a table of attack × protocol (each cell with its command) and the plot users
+choose from — enclave time (offload ratio) against attack success, per protocol.
+
+Also the reader :func:`measured` that ``blindtrain protocols`` and ``blindtrain bench`` use to show these
+figures beside what each protocol asserts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+TARGETS = ("labels", "inputs", "model", "gradients")
+#: the headline per target, in words, for the table's header
+HEADLINES = {
+    "labels": "labels: per-row accuracy (resolved, else up to class permutation)",
+    "inputs": "inputs: fraction of images recovered exactly",
+    "model": "model: stolen model's prediction agreement with the victim",
+    "gradients": "gradients: mean cosine with the true gradients",
+}
+RESULTS_ENV = "BLINDTRAIN_PRIVACY_RESULTS"
+
+
+def cell_text(report: dict, target: str) -> str:
+    """One table cell: the best attack's headline against chance, or why there is none."""
+    if report.get("nothing_to_attack"):
+        return "nothing crosses"
+    headline = report.get("best", {}).get(target)
+    if headline is None:
+        planned = [a for a in report.get("attacks", []) if target in a["targets"]]
+        if planned and all(a.get("skipped") for a in planned):
+            return "not run"
+        return "no claim"
+    value, chance = headline["value"], headline.get("chance")
+    text = f"{value:.3f}" if isinstance(value, float) else str(value)
+    return text + (f" (chance {chance:.3f})" if isinstance(chance, float) else "")
+
+
+def _details(report: dict) -> list[str]:
+    lines = []
+    for attack in report.get("attacks", []):
+        if attack.get("skipped"):
+            lines.append(f"  - `{attack['attack']}`: skipped ({attack['skipped']})")
+            continue
+        if attack.get("error"):
+            lines.append(f"  - `{attack['attack']}`: FAILED ({attack['error']})")
+            continue
+        for target, figures in attack.get("scores", {}).items():
+            shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in figures.items() if k != "headline")
+            lines.append(f"  - `{attack['attack']}` {target}: {shown}")
+    return lines
+
+
+def write_report(results: dict, out: Path) -> dict:
+    """``report.md`` and ``offload_vs_attack.png`` in ``out`` from the lab's ``results``."""
+    out = Path(out)
+    plot = plot_offload_vs_attack(results["cells"], out / "offload_vs_attack.png")
+    cells = results["cells"]
+    first = next((c["report"] for c in cells if c["report"].get("knowledge")), {})
+    knowledge = first.get("knowledge", {})
+    lines = [
+        "# Privacy lab: what each protocol leaks, measured",
+        "",
+        f"Preset `{results['preset']}` ({results['settings']}), {len(cells)} cells, {results['seconds']:.0f} s. "
+        f"Regenerate: `{results['command']}` (or `make privacy`).",
+        "",
+        "The attacker is one untrusted worker role, honest but curious. It knows the transcript of its role "
+        "(every tensor it received), the architecture and hyper-parameters, and a public split: "
+        f"{knowledge.get('public_split', '-')}. Models are scored on the other half "
+        "of the test split. Ground truth (sealed by the trusted side) is read only by the scorer.",
+        "",
+        "Each cell: the strongest attack's success, with the chance level in brackets (labels: the largest "
+        "class prior; inputs: 0 exact with the public mean image; model: a same-architecture model trained on "
+        "the public split only; gradients: cosine 0). `[n]` points to the commands that measured the row.",
+        "",
+        "| protocol | role | offload ratio | " + " | ".join(HEADLINES[t] for t in TARGETS) + " | commands |",
+        "|---|---|---|" + "---|" * len(TARGETS) + "---|",
+    ]
+    for n, cell in enumerate(cells, 1):
+        ratio = f"{cell['offload_ratio']:.3f}" if cell.get("offload_ratio") is not None else "-"
+        lines.append(f"| {cell['config']} | {cell['role']} | {ratio} | "
+                     + " | ".join(cell_text(cell["report"], t) for t in TARGETS) + f" | [{n}] |")
+    lines += ["", "Offload ratio: enclave_seconds(protocol) / enclave_seconds(enclave) of the same runs (lower: "
+              "more of the trusted side's work moved to the worker); slalom's against `predict --protocol enclave` "
+              "on the same checkpoint.", "", f"![offload ratio vs attack success]({plot.name})", "",
+              "## Commands and every figure", ""]
+    for n, cell in enumerate(cells, 1):
+        lines.append(f"[{n}] **{cell['config']}**, role `{cell['role']}`")
+        lines.append(f"  - run: `{cell['run_command']}`")
+        if cell.get("baseline_command"):
+            lines.append(f"  - offload baseline: `{cell['baseline_command']}`")
+        lines.append(f"  - attack: `{cell['attack_command']}`")
+        if cell["report"].get("nothing_to_attack"):
+            lines.append(f"  - {cell['report']['nothing_to_attack']}: nothing to attack")
+        lines += _details(cell["report"])
+        lines.append("")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return {"report": out / "report.md", "plot": plot}
+
+
+def success(report: dict, target: str) -> float | None:
+    """The best attack's headline value for ``target`` (0 when nothing crosses), or ``None``."""
+    if report.get("nothing_to_attack"):
+        return 0.0
+    headline = report.get("best", {}).get(target)
+    value = headline and headline.get("value")
+    return value if isinstance(value, (int, float)) else None
+
+
+def plot_offload_vs_attack(cells: list[dict], path: Path) -> Path:
+    """Scatter: x = offload ratio, y = attack success, one marker per target, one label per protocol cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    markers = {"labels": "o", "inputs": "s", "model": "^"}
+    for target, marker in markers.items():
+        xs, ys = [], []
+        for cell in cells:
+            value = success(cell["report"], target)
+            if value is not None and cell.get("offload_ratio") is not None:
+                xs.append(cell["offload_ratio"])
+                ys.append(value)
+        ax.scatter(xs, ys, marker=marker, s=60, alpha=0.7, label=f"{target} attack success")
+    for cell in cells:
+        if cell.get("offload_ratio") is not None:
+            ax.annotate(f"{cell['config']} [{cell['role']}]", (cell["offload_ratio"], 1.02), rotation=60,
+                        fontsize=7, ha="left", va="bottom")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.05, 1.6)
+    ax.set_xlabel("offload ratio: enclave seconds / enclave-only seconds (log; lower = more offloaded)")
+    ax.set_ylabel("attack success (labels: accuracy; inputs: exact; model: agreement)")
+    ax.set_title("Enclave time vs what a worker recovers (privacy lab)")
+    ax.legend(loc="center right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def default_results_path() -> Path:
+    """``$BLINDTRAIN_PRIVACY_RESULTS``, else the repository's ``docs/privacy/results.json``."""
+    env = os.environ.get(RESULTS_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "docs" / "privacy" / "results.json"
+
+
+def measured(path: str | os.PathLike | None = None) -> dict[str, list[dict]]:
+    """protocol -> its lab cells ``{config, role, figures: {target: text}, command}``; empty if not measured."""
+    path = Path(path) if path is not None else default_results_path()
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    out: dict[str, list[dict]] = {}
+    for cell in results.get("cells", []):
+        out.setdefault(cell["protocol"], []).append({
+            "config": cell["config"], "role": cell["role"], "offload_ratio": cell.get("offload_ratio"),
+            "figures": {t: cell_text(cell["report"], t) for t in TARGETS},
+            "success": {t: success(cell["report"], t) for t in TARGETS},
+            "command": cell["attack_command"], "run_command": cell["run_command"],
+            "lab_command": results.get("command")})
+    return out
