@@ -170,16 +170,20 @@ def protocols(as_json: bool) -> None:
     """What each protocol keeps private, whether it trains, and how results are verified."""
     from .protocols import load_all
 
+    from .attacks.report import measured, protocol_lines
+
     registry = load_all()
     infos = [registry[name].info for name in sorted(registry)]
+    lab = measured()  # the privacy lab's figures (docs/privacy/results.json), beside what each protocol asserts
     if as_json:
-        click.echo(json.dumps([vars(i) for i in infos], indent=2))
+        click.echo(json.dumps([{**vars(i), "measured": lab.get(i.name)} for i in infos], indent=2))
         return
     for info in infos:
         click.echo(f"{info.name}  ({info.source}; {'training' if info.trains else 'inference only'})")
         click.echo(f"  private from worker: {info.private}")
         click.echo(f"  integrity:           {info.integrity}")
-        click.echo(f"  leaks:               {info.leaks}")
+        click.echo("\n".join(protocol_lines(info.name, lab)))
+        click.echo(f"  asserted leaks:      {info.leaks}")
         click.echo(f"  {info.summary}\n")
 
 

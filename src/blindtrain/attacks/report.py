@@ -165,3 +165,82 @@ def measured(path: str | os.PathLike | None = None) -> dict[str, list[dict]]:
             "command": cell["attack_command"], "run_command": cell["run_command"],
             "lab_command": results.get("command")})
     return out
+
+
+def protocol_lines(name: str, cells: dict[str, list[dict]]) -> list[str]:
+    """``blindtrain protocols``' measured lines for protocol ``name`` (``cells`` from :func:`measured`)."""
+    if not cells:
+        return ["  measured leakage:    not measured (no privacy-lab results; run `make privacy`)"]
+    rows = cells.get(name)
+    if not rows:
+        return ["  measured leakage:    not measured in the privacy lab"]
+    lines = [f"  measured leakage:    (privacy lab: {rows[0]['lab_command']})"]
+    for row in rows:
+        figures = "; ".join(f"{t} {row['figures'][t]}" for t in TARGETS)
+        lines.append(f"    {row['config']} [{row['role']}]: {figures}")
+        lines.append(f"      measured by: {row['run_command']} && {row['command']}")
+    return lines
+
+
+def privacy_cell(protocol: str, cells: dict[str, list[dict]] | None = None) -> str:
+    """The bench's privacy column for ``protocol``: the lab's label / input / model attack success for the
+    protocol's default configuration, main role (``-`` targets: no claim; or ``not measured``)."""
+    cells = measured() if cells is None else cells
+    rows = cells.get(protocol)
+    if not rows:
+        return "not measured"
+    row = next((r for r in rows if r["role"] == "main"), rows[0])
+
+    def show(target: str) -> str:
+        value = row["success"][target]
+        return "-" if value is None else f"{value:.2f}"
+
+    return f"{show('labels')} / {show('inputs')} / {show('model')}"
+
+
+def plot_bench_offload_vs_attack(bench_cells: list[dict], path: Path, lab: dict[str, list[dict]] | None = None) -> Path:
+    """The bench's picture users choose from: per protocol, the bench's median offload ratio (x) against the
+    privacy lab's attack success (y: labels, inputs, model) for the protocol's default configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lab = measured() if lab is None else lab
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ratios: dict[str, list[float]] = {}
+    for cell in bench_cells:
+        if cell.get("status") == "ok" and cell.get("offload_ratio"):
+            ratios.setdefault(cell["protocol"], []).append(cell["offload_ratio"])
+    plotted = False
+    for target, marker in (("labels", "o"), ("inputs", "s"), ("model", "^")):
+        xs, ys, names = [], [], []
+        for protocol, values in ratios.items():
+            rows = lab.get(protocol)
+            if not rows:
+                continue
+            row = next((r for r in rows if r["role"] == "main"), rows[0])
+            if row["success"][target] is not None:
+                xs.append(sorted(values)[len(values) // 2])
+                ys.append(row["success"][target])
+                names.append(protocol)
+        if xs:
+            plotted = True
+            ax.scatter(xs, ys, marker=marker, s=70, alpha=0.7, label=f"{target} attack success")
+            for x, y, name in zip(xs, ys, names):
+                ax.annotate(name, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    if not plotted:
+        ax.text(0.5, 0.5, "no privacy-lab results (run `make privacy`)\nor no offload ratios in this bench run",
+                ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.set_xscale("log")
+        ax.legend(fontsize=8)
+    ax.set_ylim(-0.05, 1.1)
+    ax.set_xlabel("offload ratio (this bench: enclave s / enclave-only s, median over cells; log)")
+    ax.set_ylabel("attack success (privacy lab, mlp/digits)")
+    ax.set_title("Enclave time vs attack success, per protocol")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -112,9 +112,10 @@ class Plain(Protocol):
 
     def wrap(self, model, optimizer):
         device = self.runtime.worker_device
-        for name, tensor in model.state_dict().items():  # the model crosses once, at set-up: counted, recorded
-            self.runtime.boundary.hand_over(tensor, tag=Tag(self.runtime.step, name, "load"), kind="clear",
-                                            device=device)
+        if optimizer is not None:  # training: the worker gets the initial model once (counted, recorded)
+            for name, tensor in model.state_dict().items():
+                self.runtime.boundary.hand_over(tensor, tag=Tag(self.runtime.step, name, "load"), kind="clear",
+                                                device=device)
         model.to(device)
         if optimizer is not None:
             # the step runs on the worker device: count it as worker time
