@@ -25,17 +25,19 @@ from tqdm import tqdm
 
 from blindtrain.attacks.cli import attack_view
 from blindtrain.attacks.report import write_report
+from blindtrain.attacks.view import ROLES, role_path
+from blindtrain.errors import BlindtrainError
 from blindtrain.train import TrainConfig, run_predict, run_training, write_json
 
 
 @dataclass(frozen=True)
 class Config:
-    """One protocol configuration of the lab and the worker roles attacked under it."""
+    """One protocol configuration of the lab.  Every worker role that received something is attacked on its
+    own (``FILE.ROLE.npz`` beside the main transcript: ``mask``, ``s0`` ...)."""
 
     label: str
     protocol: str
     options: dict = field(default_factory=dict)
-    roles: tuple[str, ...] = ("main",)
     inference: bool = False  #: served with ``blindtrain predict`` (slalom) instead of trained
 
     def flags(self) -> list[str]:
@@ -50,13 +52,24 @@ CONFIGS = (
     Config("plain", "plain"),
     Config("enclave", "enclave"),
     Config("otp", "otp", {"unmask": "enclave"}),
-    Config("otp --unmask mask-worker", "otp", {"unmask": "mask-worker"}, roles=("main", "mask")),
+    Config("otp --unmask mask-worker", "otp", {"unmask": "mask-worker"}),
     Config("slalom (predict)", "slalom", inference=True),
     Config("tempo", "tempo"),
     Config("tempo --rotate-every 1", "tempo", {"rotate_every": 1}),
     Config("tempo --fuse-activations", "tempo", {"fuse_activations": True}),
     Config("tempo --workers 2", "tempo", {"workers": 2}),
 )
+
+def configs() -> list[Config]:
+    """:data:`CONFIGS`, plus every registered protocol they do not name, in its default configuration (a
+    protocol added later is attacked without editing this file)."""
+    from blindtrain.protocols import load_all
+
+    named = {c.protocol for c in CONFIGS}
+    extra = [Config(name, name, inference=not cls.info.trains) for name, cls in sorted(load_all().items())
+             if name not in named]
+    return list(CONFIGS) + extra
+
 
 PRESETS = {
     "quick": {"model": "mlp", "dataset": "digits", "steps": 30, "batch_size": 64},
@@ -111,6 +124,15 @@ def _run_config(config: Config, preset: dict, work: Path, keystore: str, victim:
             "baseline_command": baseline_command}
 
 
+def _warm_up(preset: dict) -> None:
+    """Two untimed steps under each protocol first, so that no measured run pays the process's first-use costs
+    (lazy imports, allocator growth, tempo's fused pass) inside its steps: the offload ratios compare steps."""
+    for protocol in ("enclave", "plain", "otp", "tempo"):
+        run_training(TrainConfig(model=preset["model"], dataset=preset["dataset"], protocol=protocol, steps=2,
+                                 batch_size=preset["batch_size"], device="cpu", progress=False),
+                     echo=lambda *_: None)
+
+
 def run(preset_name: str, out: Path, *, keystore: str | None = None, progress: bool = True) -> dict:
     preset = PRESETS[preset_name]
     out.mkdir(parents=True, exist_ok=True)
@@ -121,14 +143,22 @@ def run(preset_name: str, out: Path, *, keystore: str | None = None, progress: b
     start = time.perf_counter()
     runs: dict[str, dict] = {}
     cells = []
-    order = sorted(CONFIGS, key=lambda c: (c.protocol != "enclave", c.inference))  # enclave first: the checkpoint
+    _warm_up(preset)
+    order = sorted(configs(), key=lambda c: (c.protocol != "enclave", c.inference))  # enclave first: the checkpoint
     bar = tqdm(order, desc="privacy lab", unit="config", disable=not progress, dynamic_ncols=True)
     for config in bar:
         bar.set_postfix_str(config.label)
-        runs[config.label] = ran = _run_config(config, preset, work, keystore, victim)
+        try:
+            runs[config.label] = ran = _run_config(config, preset, work, keystore, victim)
+        except BlindtrainError as exc:  # recorded in the report, never skipped silently
+            cells.append({"config": config.label, "protocol": config.protocol, "options": config.options,
+                          "role": "main", "inference": config.inference, "run_command": "-", "attack_command": "-",
+                          "offload_ratio": None, "report": {"error": f"the run failed: {exc}"}})
+            continue
         enclave_train = runs["enclave"]["metrics"]["enclave_seconds"]
         reference = ran["reference_enclave_seconds"] or enclave_train
-        for role in config.roles:
+        roles = [r for r in ROLES if role_path(ran["files"]["transcript"], r).is_file()]
+        for role in roles:
             report = attack_view(transcript=ran["files"]["transcript"], roles=(role,), metrics=ran["files"]["metrics"],
                                  ground_truth=ran["files"]["truth"], keystore=keystore)
             cells.append({

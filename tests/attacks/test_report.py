@@ -44,3 +44,23 @@ def test_protocols_shows_measured_figures_or_not_measured(cli, tmp_path, monkeyp
     monkeypatch.setenv(report.RESULTS_ENV, str(tmp_path / "absent.json"))
     assert "not measured" in cli("protocols").output
     assert report.privacy_cell("plain", report.measured(path)) == "0.88 / 0.50 / -"
+
+
+def test_the_lab_attacks_every_registered_protocol(monkeypatch):
+    """A protocol added later is in the lab without anyone editing the script (its default configuration)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from blindtrain.protocols import load_all
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "privacy_lab.py"
+    spec = importlib.util.spec_from_file_location("privacy_lab", path)
+    lab = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "privacy_lab", lab)  # dataclasses look their module up
+    spec.loader.exec_module(lab)
+    covered = {c.protocol for c in lab.configs()}
+    assert set(load_all()) <= covered
+    assert {"plain", "enclave", "otp", "slalom", "tempo"} <= covered
+    tempo_options = [c.options for c in lab.configs() if c.protocol == "tempo"]
+    assert {"rotate_every": 1} in tempo_options and {"workers": 2} in tempo_options

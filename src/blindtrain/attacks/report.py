@@ -26,6 +26,8 @@ def cell_text(report: dict, target: str) -> str:
     """One table cell: the best attack's headline against chance, or why there is none."""
     if report.get("nothing_to_attack"):
         return "nothing crosses"
+    if report.get("error"):
+        return "run failed"
     headline = report.get("best", {}).get(target)
     if headline is None:
         planned = [a for a in report.get("attacks", []) if target in a["targets"]]
@@ -84,7 +86,13 @@ def write_report(results: dict, out: Path) -> dict:
                      + " | ".join(cell_text(cell["report"], t) for t in TARGETS) + f" | [{n}] |")
     lines += ["", "Offload ratio: enclave_seconds(protocol) / enclave_seconds(enclave) of the same runs (lower: "
               "more of the trusted side's work moved to the worker); slalom's against `predict --protocol enclave` "
-              "on the same checkpoint.", "", f"![offload ratio vs attack success]({plot.name})", "",
+              "on the same checkpoint (wall minus waits on the worker, as the bench times inference). On a model "
+              "this small (an MLP on 8x8 digits) offloading does not pay: a ratio above 1 means the protocol costs "
+              "the trusted side more than doing all the work itself. `blindtrain bench` measures the ratios on "
+              "models where it pays; this lab measures what leaks.", "",
+              "A cell reads *no claim* when no attack in this tree recovers that secret from the view (the "
+              "protocol-specific attacks are listed per row below, with *skipped* where their module is absent).",
+              "", f"![offload ratio vs attack success]({plot.name})", "",
               "## Commands and every figure", ""]
     for n, cell in enumerate(cells, 1):
         lines.append(f"[{n}] **{cell['config']}**, role `{cell['role']}`")
@@ -94,6 +102,8 @@ def write_report(results: dict, out: Path) -> dict:
         lines.append(f"  - attack: `{cell['attack_command']}`")
         if cell["report"].get("nothing_to_attack"):
             lines.append(f"  - {cell['report']['nothing_to_attack']}: nothing to attack")
+        if cell["report"].get("error"):
+            lines.append(f"  - {cell['report']['error']}")
         lines += _details(cell["report"])
         lines.append("")
     (out / "report.md").write_text("\n".join(lines) + "\n")
