@@ -136,10 +136,11 @@ def plot_offload_vs_attack(cells: list[dict], path: Path) -> Path:
                 xs.append(cell["offload_ratio"])
                 ys.append(value)
         ax.scatter(xs, ys, marker=marker, s=60, alpha=0.7, label=f"{target} attack success")
-    for cell in cells:
-        if cell.get("offload_ratio") is not None:
-            ax.annotate(f"{cell['config']} [{cell['role']}]", (cell["offload_ratio"], 1.02), rotation=60,
-                        fontsize=7, ha="left", va="bottom")
+    labelled = [c for c in cells if c.get("offload_ratio") is not None]
+    for rank, cell in enumerate(sorted(labelled, key=lambda c: c["offload_ratio"])):
+        ax.annotate(f"{cell['config']} [{cell['role']}]", (cell["offload_ratio"], 1.04 + 0.1 * (rank % 5)),
+                    fontsize=7, ha="center", va="bottom")
+        ax.axvline(cell["offload_ratio"], color="0.85", lw=0.8, zorder=0)
     ax.set_xscale("log")
     ax.set_ylim(-0.05, 1.6)
     ax.set_xlabel("offload ratio: enclave seconds / enclave-only seconds (log; lower = more offloaded)")
