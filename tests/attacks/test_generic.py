@@ -47,6 +47,19 @@ def test_labels_up_to_permutation_when_columns_are_permuted(known, batches):
     assert not recovery.labels_resolved
     figures = score_labels(recovery, truth(batches), "1", 10)
     assert figures["accuracy"] is None and figures["accuracy_up_to_permutation"] == 1.0
+    assert figures["count_error_per_row"] == 0.0
+
+
+def test_labels_from_column_blocks_of_several_workers(known, batches):
+    """``--workers 2``: each worker gets a block of the output gradient's columns; the role holds both."""
+    view = []
+    for step, (_, y) in batches.items():
+        g = output_gradient(y, seed=step)
+        view += [message(2 * step, step, "3", "backward", "A0", "clear", g[:, :5]),
+                 message(2 * step + 1, step, "3", "backward", "A0", "clear", g[:, 5:])]
+    view = [m.__class__(**{**m.__dict__, "worker": f"main{m.index % 2}"}) for m in view]
+    figures = score_labels(generic.labels(view, known), truth(batches), "1", 10)
+    assert figures["accuracy"] == 1.0
 
 
 def test_labels_score_chance_on_uniform_messages(known, batches):

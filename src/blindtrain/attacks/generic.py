@@ -36,25 +36,34 @@ _VISIBLE = ("public", "clear")
 
 
 # ----------------------------------------------------------------------------------------- labels ----
-def _output_gradients(messages: Sequence[Message], knowledge: Knowledge) -> dict[int, Message]:
-    """step -> the first output-gradient operand with one column per class (the last layer's)."""
-    found: dict[int, Message] = {}
+def _output_gradients(messages: Sequence[Message], knowledge: Knowledge) -> dict[int, tuple[np.ndarray, str]]:
+    """step -> ``(operand, kind)``: the first output-gradient operand with one column per class (the last
+    layer's).  Column blocks sent to several workers of the view (``--workers 2``) are put side by side."""
+    groups: dict[tuple, list[Message]] = {}
     for message in messages:
-        array = message.array
-        if (message.op in ("grad_input", "backward") and message.operand.startswith("A") and array.ndim == 2
-                and array.shape[1] == knowledge.num_classes and message.step not in found):
-            found[message.step] = message
+        if message.op in ("grad_input", "backward") and message.operand.startswith("A") and message.array.ndim == 2:
+            groups.setdefault((message.step, message.layer, message.op, message.operand, message.role), []).append(message)
+    found: dict[int, tuple[np.ndarray, str]] = {}
+    for (step, *_), group in groups.items():
+        if step in found or len({m.array.shape[0] for m in group}) != 1:
+            continue
+        blocks = sorted(group, key=lambda m: (m.worker, m.index))
+        if len({m.worker for m in blocks}) != len(blocks):  # repeated sends to one worker: take the first
+            blocks = [blocks[0]]
+        operand = np.concatenate([real(m) for m in blocks], axis=1)
+        if operand.shape[1] == knowledge.num_classes:
+            found[step] = (operand, blocks[0].kind)
     return found
 
 
 def labels(messages: Sequence[Message], knowledge: Knowledge) -> Recovery:
     recovery = Recovery(attack="generic.labels")
     kinds = set()
-    for step, message in _output_gradients(messages, knowledge).items():
-        guess = np.argmin(real(message), axis=1).astype(np.int64)
+    for step, (operand, kind) in _output_gradients(messages, knowledge).items():
+        guess = np.argmin(operand, axis=1).astype(np.int64)
         recovery.labels[step] = guess
         recovery.label_counts[step] = np.bincount(guess, minlength=knowledge.num_classes).astype(np.float64)
-        kinds.add(message.kind)
+        kinds.add(kind)
     # columns keep the class order unless the protocol permutes them (obfuscated): then only up to permutation
     recovery.labels_resolved = bool(kinds) and "obfuscated" not in kinds
     recovery.notes.append("label = arg-min of each row of the last layer's output-gradient operand "

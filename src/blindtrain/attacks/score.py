@@ -69,7 +69,7 @@ def score_labels(recovery: Recovery, truth: GroundTruth, frame_layer: str, class
             "chance": float(prior.max()),
             "chance_up_to_permutation": _random_matching(true, classes),
         })
-        mapping = dict(zip(rows, cols))
+        mapping = dict(zip(rows.tolist(), cols.tolist()))
         per_step = []
         for g, t in zip(guesses, trues):
             mapped = np.array([mapping.get(v, -1) if v >= 0 else -1 for v in g])
@@ -83,6 +83,11 @@ def score_labels(recovery: Recovery, truth: GroundTruth, frame_layer: str, class
             y = truth.batches[step][1]
             true_counts = np.bincount(y, minlength=classes)
             estimate = np.asarray(recovery.label_counts[step], dtype=np.float64)[:classes]
+            if not recovery.labels_resolved:  # classes up to a permutation: the map fitted on the rows, if any
+                mapped = np.zeros(classes)
+                for guessed, true_class in (mapping.items() if steps else enumerate(range(classes))):
+                    mapped[true_class] += estimate[guessed]
+                estimate = mapped
             errors.append(float(np.abs(estimate - true_counts).sum() / len(y)))
         figures["count_error_per_row"] = float(np.mean(errors))
     if "accuracy_up_to_permutation" not in figures:
