@@ -64,3 +64,14 @@ def test_the_lab_attacks_every_registered_protocol(monkeypatch):
     assert {"plain", "enclave", "otp", "slalom", "tempo"} <= covered
     tempo_options = [c.options for c in lab.configs() if c.protocol == "tempo"]
     assert {"rotate_every": 1} in tempo_options and {"workers": 2} in tempo_options
+
+
+def test_a_figure_at_chance_comes_with_the_argument_or_a_flag():
+    def cell(kinds, value):
+        best = {"labels": {"attack": "a", "metric": "accuracy", "value": value, "chance": 0.1}}
+        return {"config": "p", "role": "main", "report": {"kinds": kinds, "best": best, "attacks": []}}
+
+    masked, clear, leaking = cell({"masked": 3}, 0.1), cell({"clear": 3}, 0.12), cell({"clear": 3}, 1.0)
+    lines = report.arguments([masked, clear, leaking])
+    assert len(lines) == 2
+    assert "one-time pads" in lines[0] and "NOT EXPLAINED" in lines[1]

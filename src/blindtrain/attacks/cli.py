@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def attack_view(*, transcript: str, roles: Sequence[str] = ("main",), metrics: s
     report = {
         "command": shlex.join(command), "transcript": str(transcript), "roles": list(roles),
         "protocol": knowledge.protocol, "messages": len(messages),
+        "kinds": dict(sorted(Counter(m.kind for m in messages).items())),
         "knowledge": {"roles": f"transcript(s) of role(s) {', '.join(roles)}: {len(messages)} messages",
                       "architecture": knowledge.model_spec, "input_shape": list(knowledge.input_shape),
                       "classes": knowledge.num_classes, "hyper_parameters": knowledge.hyper,

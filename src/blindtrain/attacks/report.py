@@ -55,6 +55,45 @@ def _details(report: dict) -> list[str]:
     return lines
 
 
+#: why a view of this kind of message can hold an attack to chance (the report's argument, per kind)
+KIND_REASONS = {
+    "masked": "one-time pads uniform in F_p hide every masked operand, information-theoretically, per message",
+    "pad": "the pads are uniform and independent of the data",
+    "share": "each additive share alone is uniform in F_p",
+    "obfuscated": "permutations, signs and power-of-two scales hide the obfuscated operands from the attacks "
+                  "in this tree",
+}
+MARGIN = 0.05
+
+
+def arguments(cells: list[dict]) -> list[str]:
+    """One line per cell and target where the best attack stays within ``MARGIN`` of chance: why, from the kinds
+    of message the view holds — or a flag where the view holds clear data and nothing explains it."""
+    lines = []
+    for cell in cells:
+        report = cell["report"]
+        if report.get("nothing_to_attack") or report.get("error"):
+            continue
+        hidden = [k for k in report.get("kinds", {}) if k in KIND_REASONS]
+        skipped = [a["attack"] for a in report.get("attacks", []) if a.get("skipped")]
+        for target in TARGETS:
+            headline = report.get("best", {}).get(target)
+            if headline is None or not isinstance(headline.get("value"), float) or headline.get("chance") is None:
+                continue
+            if headline["value"] > headline["chance"] + MARGIN:
+                continue
+            visible = [k for k in ("public", "clear") if k in report.get("kinds", {})]
+            if target in ("model", "gradients") and visible:
+                why = f"NOT EXPLAINED: weights cross in {'/'.join(visible)} messages, so a stronger attack exists"
+            else:
+                why = "; ".join(KIND_REASONS[k] for k in hidden) or "NOT EXPLAINED: the view holds only public or clear data"
+            if skipped:
+                why += f" (not run here: {', '.join(skipped)})"
+            lines.append(f"- {cell['config']} [{cell['role']}], {target} at chance "
+                         f"({headline['value']:.3f} vs {headline['chance']:.3f}): {why}.")
+    return lines
+
+
 def write_report(results: dict, out: Path) -> dict:
     """``report.md`` and ``offload_vs_attack.png`` in ``out`` from the lab's ``results``."""
     out = Path(out)
@@ -93,6 +132,9 @@ def write_report(results: dict, out: Path) -> dict:
               "A cell reads *no claim* when no attack in this tree recovers that secret from the view (the "
               "protocol-specific attacks are listed per row below, with *skipped* where their module is absent).",
               "", f"![offload ratio vs attack success]({plot.name})", "",
+              "## Why a figure is at chance", "",
+              "Where no attack does better than chance, the argument from what the view holds "
+              "(a protocol below what a simple attack reaches elsewhere needs one):", "", *arguments(cells), "",
               "## Commands and every figure", ""]
     for n, cell in enumerate(cells, 1):
         lines.append(f"[{n}] **{cell['config']}**, role `{cell['role']}`")
