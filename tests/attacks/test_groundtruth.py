@@ -42,10 +42,11 @@ def test_ground_truth_is_sealed(plain_run, tmp_path):
         groundtruth.load(plain_run.truth, keystore=KeyStore(tmp_path / "other.key"))
 
 
-def test_tempo_records_its_row_permutation(tmp_path):
+@pytest.mark.parametrize("options", [{}, {"fuse_activations": True}], ids=["tempo", "fused"])
+def test_tempo_records_its_row_permutation(tmp_path, options):
     from .conftest import _train
 
-    run = _train(tmp_path, "tempo")
+    run = _train(tmp_path, "tempo", **options)
     truth = groundtruth.load(run.truth, keystore=KeyStore(run.keystore))
     order = truth.orders[0]["1"]
     assert sorted(order.tolist()) == list(range(32)) and order.tolist() != list(range(32))

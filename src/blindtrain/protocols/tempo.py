@@ -539,13 +539,13 @@ class Tempo(Protocol):
         b = layer.last_batch = x.shape[0]
         with rt.ledger.timed("encode"):
             pb, cb = self._fresh("perm", b), torch.ones(b)  # unit batch scales: bias added on the worker
-        if rt.ground_truth is not None:  # scoring only: frame row r is true batch row pb[r]
-            rt.ground_truth.row_order(rt.step, site.name, pb)
             xe = self._enc(x.detach().float(), pb, key["pn"], cb, key["s"])
             be = None
             if bias is not None:
                 be = (bias.detach().float() * key["c"])[key["pm"]]
                 be = be.view(1, -1, 1, 1) if layer.conv else be.view(1, -1)
+        if rt.ground_truth is not None:  # scoring only: frame row r is true batch row pb[r]
+            rt.ground_truth.row_order(rt.step, site.name, pb)
         layer.batch = (pb, cb) if training else None
         params = {"fn": "conv2d", **site.conv_params} if layer.conv else {"fn": "matmul_nt"}
         params.update(act=spec["act"], slope=spec["slope"], pool=spec["pool"])
