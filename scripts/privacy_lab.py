@@ -140,7 +140,7 @@ def run(preset_name: str, out: Path, *, keystore: str | None = None, progress: b
     work.mkdir(exist_ok=True)
     keystore = keystore or str(work / "sealing.key")
     victim = {"checkpoint": str(work / "victim.ckpt")}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     runs: dict[str, dict] = {}
     cells = []
     _warm_up(preset)
@@ -171,6 +171,7 @@ def run(preset_name: str, out: Path, *, keystore: str | None = None, progress: b
                 "test_accuracy": ran["metrics"].get("test_accuracy"), "report": report,
             })
     results = {"preset": preset_name, "settings": preset, "seconds": time.perf_counter() - start,
+               "cpu_seconds": time.process_time() - cpu_start,
                "command": "PYTHONPATH=src python scripts/privacy_lab.py " + shlex.join(sys.argv[1:]),
                "keystore_note": f"ground truth sealed under {Path(keystore).name} (kept beside the runs, not committed)",
                "cells": cells}

@@ -104,7 +104,8 @@ def write_report(results: dict, out: Path) -> dict:
     lines = [
         "# Privacy lab: what each protocol leaks, measured",
         "",
-        f"Preset `{results['preset']}` ({results['settings']}), {len(cells)} cells, {results['seconds']:.0f} s. "
+        f"Preset `{results['preset']}` ({results['settings']}), {len(cells)} cells, {results['seconds']:.0f} s wall, "
+        f"{results.get('cpu_seconds', float('nan')):.0f} s of CPU (wall time grows with other load on the machine). "
         f"Regenerate: `{results['command']}` (or `make privacy`).",
         "",
         "The attacker is one untrusted worker role, honest but curious. It knows the transcript of its role "
