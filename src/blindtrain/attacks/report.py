@@ -126,10 +126,11 @@ def write_report(results: dict, out: Path) -> dict:
                      + " | ".join(cell_text(cell["report"], t) for t in TARGETS) + f" | [{n}] |")
     lines += ["", "Offload ratio: enclave_seconds(protocol) / enclave_seconds(enclave) of the same runs (lower: "
               "more of the trusted side's work moved to the worker); slalom's against `predict --protocol enclave` "
-              "on the same checkpoint (wall minus waits on the worker, as the bench times inference). On a model "
-              "this small (an MLP on 8x8 digits) offloading does not pay: a ratio above 1 means the protocol costs "
-              "the trusted side more than doing all the work itself. `blindtrain bench` measures the ratios on "
-              "models where it pays; this lab measures what leaks.", "",
+              "on the same checkpoint (wall minus waits on the worker, as the bench times inference). These come "
+              "from one short run per protocol on a model this small (an MLP on 8x8 digits), so they are noisy on a "
+              "shared machine and a ratio above 1 (the protocol costs the trusted side more than doing all the work "
+              "itself) is common; `blindtrain bench` measures offload ratios with steps interleaved on models where "
+              "offloading pays. This lab measures what leaks.", "",
               "A cell reads *no claim* when no attack in this tree recovers that secret from the view (the "
               "protocol-specific attacks are listed per row below, with *skipped* where their module is absent).",
               "", f"![offload ratio vs attack success]({plot.name})", "",
