@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test bench-quick clean
+.PHONY: demo test bench-quick privacy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(VENV)/bin/blindtrain bench --preset quick --out docs/benchmarks/cpu-quick
+
+privacy: $(STAMP)   # the privacy lab's quick preset: docs/privacy/{results.json,report.md,offload_vs_attack.png}
+	$(PY) scripts/privacy_lab.py --preset quick --out docs/privacy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

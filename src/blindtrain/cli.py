@@ -109,6 +109,8 @@ def main() -> None:
 @click.option("--checkpoint-every", type=int, help="also write it every N steps")
 @click.option("--resume", type=click.Path(dir_okay=False), help="continue from a sealed checkpoint")
 @click.option("--keystore", type=click.Path(dir_okay=False), help="sealing key file (default ~/.config/blindtrain)")
+@click.option("--record-ground-truth", type=click.Path(dir_okay=False),
+              help="privacy lab: write the true batches and final model, sealed, for `blindtrain attack` scoring")
 @click.option("--unmask", help="otp: where unmask factors are computed: enclave or mask-worker")
 @click.option("--fuse-activations/--no-fuse-activations", default=None, help="tempo: activations on the worker")
 @click.option("--rotate-every", type=int, help="tempo: rotate weight keys every N steps")
@@ -141,16 +143,20 @@ def train(**kwargs) -> None:
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--keystore", type=click.Path(dir_okay=False))
 @click.option("--metrics", type=click.Path(dir_okay=False))
+@click.option("--transcript", type=click.Path(dir_okay=False), help="write every tensor the worker received (.npz)")
+@click.option("--record-ground-truth", type=click.Path(dir_okay=False),
+              help="privacy lab: write the true inputs and the model, sealed, for `blindtrain attack` scoring")
 @click.option("--option", "extra", multiple=True, help="protocol option KEY=VALUE (repeatable)")
 def predict(checkpoint, protocol, dataset, data_dir, device, transport, adversary, batch_size, keystore, metrics,
-            extra) -> None:
+            transcript, record_ground_truth, extra) -> None:
     """Test accuracy of a sealed checkpoint, with inference under a protocol."""
     from .train import run_predict, write_json
 
     try:
         result = run_predict(checkpoint=checkpoint, protocol=protocol, dataset=dataset, data_dir=data_dir,
                              device=device, keystore=keystore, transport=transport, adversary=adversary,
-                             batch_size=batch_size, protocol_options=_parse_options(extra))
+                             batch_size=batch_size, protocol_options=_parse_options(extra), transcript=transcript,
+                             record_ground_truth=record_ground_truth)
     except BlindtrainError as exc:
         _fail(exc)
     if metrics:
@@ -166,16 +172,20 @@ def protocols(as_json: bool) -> None:
     """What each protocol keeps private, whether it trains, and how results are verified."""
     from .protocols import load_all
 
+    from .attacks.report import measured, protocol_lines
+
     registry = load_all()
     infos = [registry[name].info for name in sorted(registry)]
+    lab = measured()  # the privacy lab's figures (docs/privacy/results.json), beside what each protocol asserts
     if as_json:
-        click.echo(json.dumps([vars(i) for i in infos], indent=2))
+        click.echo(json.dumps([{**vars(i), "measured": lab.get(i.name)} for i in infos], indent=2))
         return
     for info in infos:
         click.echo(f"{info.name}  ({info.source}; {'training' if info.trains else 'inference only'})")
         click.echo(f"  private from worker: {info.private}")
         click.echo(f"  integrity:           {info.integrity}")
-        click.echo(f"  leaks:               {info.leaks}")
+        click.echo("\n".join(protocol_lines(info.name, lab)))
+        click.echo(f"  asserted leaks:      {info.leaks}")
         click.echo(f"  {info.summary}\n")
 
 
@@ -229,6 +239,32 @@ def worker(rendezvous, rank, world_size, device, threads, connect_timeout) -> No
 
     sys.exit(run(rendezvous=rendezvous, rank=rank, world_size=world_size, device=device, threads=threads,
                  connect_timeout=connect_timeout))
+
+
+@main.command()
+@click.option("--transcript", required=True, type=click.Path(dir_okay=False),
+              help="the main worker's transcript (.npz); other roles' are FILE.ROLE.npz beside it")
+@click.option("--role", "roles", multiple=True, help="role(s) the attacker controls: main, mask, s0, s1, dealer "
+              "(repeatable; default main)")
+@click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False),
+              help="the run's metrics JSON (architecture and hyper-parameters)")
+@click.option("--ground-truth", type=click.Path(dir_okay=False), help="sealed ground truth: score the attacks")
+@click.option("--keystore", type=click.Path(dir_okay=False), help="sealing key file (to unseal --ground-truth)")
+@click.option("--attacks", "targets", default="labels,inputs,model,gradients", show_default=True,
+              help="what to attack: labels, inputs, model, gradients")
+@click.option("--data-dir", type=click.Path(), help="directory of the CIFAR-10 python batches (public split)")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the results as JSON")
+def attack(transcript, roles, metrics_path, ground_truth, keystore, targets, data_dir, json_out) -> None:
+    """The privacy lab: attack what an untrusted worker saw; with --ground-truth, score it."""
+    from .attacks.cli import run_attack
+
+    try:
+        run_attack(transcript=transcript, roles=roles or ("main",), metrics=metrics_path, ground_truth=ground_truth,
+                   keystore=keystore, targets=targets, data_dir=data_dir, json_out=json_out,
+                   command=["blindtrain", "attack", *sys.argv[2:]] if sys.argv[1:2] == ["attack"] else None,
+                   echo=click.echo)
+    except BlindtrainError as exc:
+        _fail(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,6 +56,8 @@ class Runtime:
         self.worker_device = worker_device
         self.transport = transport
         self.step = 0
+        #: a :class:`blindtrain.groundtruth.GroundTruthRecorder` while ``--record-ground-truth`` is on, else None
+        self.ground_truth = None
         self._nonces = itertools.count()
 
     def call(self, request: Request, *, role: str = "main", index: int = 0) -> Response:

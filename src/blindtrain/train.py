@@ -56,6 +56,7 @@ class TrainConfig:
     checkpoint_every: int | None = None
     resume: str | None = None
     keystore: str | None = None
+    record_ground_truth: str | None = None
     eval_batch_size: int = 256
     progress: bool = True
     protocol_options: dict = field(default_factory=dict)
@@ -82,7 +83,7 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         for flag, target in (("--metrics", self.metrics), ("--transcript", self.transcript),
-                             ("--checkpoint", self.checkpoint)):
+                             ("--checkpoint", self.checkpoint), ("--record-ground-truth", self.record_ground_truth)):
             if target is not None and Path(target).is_dir():
                 raise UsageError(f"{flag} {target} is a directory; give a file path")
 
@@ -156,6 +157,7 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
                       rendezvous=config.rendezvous, threads=config.threads, adversary=config.adversary,
                       transcript=config.transcript is not None,
                       **config.protocol_options)
+    ground_truth = _ground_truth_recorder(config, session, model)
     info = session.protocol.info
     if not info.trains:
         session.close()
@@ -186,8 +188,12 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
                 if step >= start_step + total:
                     break
                 optimizer.zero_grad(set_to_none=True)
+                if ground_truth is not None:
+                    ground_truth.record_batch(session.step, x, y)
                 loss = loss_fn(config.loss, model(x), y)
                 loss.backward()
+                if ground_truth is not None:
+                    ground_truth.record_gradients(session.step)
                 optimizer.step()
                 step += 1
                 samples += len(y)
@@ -204,6 +210,8 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
         accuracy = evaluate(model, dataset.x_test, dataset.y_test, batch_size=config.eval_batch_size)
         if config.checkpoint:
             _save_checkpoint(config, keystore, session, optimizer, spec, step)
+        if ground_truth is not None:
+            _save_ground_truth(config, keystore, session, ground_truth, spec)
     except BaseException as exc:
         status = {IntegrityError: "integrity_violation", WorkerCrashed: "worker_crashed"}.get(type(exc), "error")
         error, train_seconds = str(exc), time.perf_counter() - wall_start
@@ -233,10 +241,29 @@ def _save_checkpoint(config, keystore, session, optimizer, spec, step) -> None:
               optimizer_state=optimizer.state_dict(), step=step)
 
 
+def _ground_truth_recorder(config, session, model):
+    """With ``--record-ground-truth``: a recorder watching ``model`` (the caller's, unwrapped), installed as
+    ``runtime.ground_truth`` so protocols that permute rows report the order (scoring only)."""
+    if config.record_ground_truth is None:
+        return None
+    from .groundtruth import GroundTruthRecorder
+
+    session.runtime.ground_truth = GroundTruthRecorder(model)
+    return session.runtime.ground_truth
+
+
+def _save_ground_truth(config, keystore, session, recorder, spec) -> None:
+    model = session.plaintext_model()
+    recorder.save(config.record_ground_truth, keystore=keystore, model_spec=spec, model_state=model.state_dict(),
+                  extra={"protocol": config.protocol, "protocol_options": config.protocol_options,
+                         "batch_size": config.batch_size, "seed": config.seed})
+
+
 def run_predict(*, checkpoint: str, protocol: str = "enclave", dataset: str | None = None,
                 data_dir: str | None = None, device: str = "auto", seed: int = 0, keystore: str | None = None,
                 transport: str = "inproc", adversary: str | None = None, batch_size: int = 256,
-                protocol_options: dict | None = None) -> dict:
+                protocol_options: dict | None = None, transcript: str | None = None,
+                record_ground_truth: str | None = None) -> dict:
     """Test accuracy of a checkpointed model, with inference run under ``protocol``."""
     if batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
@@ -251,11 +278,20 @@ def run_predict(*, checkpoint: str, protocol: str = "enclave", dataset: str | No
         raise UsageError(f"checkpoint does not fit dataset {data.name}: {str(exc).splitlines()[0]}") from None
     start = time.perf_counter()
     with Session(protocol=protocol, device=device, seed=seed, transport=transport, adversary=adversary,
-                 **(protocol_options or {})) as session:
+                 transcript=transcript is not None, **(protocol_options or {})) as session:
         wrapped, _ = session.prepare(model, None)
         accuracy = evaluate(wrapped, data.x_test, data.y_test, batch_size=batch_size)
         metrics = session.metrics()
+        if transcript is not None:
+            session.save_transcripts(transcript)
+    if record_ground_truth is not None:
+        from .groundtruth import save_inference
+
+        save_inference(record_ground_truth, keystore=KeyStore(keystore), model_spec=spec,
+                       model_state=payload["model_state"], x=data.x_test, y=data.y_test, batch_size=batch_size,
+                       extra={"protocol": protocol, "seed": seed})
     metrics.update({"model": spec["model"], "dataset": data.name, "test_accuracy": accuracy,
                     "test_samples": len(data.y_test), "wall_seconds": time.perf_counter() - start,
-                    "checkpoint_step": payload["step"]})
+                    "checkpoint_step": payload["step"], "model_spec": spec, "batch_size": batch_size,
+                    "seed": seed})
     return metrics

@@ -201,8 +201,15 @@ def tracking(results: dict, path: Path) -> Path:
     return path
 
 
+def privacy(results: dict, path: Path) -> Path:
+    """Offload ratio against the privacy lab's attack success (docs/privacy/results.json)."""
+    from ..attacks.report import plot_bench_offload_vs_attack
+
+    return plot_bench_offload_vs_attack(results["cells"], path)
+
+
 PLOTS = {"throughput.png": throughput, "enclave_breakdown.png": breakdown, "bytes_per_step.png": bytes_per_step,
-         "enclave_tracking.png": tracking}
+         "enclave_tracking.png": tracking, "offload_vs_attack.png": privacy}
 
 
 def write_all(results: dict, out_dir: Path) -> list[Path]:

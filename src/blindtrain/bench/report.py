@@ -309,6 +309,9 @@ def _paging(projected: dict) -> str:
 
 
 def _model_section(results: dict, model: str, cells: list[dict], order: list[str]) -> list[str]:
+    from ..attacks.report import measured, privacy_cell
+
+    lab = measured()  # the privacy lab's figures per protocol (mlp/digits; commands in the privacy section)
     profile = results["profile"]
     first = cells[0]
     params = next((c["params"] for c in cells if c.get("params")), None)
@@ -338,12 +341,13 @@ def _model_section(results: dict, model: str, cells: list[dict], order: list[str
                          f"{_bytes(c['measured']['bytes_to_worker'])} / {_bytes(c['measured']['bytes_from_worker'])}",
                          check, str(c["measured"]["messages"]), _bytes(c.get("enclave_peak_bytes")),
                          "-" if c.get("integrity_soundness_bits") is None else f"{c['integrity_soundness_bits']:.3g}",
-                         acc])
+                         acc, privacy_cell(c["protocol"], lab)])
         if rows:
             out += [_table(["protocol", "steps/s median [min–max]", "samples/s", "enclave ms/step",
                             "offload ratio (vs enclave)", "speed vs plain", "worker ms/step",
                             "bytes to / from worker per step", "bytes = modelled?", "messages/step",
-                            "enclave peak mem", "integrity bits", "test acc (Δ vs plain)"], rows), ""]
+                            "enclave peak mem", "integrity bits", "test acc (Δ vs plain)",
+                            "attack success label / input / model (privacy lab)"], rows), ""]
         rows = []
         for c in ok:
             cats = c["enclave_seconds_by_category"]
@@ -454,6 +458,14 @@ def render(results: dict) -> str:
                       "rank correlation (Spearman)", "verdict"], rows), ""]
     lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots.PLOTS] + [""]
     lines += ["## Privacy and integrity, per protocol", ""]
+    from ..attacks.report import measured, protocol_lines
+
+    lab = measured()
+    lines += ["Measured by the privacy lab (`make privacy`; attack success against chance, the lab's commands "
+              "beside each figure), then what each protocol asserts:", ""]
+    for name in results["protocols"]:
+        lines += ["```", name, *protocol_lines(name, lab), "```"]
+    lines.append("")
     for name, info in results["protocols"].items():
         summary = next((c.get("protocol_summary") for c in cells
                         if c["protocol"] == name and c["status"] == "ok"), None)

@@ -508,6 +508,8 @@ class Tempo(Protocol):
         xf = x.detach().float()
         with rt.ledger.timed("encode"):
             pb, cb = self._batch_key(b)
+        if rt.ground_truth is not None:  # scoring only: frame row r is true batch row pb[r]
+            rt.ground_truth.row_order(rt.step, site.name, pb)
         xe, expected = self._encode_forward(layer, xf, pb, cb)
         layer.batch = (pb, cb) if training else None
         parts = []
@@ -542,6 +544,8 @@ class Tempo(Protocol):
             if bias is not None:
                 be = (bias.detach().float() * key["c"])[key["pm"]]
                 be = be.view(1, -1, 1, 1) if layer.conv else be.view(1, -1)
+        if rt.ground_truth is not None:  # scoring only: frame row r is true batch row pb[r]
+            rt.ground_truth.row_order(rt.step, site.name, pb)
         layer.batch = (pb, cb) if training else None
         params = {"fn": "conv2d", **site.conv_params} if layer.conv else {"fn": "matmul_nt"}
         params.update(act=spec["act"], slope=spec["slope"], pool=spec["pool"])
