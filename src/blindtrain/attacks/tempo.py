@@ -1,0 +1,193 @@
+"""Attacks on ``tempo`` by an honest-but-curious main worker (labels, inputs, model), from its transcript.
+
+The mechanism (issue #11): tempo's keys — permutations, ±1 signs, power-of-two scales — are exact float
+operations, so every value keeps its mantissa.  The worker's own products come back to it: the input
+gradient it returns for layer ℓ+1, ``R = G₁W′``, is decoded by the enclave, masked by the ReLU (exact) and
+re-encoded as layer ℓ's gradient operand; so equal mantissas link the batch rows (and hidden units) of
+consecutive layers (:mod:`.tempo_links`).  Chained from the last layer to the first, they put every row of
+the loss gradient — whose one negative entry per row is the label, the softmax's ``p − 1`` — in the row
+order of the first layer's operand, the frame.  The first layer's operand is the data up to power-of-two
+row scales, column signs and a column permutation fixed per key epoch (:mod:`.tempo_inputs`); rotations
+are linked by the weights the worker already holds; the model is the worker's own W′, replayed from the
+transcript, decoded with the same links (:mod:`.tempo_model`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import tempo_inputs as inputs_attack
+from .recovery import Knowledge, Message, Recovery
+from .tempo_links import link
+from .tempo_view import View, build_view
+
+#: a row or column link counts when its winning vote holds this share of the matches
+VOTE = 0.5
+
+
+def _conv_params(knowledge: Knowledge) -> dict:
+    out = {}
+    try:
+        model = knowledge.build_model()
+    except Exception:  # noqa: BLE001 - an unknown architecture: linear layers need no parameters
+        return out
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            out[name] = {"stride": module.stride, "padding": module.padding, "dilation": module.dilation}
+    return out
+
+
+def gradient_operand(ls) -> np.ndarray | None:
+    """The gradient operand the worker holds for a layer: G₁ if it crossed, else G₂."""
+    return ls.g1 if ls.g1 is not None else ls.g2
+
+
+def row_chain(view: View, step: int) -> dict[str, np.ndarray]:
+    """For each offloaded layer, the frame row (first layer's forward operand) of each of its batch rows;
+    −1 where the chain breaks.  Built from the last layer back: ``R`` of layer ℓ+1 against layer ℓ's
+    gradient operand."""
+    layers = [name for name in view.layers if name in view.steps[step] and view.steps[step][name].training]
+    chain = {}
+    if not layers:
+        return chain
+    first = layers[0]
+    g = gradient_operand(view.steps[step][first])
+    chain[first] = np.arange(g.shape[0])
+    for upper, lower in zip(layers[1:], layers[:-1]):
+        ls_up, ls_low = view.steps[step][upper], view.steps[step][lower]
+        if ls_up.grad_input is None:
+            break
+        lk = link(ls_up.grad_input, gradient_operand(ls_low))
+        rows = np.where(lk.row_votes >= VOTE, lk.row_map, -1)
+        below = chain[lower]
+        chain[upper] = np.where(rows >= 0, below[np.maximum(rows, 0)], -1)
+    return chain
+
+
+def recover(messages: Sequence[Message], knowledge: Knowledge, *, progress: bool = False) -> Recovery:
+    """Labels, inputs and model of a tempo run from the main worker's view (see the module docstring)."""
+    rec = Recovery(attack="tempo-mantissa-links")
+    view = build_view(messages, dict(knowledge.hyper), conv_params=_conv_params(knowledge))
+    steps = view.training_steps()
+    rec.notes.append(f"view: {len(steps)} training steps, offloaded layers {view.layers}, workers {view.workers}, "
+                     f"{'worker-side SGD' if view.resident else 'enclave-side updates'}"
+                     f"{', fused activations' if view.fused else ''}")
+    if not steps:
+        rec.notes.append("no training step in the view: nothing to attack")
+        return rec
+    last = view.layers[-1]
+    chains, raw_labels = {}, {}
+    for step in tqdm(steps, desc="tempo links", disable=not progress, leave=False):
+        chain = row_chain(view, step)
+        chains[step] = chain
+        b = len(chain[view.layers[0]])
+        labels = np.full(b, -1, np.int64)
+        if last in chain:
+            g = gradient_operand(view.steps[step][last])
+            guess = g.reshape(g.shape[0], g.shape[1], -1).sum(-1).argmin(1)
+            ok = chain[last] >= 0
+            labels[chain[last][ok]] = guess[ok]
+        raw_labels[step] = labels
+    rec.notes.append("labels: the one negative entry of each row of the last layer's gradient operand "
+                     "(softmax − one-hot, scaled by positive powers of two), in the last layer's class order; rows "
+                     "put in the frame by mantissa links R = G₁W′ (layer ℓ+1) ↔ gradient operand (layer ℓ)")
+    recovered_inputs = inputs_attack.recover_inputs(view, steps, knowledge, rec.notes)
+    rec.inputs = recovered_inputs
+    class_maps = _class_epochs(view, steps, rec.notes)
+    resolved = _resolve_classes(view, steps, raw_labels, class_maps, recovered_inputs, knowledge, rec.notes)
+    rec.labels, rec.labels_resolved = resolved
+    return rec
+
+
+def _class_epochs(view: View, steps: list[int], notes: list[str]) -> dict[int, np.ndarray]:
+    """step -> map from that step's class order (the last layer's output permutation) to the first key epoch's
+    order, through the rotations (old W′ rows ↔ new W′ rows by mantissa); missing where a link failed."""
+    last = view.layers[-1]
+    maps: dict[int, np.ndarray] = {}
+    current = None
+    broken = 0
+    for step in steps:
+        ls = view.steps[step].get(last)
+        if ls is None:
+            continue
+        if ls.encrypted is not None:
+            m = ls.encrypted.shape[0]
+            if current is None:
+                current = np.arange(m)
+            elif ls.weight_before is not None:
+                lk = link(ls.weight_before, ls.encrypted)
+                good = lk.row_votes >= VOTE
+                if good.all() and len(set(lk.row_map.tolist())) == m:
+                    new = np.empty(m, np.int64)
+                    new[lk.row_map] = current
+                    current = new
+                else:
+                    current, broken = None, broken + 1
+        if current is not None:
+            maps[step] = current
+    if broken:
+        notes.append(f"labels: {broken} key rotation(s) of the last layer could not be linked; their class orders "
+                     "are resolved separately")
+    return maps
+
+
+def _resolve_classes(view, steps, raw_labels, class_maps, recovered_inputs, knowledge, notes):
+    """True class indices: a classifier trained on the public split labels the reconstructed inputs; each
+    class slot (of the linked key epochs) takes the true class its rows are most often classified as
+    (a linear assignment over the confusion counts)."""
+    from scipy.optimize import linear_sum_assignment
+
+    classes = knowledge.num_classes
+    groups: dict[tuple, list[int]] = {}
+    for step in steps:
+        cmap = class_maps.get(step)
+        groups.setdefault(("linked",) if cmap is not None else ("step", step), []).append(step)
+    clf = _public_classifier(knowledge)
+    if clf is None or not recovered_inputs:
+        notes.append("labels: no classifier / inputs to resolve the class permutation; labels are up to a permutation")
+        out = {}
+        for step in steps:
+            cmap = class_maps.get(step)
+            lab = raw_labels[step]
+            out[step] = np.where(lab >= 0, cmap[np.maximum(lab, 0)], -1) if cmap is not None else lab
+        return out, False
+    out = {}
+    for key, members in groups.items():
+        counts = np.zeros((classes, classes))
+        per_step = {}
+        for step in members:
+            lab = raw_labels[step]
+            cmap = class_maps.get(step) if key == ("linked",) else np.arange(classes)
+            slot = np.where(lab >= 0, cmap[np.maximum(lab, 0)], -1)
+            per_step[step] = slot
+            x = recovered_inputs.get(step)
+            if x is None:
+                continue
+            ok = (slot >= 0) & np.isfinite(x.reshape(len(x), -1)).all(1)
+            if ok.any():
+                pred = clf(x[ok])
+                np.add.at(counts, (slot[ok], pred), 1)
+        rows, cols = linear_sum_assignment(-counts)
+        to_class = np.full(classes, -1)
+        to_class[rows] = cols
+        for step, slot in per_step.items():
+            out[step] = np.where(slot >= 0, to_class[np.maximum(slot, 0)], -1)
+    notes.append(f"labels: class permutation resolved by a public-split classifier on the reconstructed inputs "
+                 f"({len(groups)} group(s) of linked key epochs)")
+    return out, True
+
+
+def _public_classifier(knowledge: Knowledge):
+    """A logistic-regression classifier on the public split (inputs flattened), or None."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(knowledge.public_x, dtype=np.float32).reshape(len(knowledge.public_x), -1)
+    y = np.asarray(knowledge.public_y)
+    if len(x) == 0 or len(np.unique(y)) < 2:
+        return None
+    model = LogisticRegression(max_iter=500).fit(x, y)
+    return lambda batch: model.predict(np.asarray(batch, dtype=np.float32).reshape(len(batch), -1))
