@@ -95,11 +95,14 @@ def recover(messages: Sequence[Message], knowledge: Knowledge, *, progress: bool
     rec.notes.append("labels: the one negative entry of each row of the last layer's gradient operand "
                      "(softmax − one-hot, scaled by positive powers of two), in the last layer's class order; rows "
                      "put in the frame by mantissa links R = G₁W′ (layer ℓ+1) ↔ gradient operand (layer ℓ)")
-    recovered_inputs = inputs_attack.recover_inputs(view, steps, knowledge, rec.notes)
-    rec.inputs = recovered_inputs
+    found = inputs_attack.recover_inputs(view, steps, knowledge, rec.notes)
+    recovered_inputs = rec.inputs = found.inputs
     class_maps = _class_epochs(view, steps, rec.notes)
     resolved = _resolve_classes(view, steps, raw_labels, class_maps, recovered_inputs, knowledge, rec.notes)
-    rec.labels, rec.labels_resolved = resolved
+    rec.labels, rec.labels_resolved, class_of = resolved
+    from .tempo_model import steal_model
+
+    rec.model_state = steal_model(view, steps, knowledge, found, class_of, rec.notes)
     return rec
 
 
@@ -154,8 +157,8 @@ def _resolve_classes(view, steps, raw_labels, class_maps, recovered_inputs, know
             cmap = class_maps.get(step)
             lab = raw_labels[step]
             out[step] = np.where(lab >= 0, cmap[np.maximum(lab, 0)], -1) if cmap is not None else lab
-        return out, False
-    out = {}
+        return out, False, {}
+    out, class_of = {}, {}
     for key, members in groups.items():
         counts = np.zeros((classes, classes))
         per_step = {}
@@ -176,9 +179,11 @@ def _resolve_classes(view, steps, raw_labels, class_maps, recovered_inputs, know
         to_class[rows] = cols
         for step, slot in per_step.items():
             out[step] = np.where(slot >= 0, to_class[np.maximum(slot, 0)], -1)
+            cmap = class_maps.get(step) if key == ("linked",) else np.arange(classes)
+            class_of[step] = to_class[cmap]
     notes.append(f"labels: class permutation resolved by a public-split classifier on the reconstructed inputs "
                  f"({len(groups)} group(s) of linked key epochs)")
-    return out, True
+    return out, True, class_of
 
 
 def _public_classifier(knowledge: Knowledge):

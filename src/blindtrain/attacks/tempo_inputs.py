@@ -21,8 +21,21 @@ channel per column (single-channel images need no assignment at all).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+
+@dataclass
+class InputAttack:
+    """What the input attack found: per step the reconstruction (frame rows), the row exponents
+    (``c_b = 2^e``), and per first-layer column its feature position and sign (``x = sign · x′ / c_b``)."""
+
+    inputs: dict[int, np.ndarray] = field(default_factory=dict)
+    row_exp: dict[int, np.ndarray] = field(default_factory=dict)
+    feature: dict[int, np.ndarray] = field(default_factory=dict)   #: step -> (n,) feature (channel) index
+    sign: dict[int, np.ndarray] = field(default_factory=dict)      #: step -> (n,) ±1
 
 
 def value_set(public_x: np.ndarray) -> np.ndarray:
@@ -158,7 +171,7 @@ def _epoch_frames(view, steps: list[int], layer: str, notes: list[str]) -> dict[
     return out
 
 
-def recover_inputs(view, steps: list[int], knowledge, notes: list[str]) -> dict[int, np.ndarray]:
+def recover_inputs(view, steps: list[int], knowledge, notes: list[str]) -> InputAttack:
     """Reconstructed training inputs per step, rows in the frame order (see the module docstring)."""
     layer = view.layers[0]
     conv = view.conv.get(layer, False)
@@ -166,6 +179,7 @@ def recover_inputs(view, steps: list[int], knowledge, notes: list[str]) -> dict[
     public = np.asarray(knowledge.public_x, dtype=np.float32)
     values = value_set(public)
     frames = _epoch_frames(view, steps, layer, notes)
+    result = InputAttack()
     # unscale every row
     unscaled, fractions = {}, []
     for step, (group, _, _) in frames.items():
@@ -177,12 +191,13 @@ def recover_inputs(view, steps: list[int], knowledge, notes: list[str]) -> dict[
             rms = np.sqrt((x.reshape(len(x), -1).astype(np.float64) ** 2).mean(1)) + 1e-30
             target = np.sqrt((public.astype(np.float64) ** 2).mean())
             e = np.round(np.log2(rms / target)).astype(np.int64)
+        result.row_exp[step] = e
         unscaled[step] = (x * np.float32(2.0) ** (-e.astype(np.float32)).reshape(-1, *([1] * (x.ndim - 1))))
     if fractions:
         frac = np.concatenate(fractions)
         notes.append(f"inputs: row scales from the public value set ({len(values)} values): "
                      f"{(frac == 1).mean():.3f} of rows fully in the set")
-    out: dict[int, np.ndarray] = {}
+    out = result.inputs
     groups = sorted({g for g, _, _ in frames.values()})
     # public data in the operand's column layout: features (linear) or channels (conv)
     pub_cols = public.reshape(len(public), -1) if not conv else public
@@ -211,6 +226,9 @@ def recover_inputs(view, steps: list[int], knowledge, notes: list[str]) -> dict[
             sgn = signs.reshape(1, -1, *([1] * (zr.ndim - 2))).astype(np.float32)
             placed[:, order] = zr * sgn
             out[s] = placed.reshape(len(placed), *shape)
+            _, ref_col, flip = frames[s]
+            result.feature[s] = order[ref_col]
+            result.sign[s] = signs[ref_col] * flip
     notes.append("inputs: columns put in feature order by matching value histograms and co-occurrence "
                  f"statistics of the recovered rows against the public split ({len(public)} samples)")
-    return out
+    return result
