@@ -162,11 +162,13 @@ def build_view(messages: Sequence[Message], hyper: dict, *, conv_params: dict | 
                     if len(ls.forwards) == 1:
                         ls.product = _cat(ls.product, y.numpy())
             elif m.op == "forward" and m.operand == "C":
+                if len(ls.forwards) != 1:
+                    continue  # a later forward of the step (evaluation batches): only the first is kept
                 ls.bias = _cat(ls.bias, m.array, axis=1)
                 x, weight = w.held_x[m.layer], w.weight[m.layer]
                 y = torch.matmul(x, weight.transpose(-2, -1)) if not conv.get(m.layer) else \
                     bilinear.apply("conv2d", x, weight, **fn_params(m.layer))
-                if len(ls.forwards) == 1:
+                if True:
                     ls.fused_out = _cat(ls.fused_out, torch.relu(y + a).numpy(), axis=1)
             elif m.op in ("backward", "grad_input") and m.operand in ("A0", "A"):
                 ls.g1 = _cat(ls.g1, m.array, axis=1)
