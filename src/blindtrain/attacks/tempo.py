@@ -46,10 +46,31 @@ def gradient_operand(ls) -> np.ndarray | None:
     return ls.g1 if ls.g1 is not None else ls.g2
 
 
-def row_chain(view: View, step: int) -> dict[str, np.ndarray]:
+def _sigmoid_rows(r: np.ndarray, x: np.ndarray, g: np.ndarray, scale_range: int = 4) -> np.ndarray:
+    """Row links through a sigmoid: the enclave's backward is ``dY = dH·(1 − h)·h`` (float32, in that order),
+    which changes mantissas.  ``h = |X′| / c_b`` for the right power of two c_b (the upper layer's operand holds
+    the sigmoid's output); a power-of-two scale and sign of ``dH`` commute exactly with the product, so for
+    each candidate c_b the worker recomputes ``(R·(1 − h))·h`` and links that to the lower layer's gradient
+    operand; each row keeps the candidate with the most matches.  Candidates: ``2^e``, |e| ≤ ``scale_range``
+    (tempo's public key distribution)."""
+    ax = np.abs(np.asarray(x, dtype=np.float32)).reshape(x.shape[0], -1)
+    r2 = np.asarray(r, dtype=np.float32).reshape(r.shape[0], -1)
+    best_count = np.zeros(len(r2))
+    rows = np.full(len(r2), -1, np.int64)
+    for e in range(-scale_range, scale_range + 1):
+        h = ax * np.float32(2.0 ** -e)
+        d = (r2 * (np.float32(1.0) - h)) * h
+        lk = link(d.reshape(r.shape), g)
+        counts = np.bincount(lk.p_rows[lk.row_map[lk.p_rows] == lk.q_rows], minlength=len(r2))
+        better = (counts > best_count) & (lk.row_votes >= VOTE)
+        rows[better], best_count[better] = lk.row_map[better], counts[better]
+    return rows
+
+
+def row_chain(view: View, step: int, activation: str = "relu", scale_range: int = 4) -> dict[str, np.ndarray]:
     """For each offloaded layer, the frame row (first layer's forward operand) of each of its batch rows;
     −1 where the chain breaks.  Built from the last layer back: ``R`` of layer ℓ+1 against layer ℓ's
-    gradient operand."""
+    gradient operand (through a sigmoid: :func:`_sigmoid_rows`)."""
     layers = [name for name in view.layers if name in view.steps[step] and view.steps[step][name].training]
     chain = {}
     if not layers:
@@ -61,8 +82,11 @@ def row_chain(view: View, step: int) -> dict[str, np.ndarray]:
         ls_up, ls_low = view.steps[step][upper], view.steps[step][lower]
         if ls_up.grad_input is None:
             break
-        lk = link(ls_up.grad_input, gradient_operand(ls_low))
-        rows = np.where(lk.row_votes >= VOTE, lk.row_map, -1)
+        if activation == "sigmoid":
+            rows = _sigmoid_rows(ls_up.grad_input, ls_up.forwards[0], gradient_operand(ls_low), scale_range)
+        else:
+            lk = link(ls_up.grad_input, gradient_operand(ls_low))
+            rows = np.where(lk.row_votes >= VOTE, lk.row_map, -1)
         below = chain[lower]
         chain[upper] = np.where(rows >= 0, below[np.maximum(rows, 0)], -1)
     return chain
@@ -81,8 +105,11 @@ def recover(messages: Sequence[Message], knowledge: Knowledge, *, progress: bool
         return rec
     last = view.layers[-1]
     chains, raw_labels = {}, {}
+    activation = knowledge.model_spec.get("activation", "relu")
+    options = knowledge.hyper.get("protocol_options") or {}
+    scale_range = int(options.get("scale_range", 4) or 4)
     for step in tqdm(steps, desc="tempo links", disable=not progress, leave=False):
-        chain = row_chain(view, step)
+        chain = row_chain(view, step, activation, scale_range)
         chains[step] = chain
         b = len(chain[view.layers[0]])
         labels = np.full(b, -1, np.int64)

@@ -57,6 +57,8 @@ def solve_step(view, step: int, found, class_of=None) -> StepSolution | None:
     ls = [st[n] for n in names]
     if any(l.rows is None or l.cols is None or l.grad_input is None for l in ls[1:]):
         return None  # needs the public rank-one factor (worker-side SGD)
+    if any(not (np.all(l.cols > 0) and np.all(l.rows > 0)) for l in ls[1:]):
+        return None  # not tempo's powers of two
     fused = [l.bias is not None for l in ls]
     x0 = ls[0].forwards[0]
     b = x0.shape[0]

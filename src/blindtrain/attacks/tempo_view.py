@@ -109,7 +109,17 @@ def _conv_layers(messages: Sequence[Message]) -> dict[str, bool]:
 def build_view(messages: Sequence[Message], hyper: dict, *, conv_params: dict | None = None) -> View:
     """Parse the transcript and replay the workers' state (see the module docstring).
 
-    ``conv_params``: layer -> ``{stride, padding, ...}`` of conv layers (the architecture is known)."""
+    ``conv_params``: layer -> ``{stride, padding, ...}`` of conv layers (the architecture is known).
+    The replay runs single-threaded: the products are small, and threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _build_view(messages, hyper, conv_params=conv_params)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_view(messages: Sequence[Message], hyper: dict, *, conv_params: dict | None = None) -> View:
     conv_params = conv_params or {}
     main = [m for m in messages if m.worker.startswith("main")]
     workers = sorted({m.worker for m in main})
