@@ -23,6 +23,7 @@ from tqdm import tqdm
 from . import tempo_inputs as inputs_attack
 from .recovery import Knowledge, Message, Recovery
 from .tempo_links import link
+from .tempo_rekey import rekey_links
 from .tempo_view import View, build_view
 
 #: a row or column link counts when its winning vote holds this share of the matches
@@ -122,20 +123,21 @@ def recover(messages: Sequence[Message], knowledge: Knowledge, *, progress: bool
     rec.notes.append("labels: the one negative entry of each row of the last layer's gradient operand "
                      "(softmax − one-hot, scaled by positive powers of two), in the last layer's class order; rows "
                      "put in the frame by mantissa links R = G₁W′ (layer ℓ+1) ↔ gradient operand (layer ℓ)")
-    found = inputs_attack.recover_inputs(view, steps, knowledge, rec.notes)
+    rekeys = rekey_links(view, dict(knowledge.hyper), scale_range, rec.notes)
+    found = inputs_attack.recover_inputs(view, steps, knowledge, rec.notes, rekeys)
     recovered_inputs = rec.inputs = found.inputs
-    class_maps = _class_epochs(view, steps, rec.notes)
+    class_maps = _class_epochs(view, steps, rec.notes, rekeys)
     resolved = _resolve_classes(view, steps, raw_labels, class_maps, recovered_inputs, knowledge, rec.notes)
     rec.labels, rec.labels_resolved, class_of = resolved
     from .tempo_model import steal_model
 
-    rec.model_state = steal_model(view, steps, knowledge, found, class_of, rec.notes)
+    rec.model_state = steal_model(view, steps, knowledge, found, class_of, rec.notes, rekeys)
     return rec
 
 
-def _class_epochs(view: View, steps: list[int], notes: list[str]) -> dict[int, np.ndarray]:
+def _class_epochs(view: View, steps: list[int], notes: list[str], rekeys: dict) -> dict[int, np.ndarray]:
     """step -> map from that step's class order (the last layer's output permutation) to the first key epoch's
-    order, through the rotations (old W′ rows ↔ new W′ rows by mantissa); missing where a link failed."""
+    order, through the re-key links (:mod:`.tempo_rekey`); missing where a link failed."""
     last = view.layers[-1]
     maps: dict[int, np.ndarray] = {}
     current = None
@@ -146,21 +148,19 @@ def _class_epochs(view: View, steps: list[int], notes: list[str]) -> dict[int, n
             continue
         if ls.encrypted is not None:
             m = ls.encrypted.shape[0]
+            rk = rekeys.get((last, step))
             if current is None:
                 current = np.arange(m)
-            elif ls.weight_before is not None:
-                lk = link(ls.weight_before, ls.encrypted)
-                good = lk.row_votes >= VOTE
-                if good.all() and len(set(lk.row_map.tolist())) == m:
-                    new = np.empty(m, np.int64)
-                    new[lk.row_map] = current
-                    current = new
-                else:
-                    current, broken = None, broken + 1
+            elif rk is not None:
+                new = np.empty(m, np.int64)
+                new[rk.rows] = current
+                current = new
+            else:
+                current, broken = None, broken + 1
         if current is not None:
             maps[step] = current
     if broken:
-        notes.append(f"labels: {broken} key rotation(s) of the last layer could not be linked; their class orders "
+        notes.append(f"labels: {broken} key change(s) of the last layer could not be linked; their class orders "
                      "are resolved separately")
     return maps
 

@@ -132,11 +132,10 @@ def assign_columns(z: np.ndarray, public: np.ndarray, values: np.ndarray, *, swe
     return order
 
 
-def _epoch_frames(view, steps: list[int], layer: str, notes: list[str]) -> dict[int, tuple[int, np.ndarray, np.ndarray]]:
+def _epoch_frames(view, steps: list[int], layer: str, notes: list[str], rekeys: dict) -> dict:
     """step -> (group, ref_col, flip): column j of the step's operand is column ``ref_col[j]`` of its group's
-    reference frame, times ``flip[j]``.  Key epochs chained by rotation links share a group."""
-    from .tempo_links import link
-
+    reference frame, times ``flip[j]``.  Key epochs chained by re-key links (:mod:`.tempo_rekey`) share a
+    group."""
     out = {}
     group, ref_col, flip = -1, None, None
     linked = broken = 0
@@ -146,39 +145,32 @@ def _epoch_frames(view, steps: list[int], layer: str, notes: list[str]) -> dict[
             continue
         if ls.encrypted is not None or ref_col is None:
             n = ls.forwards[0].shape[1]
-            chained = False
-            if ref_col is not None and ls.weight_before is not None and ls.encrypted is not None:
-                lk = link(ls.weight_before, ls.encrypted)
-                ok = (lk.col_votes >= 0.5) & (lk.col_map >= 0)
-                if ok.all() and len(set(lk.col_map.tolist())) == n:
-                    # the sign of column j's matches: (new / old) = row scale × sign flip of the column
-                    signs = np.zeros(n)
-                    good = (lk.col_map[lk.p_cols] == lk.q_cols)
-                    np.add.at(signs, lk.p_cols[good], np.sign(lk.ratio[good]))
-                    new_ref, new_flip = np.empty(n, np.int64), np.empty(n)
-                    new_ref[lk.col_map] = ref_col
-                    new_flip[lk.col_map] = flip * np.where(signs < 0, -1.0, 1.0)
-                    ref_col, flip, chained = new_ref, new_flip, True
-                    linked += 1
-            if not chained:
+            rk = rekeys.get((layer, step))
+            if ref_col is not None and rk is not None:
+                new_ref, new_flip = np.empty(n, np.int64), np.empty(n)
+                new_ref[rk.cols] = ref_col
+                new_flip[rk.cols] = flip * rk.sign
+                ref_col, flip = new_ref, new_flip
+                linked += 1
+            else:
                 if ref_col is not None:
                     broken += 1
                 group += 1
                 ref_col, flip = np.arange(n), np.ones(n)
         out[step] = (group, ref_col.copy(), flip.copy())
-    notes.append(f"inputs: {linked} key rotation(s) of the first layer linked by the re-sent weights, {broken} not "
+    notes.append(f"inputs: {linked} key change(s) of the first layer linked, {broken} not "
                  f"({group + 1} separate column frame(s))")
     return out
 
 
-def recover_inputs(view, steps: list[int], knowledge, notes: list[str]) -> InputAttack:
+def recover_inputs(view, steps: list[int], knowledge, notes: list[str], rekeys: dict) -> InputAttack:
     """Reconstructed training inputs per step, rows in the frame order (see the module docstring)."""
     layer = view.layers[0]
     conv = view.conv.get(layer, False)
     shape = tuple(knowledge.input_shape)
     public = np.asarray(knowledge.public_x, dtype=np.float32)
     values = value_set(public)
-    frames = _epoch_frames(view, steps, layer, notes)
+    frames = _epoch_frames(view, steps, layer, notes, rekeys)
     result = InputAttack()
     # unscale every row
     unscaled, fractions = {}, []

@@ -193,15 +193,6 @@ def _softmax_bias(ls, cb, cpb, c):
     return np.median(v, axis=0)
 
 
-def _rotation_rows(view, step, name):
-    """Old → new row order of layer ``name`` if its key rotated at ``step`` (None: no rotation)."""
-    ls = view.steps[step][name]
-    if ls.weight_before is None or ls.encrypted is None:
-        return None
-    lk = link(ls.weight_before, ls.encrypted)
-    return np.where(lk.row_votes >= 0.5, lk.row_map, -1)
-
-
 @dataclass
 class Carry:
     """How a layer's key order at an earlier step maps into its order at a later one (composed rotations):
@@ -213,8 +204,8 @@ class Carry:
     sign: np.ndarray
 
 
-def carry(view, name, start: int, end: int) -> Carry | None:
-    """Compose the rotation links of layer ``name`` at the steps in ``(start, end]``; None if one fails."""
+def carry(view, name, start: int, end: int, rekeys: dict) -> Carry | None:
+    """Compose the re-key links of layer ``name`` at the steps in ``(start, end]``; None if one is missing."""
     m, n = view.steps[end][name].weight_after.shape[:2]
     rows, scale, cols, sign = np.arange(m), np.ones(m), np.arange(n), np.ones(n)
     for step in sorted(view.steps):
@@ -223,23 +214,16 @@ def carry(view, name, start: int, end: int) -> Carry | None:
         ls = view.steps[step].get(name)
         if ls is None or ls.encrypted is None:
             continue
-        if ls.weight_before is None:
+        rk = rekeys.get((name, step))
+        if rk is None:
             return None
-        lk = link(ls.weight_before, ls.encrypted)
-        if (lk.row_votes < 0.5).any() or (lk.col_votes < 0.5).any():
-            return None
-        ok = consistent(lk)
-        mag = np.zeros(m)
-        np.maximum.at(mag, lk.p_rows[ok], np.abs(lk.ratio[ok]))   # |new/old| = c_new / c_old per row
-        sg = np.zeros(n)
-        np.add.at(sg, lk.p_cols[ok], np.sign(lk.ratio[ok]))
-        scale = scale * mag[rows]
-        sign = sign * np.where(sg[cols] < 0, -1.0, 1.0)
-        rows, cols = lk.row_map[rows], lk.col_map[cols]
+        scale = scale * rk.scale[rows]
+        sign = sign * rk.sign[cols]
+        rows, cols = rk.rows[rows], rk.cols[cols]
     return Carry(rows, scale, cols, sign)
 
 
-def merge_solutions(view, steps: list[int], found, *, depth: int = 8) -> StepSolution | None:
+def merge_solutions(view, steps: list[int], found, rekeys: dict, *, depth: int = 8) -> StepSolution | None:
     """The last step's solution, its gaps (units inactive in that batch: no link, no bias) filled from up to
     ``depth`` earlier steps carried into the last step's key orders."""
     last = steps[-1]
@@ -254,7 +238,7 @@ def merge_solutions(view, steps: list[int], found, *, depth: int = 8) -> StepSol
         old = solve_step(view, earlier, found)
         if old is None:
             continue
-        carried = [carry(view, name, earlier, last) for name in names]
+        carried = [carry(view, name, earlier, last, rekeys) for name in names]
         if any(cr is None for cr in carried):
             break
         for k, cr in enumerate(carried):
@@ -276,7 +260,7 @@ def merge_solutions(view, steps: list[int], found, *, depth: int = 8) -> StepSol
     return sol
 
 
-def steal_model(view, steps, knowledge, found, class_of, notes) -> dict | None:
+def steal_model(view, steps, knowledge, found, class_of, notes, rekeys) -> dict | None:
     """The victim's final plaintext ``state_dict`` (see the module docstring), or None where this attack does
     not apply (conv layers, enclave-side updates, non-ReLU activations)."""
     names = view.layers
@@ -297,7 +281,7 @@ def steal_model(view, steps, knowledge, found, class_of, notes) -> dict | None:
                      "the worker)")
         return None
     last = steps[-1]
-    sol = merge_solutions(view, steps, found)
+    sol = merge_solutions(view, steps, found, rekeys)
     if sol is None:
         notes.append("model: the last step could not be solved")
         return None
@@ -317,7 +301,8 @@ def steal_model(view, steps, knowledge, found, class_of, notes) -> dict | None:
         buf = sol.grad_bias[k] + wd * b_now
         if prev is not None and mu != 0:
             b_prev = prev.bias[k]
-            moved = _rotation_rows(view, last, name)
+            rk = rekeys.get((name, last))
+            moved = rk.rows if rk is not None else None
             if moved is not None:
                 aligned = np.full_like(b_prev, np.nan)
                 ok = moved >= 0

@@ -43,7 +43,8 @@ class LayerStep:
     grad_input: np.ndarray | None = None     #: R = G₁W′ (b×n), as the enclave sums the workers' parts
     encrypted: np.ndarray | None = None      #: W′ sent this step (a new key epoch), joined
     weight_before: np.ndarray | None = None  #: the W′ the worker held just before ``encrypted`` replaced it
-    weight_after: np.ndarray | None = None   #: W′ after this step's update (resident SGD), joined
+    weight_after: np.ndarray | None = None   #: W′ the worker holds after this step (updated by it under SGD)
+    weight_grad: np.ndarray | None = None    #: enclave-side updates: the gradient G₂ᵀX′ the worker returned
     epoch: int = 0                           #: key epoch index of this layer at this step
 
     @property
@@ -200,9 +201,15 @@ def _build_view(messages: Sequence[Message], hyper: dict, *, conv_params: dict |
                                                fn_params(m.layer))
             elif m.op == "grad_weight" and m.operand in ("A", "B"):
                 ls.g2 = _cat(ls.g2, m.array, axis=1)
+                grad = _grad_weight(a, w.held_x[m.layer], w.weight[m.layer], conv.get(m.layer), fn_params(m.layer))
                 if resident:
-                    w.grad[m.layer] = _grad_weight(a, w.held_x[m.layer], w.weight[m.layer], conv.get(m.layer),
-                                                   fn_params(m.layer))
+                    w.grad[m.layer] = grad
+                else:  # returned to the enclave, which updates the plaintext weights itself
+                    ls.weight_grad = _cat(ls.weight_grad, grad.numpy(), axis=0)
+        if not resident:
+            for name, ls in view.items():
+                if ls.training:
+                    ls.weight_after = _join(state, workers, "weight", name)
         if resident:
             for w in state.values():
                 for name in list(w.grad):
