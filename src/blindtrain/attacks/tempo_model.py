@@ -47,7 +47,23 @@ def _pow2_round(x):
     return np.exp2(np.round(np.log2(x)))
 
 
-def solve_step(view, step: int, found, class_of=None) -> StepSolution | None:
+def _public_factors(ls, scales):
+    """The rank-one factor ``(rows, cols)`` that turns G₁ into G₂: sent in the clear with worker-side SGD; with
+    enclave-side updates G₁ and G₂ both cross, and their quotient is that factor — split by the key's row
+    scales c (``cols = c²``) known from the re-key tracker."""
+    if ls.rows is not None and ls.cols is not None:
+        return ls.rows.astype(np.float64), ls.cols.astype(np.float64)
+    if scales is None or ls.g1 is None or ls.g2 is None:
+        return None, None
+    cols = scales.astype(np.float64) ** 2
+    g1, g2 = ls.g1.astype(np.float64), ls.g2.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(g1 != 0, g2 / g1, np.nan) / cols[None, :]
+    rows = np.exp2(np.round(np.nanmedian(np.log2(np.abs(q)), axis=1)))
+    return rows, cols
+
+
+def solve_step(view, step: int, found, rekeys=None) -> StepSolution | None:
     """Every scale, sign, hidden-unit link and bias of one training step (see the module docstring)."""
     names = view.layers
     K = len(names)
@@ -55,9 +71,11 @@ def solve_step(view, step: int, found, class_of=None) -> StepSolution | None:
     if any(n not in st or not st[n].training for n in names):
         return None
     ls = [st[n] for n in names]
-    if any(l.rows is None or l.cols is None or l.grad_input is None for l in ls[1:]):
-        return None  # needs the public rank-one factor (worker-side SGD)
-    if any(not (np.all(l.cols > 0) and np.all(l.rows > 0)) for l in ls[1:]):
+    scales = getattr(rekeys, "scales", {}) if rekeys is not None else {}
+    factors = [(None, None)] + [_public_factors(l, scales.get((n, step))) for n, l in zip(names[1:], ls[1:])]
+    if any(f[0] is None or l.grad_input is None for f, l in zip(factors[1:], ls[1:])):
+        return None  # needs the rank-one factor G₁ → G₂
+    if any(not (np.all(f[1] > 0) and np.all(np.isfinite(f[0])) and np.all(f[0] > 0)) for f in factors[1:]):
         return None  # not tempo's powers of two
     fused = [l.bias is not None for l in ls]
     x0 = ls[0].forwards[0]
@@ -72,7 +90,7 @@ def solve_step(view, step: int, found, class_of=None) -> StepSolution | None:
         cb[0] = np.exp2(found.row_exp[step].astype(np.float64))
     s[0] = found.sign.get(step)
     for k in range(1, K):
-        c[k] = np.sqrt(ls[k].cols.astype(np.float64))
+        c[k] = np.sqrt(factors[k][1])
         links[k] = link(ls[k].grad_input, _gop(ls[k - 1]))
         lk = links[k]
         ok = consistent(lk)
@@ -86,7 +104,7 @@ def solve_step(view, step: int, found, class_of=None) -> StepSolution | None:
     n1, m0 = ls[1].grad_input.shape[1], _gop(ls[0]).shape[1]
     row_exp, col_exp, _, _ = rank_one_log2(lk, b, n1)
     rows1 = np.where(lk.row_votes >= 0.5, lk.row_map, -1)
-    k1 = ls[1].rows.astype(np.float64)
+    k1 = factors[1][0]
     have = (rows1 >= 0) & ~np.isnan(row_exp)
     if fused[1]:
         gamma = np.median(np.log2(1.0 / k1[have]) + np.log2(cb[0][rows1[have]]) - row_exp[have])
@@ -114,7 +132,7 @@ def solve_step(view, step: int, found, class_of=None) -> StepSolution | None:
         np.add.at(cnt, i[good], 1)
         has = cnt > 0
         cpb[k][has] = np.exp2(np.round(sums[has] / cnt[has]))
-        cb[k] = np.ones(b) if fused[k] else 1.0 / (ls[k].rows.astype(np.float64) * cpb[k])
+        cb[k] = np.ones(b) if fused[k] else 1.0 / (factors[k][0] * cpb[k])
     bias = [None] * K
     grad_bias = [None] * K
     for k in range(K - 1):
@@ -206,7 +224,8 @@ class Carry:
 
 def carry(view, name, start: int, end: int, rekeys: dict) -> Carry | None:
     """Compose the re-key links of layer ``name`` at the steps in ``(start, end]``; None if one is missing."""
-    m, n = view.steps[end][name].weight_after.shape[:2]
+    m, n = next(ls.encrypted.shape[:2] for s, step_view in sorted(view.steps.items()) if s <= end
+                for ls in [step_view.get(name)] if ls is not None and ls.encrypted is not None)
     rows, scale, cols, sign = np.arange(m), np.ones(m), np.arange(n), np.ones(n)
     for step in sorted(view.steps):
         if not start < step <= end:
@@ -227,7 +246,7 @@ def merge_solutions(view, steps: list[int], found, rekeys: dict, *, depth: int =
     """The last step's solution, its gaps (units inactive in that batch: no link, no bias) filled from up to
     ``depth`` earlier steps carried into the last step's key orders."""
     last = steps[-1]
-    sol = solve_step(view, last, found)
+    sol = solve_step(view, last, found, rekeys)
     if sol is None:
         return None
     names = view.layers
@@ -235,7 +254,7 @@ def merge_solutions(view, steps: list[int], found, rekeys: dict, *, depth: int =
         if all(np.isfinite(sol.c[k]).all() and np.isfinite(sol.bias[k]).all() for k in range(len(names))) and \
                 all((sol.cols[k] >= 0).all() for k in range(1, len(names))):
             break
-        old = solve_step(view, earlier, found)
+        old = solve_step(view, earlier, found, rekeys)
         if old is None:
             continue
         carried = [carry(view, name, earlier, last, rekeys) for name in names]
@@ -260,6 +279,52 @@ def merge_solutions(view, steps: list[int], found, rekeys: dict, *, depth: int =
     return sol
 
 
+def _final_in_key(view, name, last, final, rekeys):
+    """The tracker's final W′ (in the key of its step) in the key of step ``last``."""
+    key_step, w = final
+    if key_step == last:
+        return w
+    cr = carry(view, name, last, key_step, rekeys)
+    return w[cr.rows][:, cr.cols] / cr.scale[:, None] / cr.sign[None, :]
+
+
+def _adam_biases(view, steps, found, rekeys, sol, hyper):
+    """Enclave-side Adam on the biases, replayed: every step's bias gradient (column sums of the recovered dY),
+    moments carried across re-keys by the row links; the last step's measured bias advanced one update."""
+    lr = float(hyper.get("lr", 1e-3))
+    beta1, beta2 = (hyper.get("betas") or (0.9, 0.999))
+    eps = float(hyper.get("eps", 1e-8))
+    wd = float(hyper.get("weight_decay", 0.0) or 0.0)
+    names = view.layers
+    m1 = [None] * len(names)
+    m2 = [None] * len(names)
+    count = 0
+    for step in steps:
+        for k, name in enumerate(names):
+            rk = rekeys.get((name, step))
+            if rk is not None and m1[k] is not None:
+                for state in (m1, m2):
+                    moved = np.empty_like(state[k])
+                    moved[rk.rows] = state[k]
+                    state[k] = moved
+        part = sol if step == steps[-1] else solve_step(view, step, found, rekeys)
+        if part is None:
+            continue
+        count += 1
+        for k in range(len(names)):
+            g = np.nan_to_num(part.grad_bias[k]) + wd * np.nan_to_num(part.bias[k])
+            m1[k] = (1 - beta1) * g if m1[k] is None else beta1 * m1[k] + (1 - beta1) * g
+            m2[k] = (1 - beta2) * g * g if m2[k] is None else beta2 * m2[k] + (1 - beta2) * g * g
+    out = []
+    for k in range(len(names)):
+        if m1[k] is None:
+            out.append(sol.bias[k])
+            continue
+        m_hat, v_hat = m1[k] / (1 - beta1 ** count), m2[k] / (1 - beta2 ** count)
+        out.append(sol.bias[k] - lr * m_hat / (np.sqrt(v_hat) + eps))
+    return out
+
+
 def steal_model(view, steps, knowledge, found, class_of, notes, rekeys) -> dict | None:
     """The victim's final plaintext ``state_dict`` (see the module docstring), or None where this attack does
     not apply (conv layers, enclave-side updates, non-ReLU activations)."""
@@ -276,16 +341,17 @@ def steal_model(view, steps, knowledge, found, class_of, notes, rekeys) -> dict 
     if knowledge.model_spec.get("activation", "relu") != "relu" or knowledge.hyper.get("loss", "ce") != "ce":
         notes.append("model: not attempted (the decoder assumes ReLU hidden activations and cross-entropy)")
         return None
-    if not view.resident:
-        notes.append("model: not attempted (enclave-side updates: W′ is re-keyed every step and never updated by "
-                     "the worker)")
+    finals = getattr(rekeys, "final", {})
+    if not view.resident and any(name not in finals for name in names):
+        notes.append("model: not attempted (enclave-side updates with an optimizer the re-key tracker does not "
+                     "replay, or a key it could not link)")
         return None
     last = steps[-1]
     sol = merge_solutions(view, steps, found, rekeys)
     if sol is None:
         notes.append("model: the last step could not be solved")
         return None
-    prev = solve_step(view, steps[-2], found) if len(steps) > 1 else None
+    prev = solve_step(view, steps[-2], found, rekeys) if len(steps) > 1 else None
     K = len(names)
     hyper = knowledge.hyper
     lr, mu = float(hyper.get("lr", 0.05)), float(hyper.get("momentum", 0.0) or 0.0)
@@ -295,9 +361,12 @@ def steal_model(view, steps, knowledge, found, class_of, notes, rekeys) -> dict 
     for k, name in enumerate(names):
         b_now = sol.bias[k]
         ev = view.steps.get(eval_step, {}).get(name) if eval_step is not None else None
-        if ev is not None and ev.bias is not None:  # fused: the final bias crossed at the evaluation
+        if ev is not None and ev.bias is not None and ev.encrypted is None:
+            # fused: the final bias crossed at the evaluation, under the last step's key
             final_bias.append(ev.bias.reshape(-1).astype(np.float64) / sol.c[k])
             continue
+        if not view.resident:
+            continue  # enclave-side Adam: below, from the whole gradient history
         buf = sol.grad_bias[k] + wd * b_now
         if prev is not None and mu != 0:
             b_prev = prev.bias[k]
@@ -311,13 +380,25 @@ def steal_model(view, steps, knowledge, found, class_of, notes, rekeys) -> dict 
             step_prev = (b_prev - b_now) / lr
             buf = mu * np.nan_to_num(step_prev) + buf
         final_bias.append(b_now - lr * buf)
+    if not view.resident:
+        final_bias = _adam_biases(view, steps, found, rekeys, sol, hyper)
     # weights in true scale, key order of the last step
     weights = []
     for k, name in enumerate(names):
-        wk = view.steps[last][name].weight_after.astype(np.float64) / sol.c[k][:, None]
+        held = view.steps[last][name].weight_after.astype(np.float64)
+        if not view.resident:
+            held = _final_in_key(view, name, last, finals[name], rekeys)
+        wk = held / sol.c[k][:, None]
         if sol.s[k] is not None:
             wk = wk * sol.s[k][None, :]
         weights.append(wk)
+    # hidden units never linked (no scale or bias: inactive in every solved batch) are switched off
+    silenced = 0
+    for k in range(K - 1):
+        dead = ~(np.isfinite(weights[k]).all(1) & np.isfinite(final_bias[k]))
+        silenced += int(dead.sum())
+        weights[k][dead] = 0.0
+        final_bias[k] = np.where(dead, 0.0, final_bias[k])
     # hidden-unit orders: layer k's columns into layer k−1's row order
     unmatched = 0
     for k in range(1, K):
@@ -352,8 +433,11 @@ def steal_model(view, steps, knowledge, found, class_of, notes, rekeys) -> dict 
             out[b_key] = torch.from_numpy(bias).to(state[b_key].dtype)
     for key, value in state.items():
         out.setdefault(key, value)
-    notes.append(f"model: W′ replayed on the worker side and decoded at step {last} (scales from the public G₁→G₂ "
-                 f"factor and the linked ratios, γ from the forward relation); biases from the forward relation "
-                 f"{'and the crossed obfuscated bias ' if view.fused else ''}advanced one SGD step; "
-                 f"{unmatched} hidden unit(s) without a link (inactive in the last batch) paired arbitrarily")
+    source = ("W′ replayed on the worker side (it applies SGD itself)" if view.resident else
+              "the last W′ sent, advanced by the replayed enclave-side Adam update")
+    update = "one SGD step" if view.resident else "one replayed Adam step"
+    notes.append(f"model: {source}, decoded at step {last} (scales from the G₁→G₂ factor and the linked ratios, γ "
+                 f"from the forward relation); biases from the forward relation "
+                 f"{'and the crossed obfuscated bias ' if view.fused else ''}advanced {update}; "
+                 f"{unmatched} hidden unit(s) without a link paired arbitrarily, {silenced} never linked switched off")
     return out

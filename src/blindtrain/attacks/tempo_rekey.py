@@ -91,10 +91,21 @@ def _adam_predict(w, m1, m2, c, step, hyper):
     return w - c.reshape(shape) * lr * m_hat / (np.sqrt(v_hat) + c.reshape(shape) * eps)
 
 
-def rekey_links(view, hyper: dict, scale_range: int, notes: list[str]) -> dict[tuple[str, int], Rekey]:
-    """``(layer, step) -> Rekey`` for every step at which a layer got a new key after its first (see the
-    module docstring); absent where no link was found."""
-    out: dict[tuple[str, int], Rekey] = {}
+class Rekeys(dict):
+    """``(layer, step) -> Rekey`` for every step at which a layer got a new key after its first, absent where
+    no link was found; under enclave-side Adam also ``scales[(layer, step)]``: the absolute row scales c of
+    the key in force at that training step, and ``final[layer] = (step, W′)``: the weights after the last
+    update, in the key of ``step`` (the last key; predicted if no key followed the last update)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scales: dict[tuple[str, int], np.ndarray] = {}
+        self.final: dict[str, tuple[int, np.ndarray]] = {}
+
+
+def rekey_links(view, hyper: dict, scale_range: int, notes: list[str]) -> Rekeys:
+    """The re-key links of every layer (see the module docstring and :class:`Rekeys`)."""
+    out = Rekeys()
     steps = sorted(view.steps)
     adam = not view.resident and str(hyper.get("optimizer", "")).lower() == "adam"
     beta1, beta2 = (hyper.get("betas") or (0.9, 0.999))
@@ -102,7 +113,7 @@ def rekey_links(view, hyper: dict, scale_range: int, notes: list[str]) -> dict[t
     failed = 0
     for name in view.layers:
         w = m1 = m2 = c = known = None
-        count = 0
+        count, key_step, updated = 0, None, False
         for step in steps:
             ls = view.steps[step].get(name)
             if ls is None:
@@ -115,6 +126,7 @@ def rekey_links(view, hyper: dict, scale_range: int, notes: list[str]) -> dict[t
                         c, known = np.ones(w.shape[0]), np.zeros(w.shape[0], bool)
                     # rows whose scale no update has shown yet: try each power of two tempo draws
                     c = _row_scales(w, m1, m2, c, known, count, hyper, after, scale_range)
+                    out.scales[(name, key_step)] = c.copy()
                     rk = _approximate(_adam_predict(w, m1, m2, c, count, hyper), after)
                     if rk is not None:
                         known = known | (np.abs(m1.reshape(len(m1), -1)).max(1) > 0)
@@ -131,11 +143,17 @@ def rekey_links(view, hyper: dict, scale_range: int, notes: list[str]) -> dict[t
                         c, known = c_new, known_new
             if ls.encrypted is not None:
                 w = ls.encrypted.astype(np.float64)
+                key_step, updated = step, False
             if adam and ls.weight_grad is not None and w is not None:
+                if c is not None:
+                    out.scales[(name, step)] = c.copy()
+                updated = True
                 g = ls.weight_grad.astype(np.float64) + wd * w
                 count += 1
                 m1 = (1 - beta1) * g if m1 is None else beta1 * m1 + (1 - beta1) * g
                 m2 = (1 - beta2) * g * g if m2 is None else beta2 * m2 + (1 - beta2) * g * g
+        if adam and w is not None and c is not None:
+            out.final[name] = (key_step, _adam_predict(w, m1, m2, c, count, hyper) if updated else w)
     if failed:
         notes.append(f"key epochs: {failed} re-keying(s) could not be linked")
     return out
