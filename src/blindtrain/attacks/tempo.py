@@ -42,6 +42,24 @@ def _conv_params(knowledge: Knowledge) -> dict:
     return out
 
 
+def hyperparameters(knowledge: Knowledge) -> dict:
+    """The run's hyper-parameters with the CLI's defaults (:class:`blindtrain.train.TrainConfig`) for what the
+    knowledge leaves out, protocol options (``rotate_every``, ``scale_range`` ...) flattened in."""
+    from ..protocols.tempo import Tempo
+    from ..train import TrainConfig
+
+    defaults = TrainConfig()
+    out = {"lr": defaults.lr, "momentum": defaults.momentum, "weight_decay": defaults.weight_decay,
+           "optimizer": defaults.optimizer, "loss": defaults.loss, **Tempo.options}
+    given = dict(knowledge.hyper or {})
+    for key in ("protocol_options", "options"):
+        nested = given.pop(key, None)
+        if isinstance(nested, dict):
+            out.update({k.replace("-", "_"): v for k, v in nested.items()})
+    out.update({k.replace("-", "_"): v for k, v in given.items() if v is not None})
+    return out
+
+
 def gradient_operand(ls) -> np.ndarray | None:
     """The gradient operand the worker holds for a layer: G₁ if it crossed, else G₂."""
     return ls.g1 if ls.g1 is not None else ls.g2
@@ -96,7 +114,8 @@ def row_chain(view: View, step: int, activation: str = "relu", scale_range: int 
 def recover(messages: Sequence[Message], knowledge: Knowledge, *, progress: bool = False) -> Recovery:
     """Labels, inputs and model of a tempo run from the main worker's view (see the module docstring)."""
     rec = Recovery(attack="tempo-mantissa-links")
-    view = build_view(messages, dict(knowledge.hyper), conv_params=_conv_params(knowledge))
+    hyper = hyperparameters(knowledge)
+    view = build_view(messages, hyper, conv_params=_conv_params(knowledge))
     steps = view.training_steps()
     rec.notes.append(f"view: {len(steps)} training steps, offloaded layers {view.layers}, workers {view.workers}, "
                      f"{'worker-side SGD' if view.resident else 'enclave-side updates'}"
@@ -107,8 +126,7 @@ def recover(messages: Sequence[Message], knowledge: Knowledge, *, progress: bool
     last = view.layers[-1]
     chains, raw_labels = {}, {}
     activation = knowledge.model_spec.get("activation", "relu")
-    options = knowledge.hyper.get("protocol_options") or {}
-    scale_range = int(options.get("scale_range", 4) or 4)
+    scale_range = int(hyper.get("scale_range", 4))
     for step in tqdm(steps, desc="tempo links", disable=not progress, leave=False):
         chain = row_chain(view, step, activation, scale_range)
         chains[step] = chain
@@ -123,7 +141,7 @@ def recover(messages: Sequence[Message], knowledge: Knowledge, *, progress: bool
     rec.notes.append("labels: the one negative entry of each row of the last layer's gradient operand "
                      "(softmax − one-hot, scaled by positive powers of two), in the last layer's class order; rows "
                      "put in the frame by mantissa links R = G₁W′ (layer ℓ+1) ↔ gradient operand (layer ℓ)")
-    rekeys = rekey_links(view, dict(knowledge.hyper), scale_range, rec.notes)
+    rekeys = rekey_links(view, hyper, scale_range, rec.notes)
     found = inputs_attack.recover_inputs(view, steps, knowledge, rec.notes, rekeys)
     recovered_inputs = rec.inputs = found.inputs
     class_maps = _class_epochs(view, steps, rec.notes, rekeys)
@@ -131,7 +149,7 @@ def recover(messages: Sequence[Message], knowledge: Knowledge, *, progress: bool
     rec.labels, rec.labels_resolved, class_of = resolved
     from .tempo_model import steal_model
 
-    rec.model_state = steal_model(view, steps, knowledge, found, class_of, rec.notes, rekeys)
+    rec.model_state = steal_model(view, steps, knowledge, hyper, found, class_of, rec.notes, rekeys)
     return rec
 
 

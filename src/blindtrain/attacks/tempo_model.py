@@ -291,7 +291,7 @@ def _final_in_key(view, name, last, final, rekeys):
 def _adam_biases(view, steps, found, rekeys, sol, hyper):
     """Enclave-side Adam on the biases, replayed: every step's bias gradient (column sums of the recovered dY),
     moments carried across re-keys by the row links; the last step's measured bias advanced one update."""
-    lr = float(hyper.get("lr", 1e-3))
+    lr = float(hyper["lr"])
     beta1, beta2 = (hyper.get("betas") or (0.9, 0.999))
     eps = float(hyper.get("eps", 1e-8))
     wd = float(hyper.get("weight_decay", 0.0) or 0.0)
@@ -325,7 +325,7 @@ def _adam_biases(view, steps, found, rekeys, sol, hyper):
     return out
 
 
-def steal_model(view, steps, knowledge, found, class_of, notes, rekeys) -> dict | None:
+def steal_model(view, steps, knowledge, hyper, found, class_of, notes, rekeys) -> dict | None:
     """The victim's final plaintext ``state_dict`` (see the module docstring), or None where this attack does
     not apply (conv layers, enclave-side updates, non-ReLU activations)."""
     names = view.layers
@@ -338,7 +338,7 @@ def steal_model(view, steps, knowledge, found, class_of, notes, rekeys) -> dict 
     if any(view.conv.get(n) for n in names) or any(f"{n}.weight" not in state for n in names):
         notes.append("model: not attempted (only Linear stacks are decoded)")
         return None
-    if knowledge.model_spec.get("activation", "relu") != "relu" or knowledge.hyper.get("loss", "ce") != "ce":
+    if knowledge.model_spec.get("activation", "relu") != "relu" or hyper.get("loss", "ce") != "ce":
         notes.append("model: not attempted (the decoder assumes ReLU hidden activations and cross-entropy)")
         return None
     finals = getattr(rekeys, "final", {})
@@ -353,7 +353,6 @@ def steal_model(view, steps, knowledge, found, class_of, notes, rekeys) -> dict 
         return None
     prev = solve_step(view, steps[-2], found, rekeys) if len(steps) > 1 else None
     K = len(names)
-    hyper = knowledge.hyper
     lr, mu = float(hyper.get("lr", 0.05)), float(hyper.get("momentum", 0.0) or 0.0)
     wd = float(hyper.get("weight_decay", 0.0) or 0.0)
     eval_step = next((s for s in sorted(view.steps) if s > last), None)

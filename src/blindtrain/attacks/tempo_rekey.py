@@ -82,7 +82,7 @@ def _approximate(pred: np.ndarray, after: np.ndarray, *, tol: float = 1e-3) -> R
 
 def _adam_predict(w, m1, m2, c, step, hyper):
     """``W′ − Δ′`` (see the module docstring), float64; c: (m,) row scales."""
-    lr = float(hyper.get("lr", 1e-3))
+    lr = float(hyper["lr"])
     beta1, beta2 = (hyper.get("betas") or (0.9, 0.999))
     eps = float(hyper.get("eps", 1e-8))
     shape = (-1,) + (1,) * (w.ndim - 1)
