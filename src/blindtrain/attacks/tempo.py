@@ -23,6 +23,7 @@ from tqdm import tqdm
 from . import tempo_inputs as inputs_attack
 from .recovery import Knowledge, Message, Recovery
 from .tempo_links import link
+from .tempo_model import steal_model
 from .tempo_rekey import rekey_links
 from .tempo_view import View, build_view
 
@@ -111,8 +112,10 @@ def row_chain(view: View, step: int, activation: str = "relu", scale_range: int 
     return chain
 
 
-def recover(messages: Sequence[Message], knowledge: Knowledge, *, progress: bool = False) -> Recovery:
-    """Labels, inputs and model of a tempo run from the main worker's view (see the module docstring)."""
+def recover(messages: Sequence[Message], knowledge: Knowledge, *, progress: bool | None = None) -> Recovery:
+    """Labels, inputs and model of a tempo run from the main worker's view (see the module docstring).
+
+    ``progress``: a progress bar over the steps (``None``: only on a terminal)."""
     rec = Recovery(attack="tempo-mantissa-links")
     hyper = hyperparameters(knowledge)
     view = build_view(messages, hyper, conv_params=_conv_params(knowledge))
@@ -124,12 +127,11 @@ def recover(messages: Sequence[Message], knowledge: Knowledge, *, progress: bool
         rec.notes.append("no training step in the view: nothing to attack")
         return rec
     last = view.layers[-1]
-    chains, raw_labels = {}, {}
+    raw_labels = {}
     activation = knowledge.model_spec.get("activation", "relu")
     scale_range = int(hyper.get("scale_range", 4))
-    for step in tqdm(steps, desc="tempo links", disable=not progress, leave=False):
+    for step in tqdm(steps, desc="tempo links", disable=None if progress is None else not progress, leave=False):
         chain = row_chain(view, step, activation, scale_range)
-        chains[step] = chain
         b = len(chain[view.layers[0]])
         labels = np.full(b, -1, np.int64)
         if last in chain:
@@ -138,17 +140,18 @@ def recover(messages: Sequence[Message], knowledge: Knowledge, *, progress: bool
             ok = chain[last] >= 0
             labels[chain[last][ok]] = guess[ok]
         raw_labels[step] = labels
+    linked = np.concatenate([lab >= 0 for lab in raw_labels.values()]).mean()
     rec.notes.append("labels: the one negative entry of each row of the last layer's gradient operand "
                      "(softmax − one-hot, scaled by positive powers of two), in the last layer's class order; rows "
-                     "put in the frame by mantissa links R = G₁W′ (layer ℓ+1) ↔ gradient operand (layer ℓ)")
+                     "put in the frame by mantissa links R = G₁W′ (layer ℓ+1) ↔ gradient operand (layer ℓ)"
+                     f"{' through the sigmoid backward recomputed' if activation == 'sigmoid' else ''}: "
+                     f"{linked:.3f} of frame rows linked")
     rekeys = rekey_links(view, hyper, scale_range, rec.notes)
     found = inputs_attack.recover_inputs(view, steps, knowledge, rec.notes, rekeys)
     recovered_inputs = rec.inputs = found.inputs
     class_maps = _class_epochs(view, steps, rec.notes, rekeys)
     resolved = _resolve_classes(view, steps, raw_labels, class_maps, recovered_inputs, knowledge, rec.notes)
     rec.labels, rec.labels_resolved, class_of = resolved
-    from .tempo_model import steal_model
-
     rec.model_state = steal_model(view, steps, knowledge, hyper, found, class_of, rec.notes, rekeys)
     return rec
 
