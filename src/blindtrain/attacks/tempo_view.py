@@ -77,6 +77,8 @@ class _Worker:
         self.buffer: dict[str, torch.Tensor | None] = {}
         self.held_x: dict[str, torch.Tensor] = {}
         self.grad: dict[str, torch.Tensor] = {}
+        self.grad_operand: torch.Tensor | None = None   # the last G₁ received, until its rank-one factor comes
+        self.rows: torch.Tensor | None = None
 
     def sgd(self, layer: str, hyper: dict) -> None:
         """torch.optim.SGD's recurrence, op for op as ``sgd_step`` runs it."""
@@ -144,6 +146,7 @@ def _build_view(messages: Sequence[Message], hyper: dict, *, conv_params: dict |
     for step in sorted(by_step):
         view = steps.setdefault(step, {})
         # group the step's messages per (layer, op) occurrence, keeping the per-worker blocks together
+        fused_now = _fused_layers(by_step[step])
         for m in by_step[step]:
             if m.layer not in layers:
                 continue
@@ -166,12 +169,11 @@ def _build_view(messages: Sequence[Message], hyper: dict, *, conv_params: dict |
                 if m.worker == workers[0]:
                     ls.forwards.append(m.array)
                 w.held_x[m.layer] = a
-                if not fused or m.layer not in _fused_layers(by_step[step]):
+                if len(ls.forwards) == 1 and m.layer not in fused_now:
                     weight = w.weight[m.layer]
                     y = (torch.matmul(a, weight.transpose(-2, -1)) if not conv.get(m.layer) else
                          bilinear.apply("conv2d", a, weight, **fn_params(m.layer)))
-                    if len(ls.forwards) == 1:
-                        ls.product = _cat(ls.product, y.numpy())
+                    ls.product = _cat(ls.product, y.numpy())
             elif m.op == "forward" and m.operand == "C":
                 if len(ls.forwards) != 1:
                     continue  # a later forward of the step (evaluation batches): only the first is kept
@@ -179,8 +181,7 @@ def _build_view(messages: Sequence[Message], hyper: dict, *, conv_params: dict |
                 x, weight = w.held_x[m.layer], w.weight[m.layer]
                 y = torch.matmul(x, weight.transpose(-2, -1)) if not conv.get(m.layer) else \
                     bilinear.apply("conv2d", x, weight, **fn_params(m.layer))
-                if True:
-                    ls.fused_out = _cat(ls.fused_out, torch.relu(y + a).numpy(), axis=1)
+                ls.fused_out = _cat(ls.fused_out, torch.relu(y + a).numpy(), axis=1)
             elif m.op in ("backward", "grad_input") and m.operand in ("A0", "A"):
                 ls.g1 = _cat(ls.g1, m.array, axis=1)
                 w.grad_operand = a
@@ -189,8 +190,8 @@ def _build_view(messages: Sequence[Message], hyper: dict, *, conv_params: dict |
                                           input_size=tuple(w.held_x[m.layer].shape), **fn_params(m.layer))
                 else:
                     part = torch.matmul(a, w.weight[m.layer])
-                if True:
-                    ls.grad_input = part.numpy() if ls.grad_input is None else (_t(ls.grad_input) + part).numpy()
+                # the enclave sums the workers' partial products in worker order
+                ls.grad_input = part.numpy() if ls.grad_input is None else (_t(ls.grad_input) + part).numpy()
             elif m.op == "backward" and m.operand == "rows1":
                 ls.rows = m.array if ls.rows is None else ls.rows
                 w.rows = a
