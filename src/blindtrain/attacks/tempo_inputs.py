@@ -13,7 +13,9 @@ two, each column an input feature times a sign, the features in a secret order f
    symmetric about 0).
 4. **Feature order.** The frame's columns are assigned to feature positions by matching per-feature value
    histograms and then pairwise co-occurrence statistics against the public split (a linear assignment,
-   then a swap search on the quadratic agreement).
+   then a swap search on the quadratic agreement).  Positions the public split almost never lights up
+   (image borders) carry no public statistics: their columns are placed by an image prior instead (a pixel
+   lights up with its neighbours, counted in the recovered training rows).
 
 Conv first layers keep the spatial layout, so only channels are permuted: the same steps apply with a
 channel per column (single-channel images need no assignment at all).
@@ -132,6 +134,57 @@ def assign_columns(z: np.ndarray, public: np.ndarray, values: np.ndarray, *, swe
     return order
 
 
+def _grid_neighbours(shape: tuple[int, ...]) -> list[np.ndarray] | None:
+    """For a C×H×W input flattened channel-major, each position's 8-neighbours in its channel's grid."""
+    if len(shape) != 3:
+        return None
+    c, h, w = shape
+    out = []
+    for ch in range(c):
+        for y in range(h):
+            for x in range(w):
+                near = [ch * h * w + yy * w + xx for yy in range(max(y - 1, 0), min(y + 2, h))
+                        for xx in range(max(x - 1, 0), min(x + 2, w)) if (yy, xx) != (y, x)]
+                out.append(np.array(near))
+    return out
+
+
+def place_rare_columns(z: np.ndarray, public: np.ndarray, order: np.ndarray, shape, *, rare: int = 2) -> np.ndarray:
+    """Re-place the columns assigned to *rare* positions (at most ``rare`` public samples off the background)
+    by the image prior: a position's column lights up with its grid neighbours.  Each such column goes where
+    its co-occurrence with the columns already placed at the neighbours, in the recovered rows, is highest."""
+    neighbours = _grid_neighbours(tuple(shape))
+    if neighbours is None or len(neighbours) != z.shape[1]:
+        return order
+    background = np.bincount(np.unique(z, return_inverse=True)[1].ravel()).argmax()
+    bg_value = np.unique(z)[background]
+    pub_bg = np.unique(public, return_counts=True)
+    pub_bg = pub_bg[0][pub_bg[1].argmax()]
+    weak_pos = np.flatnonzero((public != pub_bg).sum(0) <= rare)
+    if len(weak_pos) < 2:
+        return order
+    on = (z != bg_value).astype(np.float64)
+    co = on.T @ on
+    count = np.diag(co).copy()
+    position_of = np.empty_like(order)
+    position_of[:] = order
+    column_at = np.empty_like(order)
+    column_at[order] = np.arange(len(order))
+    cols = column_at[weak_pos]
+    weak = set(weak_pos.tolist())
+    score = np.zeros((len(cols), len(weak_pos)))
+    for b, p in enumerate(weak_pos):
+        strong = [q for q in neighbours[p] if q not in weak]
+        if strong:
+            score[:, b] = co[np.ix_(cols, column_at[strong])].sum(1) / np.maximum(count[cols], 1)
+    if not score.any():
+        return order
+    rows, targets = linear_sum_assignment(-score)
+    out = order.copy()
+    out[cols[rows]] = weak_pos[targets]
+    return out
+
+
 def _epoch_frames(view, steps: list[int], layer: str, notes: list[str], rekeys: dict) -> dict:
     """step -> (group, ref_col, flip): column j of the step's operand is column ``ref_col[j]`` of its group's
     reference frame, times ``flip[j]``.  Key epochs chained by re-key links (:mod:`.tempo_rekey`) share a
@@ -213,6 +266,8 @@ def recover_inputs(view, steps: list[int], knowledge, notes: list[str], rekeys: 
         zc = zc * signs
         order = np.arange(zc.shape[1]) if zc.shape[1] == 1 else \
             assign_columns(zc, pc, values if len(values) else np.unique(np.round(pc, 1)))
+        if not conv:
+            order = place_rare_columns(zc, pc, order, shape)
         for s, zr in zip(members, ref):
             placed = np.empty_like(zr)
             sgn = signs.reshape(1, -1, *([1] * (zr.ndim - 2))).astype(np.float32)
