@@ -63,8 +63,9 @@ def _public_factors(ls, scales):
     return rows, cols
 
 
-def solve_step(view, step: int, found, rekeys=None) -> StepSolution | None:
-    """Every scale, sign, hidden-unit link and bias of one training step (see the module docstring)."""
+def solve_step(view, step: int, found, rekeys=None, *, biases: bool = True) -> StepSolution | None:
+    """Every scale, sign, hidden-unit link and bias of one training step (see the module docstring);
+    ``biases=False``: the bias gradients only (the biases are NaN)."""
     names = view.layers
     K = len(names)
     st = view.steps[step]
@@ -136,11 +137,13 @@ def solve_step(view, step: int, found, rekeys=None) -> StepSolution | None:
     bias = [None] * K
     grad_bias = [None] * K
     for k in range(K - 1):
-        if fused[k]:
+        if not biases:
+            bias[k] = np.full(len(c[k]), np.nan)
+        elif fused[k]:
             bias[k] = ls[k].bias.reshape(-1).astype(np.float64) / c[k]
         else:
             bias[k] = _hidden_bias(ls, k, s, cb, c, links[k + 1])
-    bias[K - 1] = _softmax_bias(ls[K - 1], cb[K - 1], cpb[K - 1], c[K - 1])
+    bias[K - 1] = _softmax_bias(ls[K - 1], cb[K - 1], cpb[K - 1], c[K - 1]) if biases else np.full(len(c[K - 1]), np.nan)
     grad_bias[0] = (_gop(ls[0]).astype(np.float64) * cb[0][:, None] / c[0][None, :]).sum(0)
     for k in range(1, K):
         grad_bias[k] = (ls[k].g1.astype(np.float64) * c[k][None, :] / cpb[k][:, None]).sum(0)
@@ -307,7 +310,7 @@ def _adam_biases(view, steps, found, rekeys, sol, hyper):
                     moved = np.empty_like(state[k])
                     moved[rk.rows] = state[k]
                     state[k] = moved
-        part = sol if step == steps[-1] else solve_step(view, step, found, rekeys)
+        part = sol if step == steps[-1] else solve_step(view, step, found, rekeys, biases=wd != 0)
         if part is None:
             continue
         count += 1
