@@ -122,6 +122,9 @@ def test_default_run_leaks_labels_inputs_and_model(default_victim):
     assert got["inputs"] >= 0.9, got
     assert got["model"] >= 0.99, got
     assert any("labels" in note for note in rec.notes) and any("model" in note for note in rec.notes)
+    histograms = [np.array_equal(rec.label_counts[s], np.bincount(y, minlength=10))
+                  for s, y in default_victim.y_frame.items()]
+    assert np.mean(histograms) >= 0.99
 
 
 def test_rotation_every_step_and_fused_activations_do_not_stop_it(tmp_path):

@@ -127,7 +127,7 @@ def recover(messages: Sequence[Message], knowledge: Knowledge, *, progress: bool
         rec.notes.append("no training step in the view: nothing to attack")
         return rec
     last = view.layers[-1]
-    raw_labels = {}
+    raw_labels, raw_counts = {}, {}
     activation = knowledge.model_spec.get("activation", "relu")
     scale_range = int(hyper.get("scale_range", 4))
     for step in tqdm(steps, desc="tempo links", disable=None if progress is None else not progress, leave=False):
@@ -139,6 +139,7 @@ def recover(messages: Sequence[Message], knowledge: Knowledge, *, progress: bool
             guess = g.reshape(g.shape[0], g.shape[1], -1).sum(-1).argmin(1)
             ok = chain[last] >= 0
             labels[chain[last][ok]] = guess[ok]
+            raw_counts[step] = np.bincount(guess, minlength=g.shape[1])
         raw_labels[step] = labels
     linked = np.concatenate([lab >= 0 for lab in raw_labels.values()]).mean()
     rec.notes.append("labels: the one negative entry of each row of the last layer's gradient operand "
@@ -152,6 +153,13 @@ def recover(messages: Sequence[Message], knowledge: Knowledge, *, progress: bool
     class_maps = _class_epochs(view, steps, rec.notes, rekeys)
     resolved = _resolve_classes(view, steps, raw_labels, class_maps, recovered_inputs, knowledge, rec.notes)
     rec.labels, rec.labels_resolved, class_of = resolved
+    # the batch's label histogram needs no link at all: the last layer's rows, counted per class slot
+    for step, counts in raw_counts.items():
+        to_class = class_of.get(step) if rec.labels_resolved else class_maps.get(step)
+        if to_class is not None and len(to_class) == len(counts):
+            hist = np.zeros(knowledge.num_classes, np.int64)
+            np.add.at(hist, to_class, counts)
+            rec.label_counts[step] = hist
     rec.model_state = steal_model(view, steps, knowledge, hyper, found, class_of, rec.notes, rekeys)
     return rec
 
@@ -206,7 +214,7 @@ def _resolve_classes(view, steps, raw_labels, class_maps, recovered_inputs, know
             lab = raw_labels[step]
             out[step] = np.where(lab >= 0, cmap[np.maximum(lab, 0)], -1) if cmap is not None else lab
         return out, False, {}
-    out, class_of = {}, {}
+    out, class_of, unresolved = {}, {}, []
     for key, members in groups.items():
         counts = np.zeros((classes, classes))
         per_step = {}
@@ -222,6 +230,9 @@ def _resolve_classes(view, steps, raw_labels, class_maps, recovered_inputs, know
             if ok.any():
                 pred = clf(x[ok])
                 np.add.at(counts, (slot[ok], pred), 1)
+        if counts.sum() < 10 * classes:  # too few linked, classified rows to vote: leave this group unresolved
+            unresolved.append(key)
+            continue
         rows, cols = linear_sum_assignment(-counts)
         to_class = np.full(classes, -1)
         to_class[rows] = cols
@@ -229,8 +240,14 @@ def _resolve_classes(view, steps, raw_labels, class_maps, recovered_inputs, know
             out[step] = np.where(slot >= 0, to_class[np.maximum(slot, 0)], -1)
             cmap = class_maps.get(step) if key == ("linked",) else np.arange(classes)
             class_of[step] = to_class[cmap]
+    if unresolved:
+        notes.append(f"labels: {len(unresolved)} of {len(groups)} group(s) of linked key epochs had too few linked rows "
+                     "to resolve the class permutation: no labels there")
+        for key in unresolved:
+            for step in groups[key]:
+                out[step] = np.full(len(raw_labels[step]), -1, np.int64)
     notes.append(f"labels: class permutation resolved by a public-split classifier on the reconstructed inputs "
-                 f"({len(groups)} group(s) of linked key epochs)")
+                 f"({len(groups) - len(unresolved)} group(s) of linked key epochs)")
     return out, True, class_of
 
 
