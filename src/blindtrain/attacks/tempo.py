@@ -241,8 +241,8 @@ def _resolve_classes(view, steps, raw_labels, class_maps, recovered_inputs, know
             cmap = class_maps.get(step) if key == ("linked",) else np.arange(classes)
             class_of[step] = to_class[cmap]
     if unresolved:
-        notes.append(f"labels: {len(unresolved)} of {len(groups)} group(s) of linked key epochs had too few linked rows "
-                     "to resolve the class permutation: no labels there")
+        notes.append(f"labels: {len(unresolved)} of {len(groups)} group(s) of linked key epochs had too few "
+                     "linked rows to resolve the class permutation: no labels there")
         for key in unresolved:
             for step in groups[key]:
                 out[step] = np.full(len(raw_labels[step]), -1, np.int64)

@@ -143,7 +143,8 @@ def solve_step(view, step: int, found, rekeys=None, *, biases: bool = True) -> S
             bias[k] = ls[k].bias.reshape(-1).astype(np.float64) / c[k]
         else:
             bias[k] = _hidden_bias(ls, k, s, cb, c, links[k + 1])
-    bias[K - 1] = _softmax_bias(ls[K - 1], cb[K - 1], cpb[K - 1], c[K - 1]) if biases else np.full(len(c[K - 1]), np.nan)
+    bias[K - 1] = (_softmax_bias(ls[K - 1], cb[K - 1], cpb[K - 1], c[K - 1]) if biases
+                   else np.full(len(c[K - 1]), np.nan))
     grad_bias[0] = (_gop(ls[0]).astype(np.float64) * cb[0][:, None] / c[0][None, :]).sum(0)
     for k in range(1, K):
         grad_bias[k] = (ls[k].g1.astype(np.float64) * c[k][None, :] / cpb[k][:, None]).sum(0)

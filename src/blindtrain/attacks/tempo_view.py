@@ -197,8 +197,8 @@ def _build_view(messages: Sequence[Message], hyper: dict, *, conv_params: dict |
                 w.rows = a
             elif m.op == "backward" and m.operand == "cols1":
                 ls.cols = _cat(ls.cols, m.array, axis=0)
-                w.grad[m.layer] = _grad_weight(w.grad_operand * _rows(w.rows, w.grad_operand) * _cols(a, w.grad_operand),
-                                               w.held_x[m.layer], w.weight[m.layer], conv.get(m.layer),
+                g2 = w.grad_operand * _rows(w.rows, w.grad_operand) * _cols(a, w.grad_operand)
+                w.grad[m.layer] = _grad_weight(g2, w.held_x[m.layer], w.weight[m.layer], conv.get(m.layer),
                                                fn_params(m.layer))
             elif m.op == "grad_weight" and m.operand in ("A", "B"):
                 ls.g2 = _cat(ls.g2, m.array, axis=1)
