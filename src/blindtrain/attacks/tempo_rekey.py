@@ -172,16 +172,18 @@ def _move(state: np.ndarray, rk: Rekey, power: int) -> np.ndarray:
 def _row_scales(w, m1, m2, c, known, step, hyper, after, scale_range):
     """``c`` with each row not yet ``known`` set to the power of two whose predicted row best matches a row
     of ``after`` (rows without any update so far match under every candidate: they stay unknown)."""
-    if known.all():
+    moving = np.abs(m1.reshape(len(m1), -1)).max(1) > 0
+    search = ~known & moving  # a row no update has moved yet matches under every candidate
+    if not search.any():
         return c
     ap, _ = _profiles(after)
     best_d = np.full(len(c), np.inf)
     out = c.copy()
     for e in range(-scale_range, scale_range + 1):
-        ce = np.where(known, c, 2.0 ** e)
-        pp, _ = _profiles(_adam_predict(w, m1, m2, ce, step, hyper))
-        d = cdist(pp[~known], ap, "cityblock").min(1)
-        idx = np.flatnonzero(~known)
+        ce = np.where(search, 2.0 ** e, c)
+        pp, _ = _profiles(_adam_predict(w[search], m1[search], m2[search], ce[search], step, hyper))
+        d = cdist(pp, ap, "cityblock").min(1)
+        idx = np.flatnonzero(search)
         better = d < best_d[idx]
         best_d[idx[better]] = d[better]
         out[idx[better]] = 2.0 ** e
