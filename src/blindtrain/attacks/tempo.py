@@ -120,6 +120,8 @@ def recover(messages: Sequence[Message], knowledge: Knowledge, *, progress: bool
     hyper = hyperparameters(knowledge)
     view = build_view(messages, hyper, conv_params=_conv_params(knowledge))
     steps = view.training_steps()
+    rec.notes.append(f"knowledge: the main role's transcript, the architecture and hyper-parameters, the public split "
+                     f"({knowledge.public_split}); tempo's worker code (its products and SGD are recomputed exactly)")
     rec.notes.append(f"view: {len(steps)} training steps, offloaded layers {view.layers}, workers {view.workers}, "
                      f"{'worker-side SGD' if view.resident else 'enclave-side updates'}"
                      f"{', fused activations' if view.fused else ''}")
