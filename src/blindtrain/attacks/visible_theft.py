@@ -1,0 +1,117 @@
+"""Model theft where the worker holds the weights: decoded weights + what stays hidden fitted on public data.
+
+The field protocols send every Linear / Conv2d weight; biases (and normalisation parameters) stay in
+the enclave.  The attacker loads the decoded weights into :meth:`Knowledge.build_model` and fits
+only the parameters it never saw (biases, norm affine parameters) on the public split with the
+weights frozen: full-batch L-BFGS on the cross-entropy, a bounded number of iterations.  Normalisation
+running statistics are re-estimated on the public split.  Layers whose weights never crossed keep the
+random initialisation (stated in the notes).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .recovery import Knowledge
+from .visible_weights import WeightSnapshot
+
+#: public samples used for the fit (bounded, so the attack's time stays small on large splits)
+FIT_SAMPLES = 2048
+FIT_ITERATIONS = 60
+
+
+def build_stolen(knowledge: Knowledge, weights: dict[str, WeightSnapshot], *,
+                 fit_hidden: bool = True) -> tuple[torch.nn.Module, list[str]]:
+    """The victim's architecture with the stolen weights; hidden parameters fitted on the public split.
+
+    Returns ``(model, notes)``; ``model`` is in eval mode.
+    """
+    torch.manual_seed(0)
+    model = knowledge.build_model()
+    notes: list[str] = []
+    state = model.state_dict()
+    stolen = set()
+    for layer, snap in weights.items():
+        if snap.name in state and tuple(state[snap.name].shape) == snap.integers.shape:
+            state[snap.name] = torch.from_numpy(snap.weight).to(state[snap.name].dtype)
+            stolen.add(snap.name)
+    # biases: a neutral start (zero) rather than a random guess
+    for name, value in state.items():
+        if name.endswith(".bias") and name.rsplit(".", 1)[0] + ".weight" in stolen:
+            state[name] = torch.zeros_like(value)
+    model.load_state_dict(state)
+    hidden = [(name, p) for name, p in model.named_parameters() if name not in stolen]
+    missing_weights = [name for name, _ in hidden if name.endswith("weight")
+                       and not isinstance(_owner(model, name), (torch.nn.BatchNorm2d, torch.nn.LayerNorm,
+                                                                torch.nn.BatchNorm1d))]
+    if missing_weights:
+        notes.append(f"weights never seen (kept at random init, fitted only as hidden parameters: "
+                     f"{', '.join(missing_weights)})")
+    if fit_hidden and hidden:
+        seconds = _fit(model, [p for _, p in hidden], stolen_params=[p for n, p in model.named_parameters()
+                                                                     if n in stolen], knowledge=knowledge)
+        notes.append(f"{len(hidden)} parameter tensors the worker never sees ({_names(hidden)}) fitted on the "
+                     f"public split (maximum a posteriori under the default init's prior, {min(len(knowledge.public_y), FIT_SAMPLES)} samples, weights frozen, "
+                     f"{FIT_ITERATIONS} L-BFGS iterations, {seconds:.2f} s)")
+    model.eval()
+    return model, notes
+
+
+def _owner(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    return model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+
+
+def _names(params) -> str:
+    names = [n for n, _ in params]
+    return ", ".join(names[:6]) + (f" ... ({len(names)} in all)" if len(names) > 6 else "")
+
+
+def _init_precisions(model, hidden_params) -> list[tuple[torch.Tensor, float]]:
+    """(bias, 1/variance) of PyTorch's default bias init ``U(±1/√fan_in)``: variance ``1/(3·fan_in)``."""
+    out = []
+    wanted = {id(p) for p in hidden_params}
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and module.bias is not None \
+                and id(module.bias) in wanted:
+            fan_in = int(np.prod(module.weight.shape[1:]))
+            out.append((module.bias, 3.0 * fan_in))
+    return out
+
+
+def _fit(model, hidden_params, *, stolen_params, knowledge: Knowledge) -> float:
+    import time
+
+    start = time.perf_counter()
+    x = torch.from_numpy(np.asarray(knowledge.public_x[:FIT_SAMPLES], dtype=np.float32))
+    y = torch.from_numpy(np.asarray(knowledge.public_y[:FIT_SAMPLES], dtype=np.int64))
+    for p in stolen_params:
+        p.requires_grad_(False)
+    has_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_norm:  # running statistics from the public split
+        model.train()
+        with torch.no_grad():
+            for chunk in torch.split(x, 256):
+                model(chunk)
+    model.eval()
+    optimizer = torch.optim.LBFGS(hidden_params, lr=0.5, max_iter=FIT_ITERATIONS, line_search_fn="strong_wolfe")
+
+    prior = _init_precisions(model, hidden_params)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        for param, precision in prior:  # MAP: Gaussian prior of the default init, per public sample
+            loss = loss + 0.5 * precision * param.square().sum() / len(y)
+        if not math.isfinite(float(loss.detach())):
+            return loss
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    for p in stolen_params:
+        p.requires_grad_(True)
+    return time.perf_counter() - start
