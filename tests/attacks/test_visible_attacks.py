@@ -206,7 +206,7 @@ def test_otp_label_histogram_recovered(otp_run):
     assert all(counts.sum() == 64 for counts in recovery.label_counts.values())
     prior = np.bincount(knowledge.public_y, minlength=10) / len(knowledge.public_y)
     chance = [misassigned(np.round(prior * 64), truth.labels[step]) for step in recovery.label_counts]
-    assert np.mean(errors) <= 0.1 < np.mean(chance) / 2  # the public class prior as the guess: chance
+    assert np.mean(errors) <= np.mean(chance) / 4, (errors, chance)  # the public class prior as the guess: chance
     assert not recovery.labels  # no single-class batch: no per-row claim
 
 
