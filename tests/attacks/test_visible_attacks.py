@@ -216,3 +216,55 @@ def test_otp_mask_worker_view_gives_the_model_and_gradients_too(otp_run):
     recovery = recover(views["mask"], knowledge, invert=False)
     assert scored_accuracy(recovery.model_state, knowledge) >= truth.accuracy - 0.05
     assert cosine(recovery.gradients[3]["3.weight"], truth.grads[3]["3.weight"]) > 0.99
+
+
+# -- slalom ---------------------------------------------------------------------------------------------
+
+def test_slalom_worker_holds_the_model(tmp_path):
+    messages, knowledge, truth = serve_slalom(tmp_path)
+    recovery = recover(messages, knowledge)
+    assert recovery.model_state is not None and not recovery.gradients and not recovery.label_counts
+    assert scored_accuracy(recovery.model_state, knowledge) >= truth.accuracy - 0.03
+    assert agreement(recovery.model_state, truth.state, knowledge) >= 0.95
+    assert not recovery.inputs  # inputs stay under fresh pads
+
+
+# -- masked operands and random messages ------------------------------------------------------------------
+
+def _correlation(recovered: np.ndarray, true: np.ndarray) -> float:
+    return float(np.corrcoef(recovered.ravel(), true.ravel())[0, 1])
+
+
+def test_uniform_random_messages_score_chance(otp_run):
+    views, knowledge, truth, _ = otp_run
+    recovery = recover(uniform_like(views["main"]), knowledge)
+    assert recovery.model_state is None  # no message decodes as fixed-point weights
+    assert not recovery.gradients and not recovery.label_counts and not recovery.labels and not recovery.inputs
+    assert any("masked frames pass the uniformity test" in note for note in recovery.notes)
+
+
+def test_direct_read_of_masked_frames_is_at_chance(otp_run):
+    views, knowledge, truth, recovery = otp_run
+    check = uniformity(views["main"], knowledge)
+    assert check.structured == [] and check.rejected_at_0_001 < 0.05
+    assert 0.9 < check.constant_feature_spread < 1.1  # always-zero pixels spread like uniform elements
+    read = direct_read(views["main"], knowledge)
+    assert sorted(read.inputs) == list(range(12)) + [12]  # 12: the serving batch (not scored)
+    correlations = [_correlation(read.inputs[step], truth.inputs[step]) for step in range(12)]
+    assert max(abs(c) for c in correlations) < 0.05
+    assert not recovery.inputs
+
+
+def test_unmasked_frames_are_caught_and_read(otp_run):
+    """A broken pad (zero) leaves the frame structured: the attack notices and reads it directly."""
+    views, knowledge, truth, _ = otp_run
+    broken = []
+    for m in views["main"]:
+        if m.kind == "masked" and m.layer == "1" and m.step < 12:
+            plain = np.rint(truth.inputs[m.step].reshape(len(m.array), -1) * 2.0**12)
+            m = replace(m, array=np.mod(plain, m.modulus).astype(m.array.dtype))
+        broken.append(m)
+    assert len(uniformity(broken, knowledge).structured) == 12
+    recovery = recover(broken, knowledge, invert=False)
+    assert sorted(recovery.inputs) == list(range(12))
+    assert min(_correlation(recovery.inputs[s], truth.inputs[s]) for s in range(12)) > 0.99
