@@ -268,3 +268,18 @@ def test_unmasked_frames_are_caught_and_read(otp_run):
     recovery = recover(broken, knowledge, invert=False)
     assert sorted(recovery.inputs) == list(range(12))
     assert min(_correlation(recovery.inputs[s], truth.inputs[s]) for s in range(12)) > 0.99
+
+
+# -- gradient inversion --------------------------------------------------------------------------------
+
+def test_one_row_batches_are_inverted_to_the_training_input(tmp_path, monkeypatch):
+    from blindtrain.attacks import visible_inversion
+
+    monkeypatch.setattr(visible_inversion, "SECONDS_PER_STEP", 1.0)
+    views, knowledge, truth = train_otp(tmp_path, steps=2, batch_size=1)
+    recovery = recover(views["main"], knowledge)
+    assert sorted(recovery.inputs) == [0, 1]
+    for step in (0, 1):
+        assert recovery.labels[step].tolist() == truth.labels[step].tolist() and recovery.labels_resolved
+        assert _correlation(recovery.inputs[step], truth.inputs[step]) > 0.95  # 2^24 field: ~11-bit weights
+    assert any("gradient inversion" in note for note in recovery.notes)
