@@ -12,7 +12,9 @@ term pins the inputs' scale, which the cosine alone leaves loose).
 Labels ``ŷ`` are the histogram's classes in an arbitrary row order.  When the batch has fewer rows
 than the first layer has inputs, the rows of ``X`` lie in the row space of the first layer's weight
 gradient ``G_1 = (1/B)·Σ_i δ_iᵀ x_i`` (rank ≤ B): the search starts there, ``X̂ = C·V_Bᵀ`` with ``V_B``
-the top-``B`` right singular vectors of ``G_1``, and then runs on ``X̂`` itself.
+the top-``B`` right singular vectors of ``G_1``, and then runs on ``X̂`` itself.  For one row,
+``x ∝ ±v_1`` exactly: the sign and a coarse scale are picked on a small grid first.  The search is
+bounded by :data:`MAX_ITERATIONS` Adam steps and :data:`SECONDS_PER_STEP` of wall clock.
 
 The masked frames hide which row is which, so reconstructions come **unordered**: they are reported
 in :attr:`Recovery.inputs` only where the row frame is trivial (a batch of one row); otherwise
@@ -32,7 +34,7 @@ from .visible_weights import WeightView
 
 #: wall-clock budget of one step's inversion (seconds) and its iteration cap
 SECONDS_PER_STEP = 3.0
-MAX_ITERATIONS = 400
+MAX_ITERATIONS = 300
 
 
 def _loss(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -68,19 +70,28 @@ def invert_batch(model: torch.nn.Module, observed: dict[str, np.ndarray], labels
         x = (coeff @ basis).clone()
     else:
         x = torch.randn(batch, width, generator=generator)
-    x.requires_grad_(True)
+    def objective_of(candidate: torch.Tensor, graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        grads = torch.autograd.grad(_loss(loss, model(candidate.reshape(batch, *input_shape)), y), weights,
+                                    create_graph=graph)
+        cosines = torch.stack([F.cosine_similarity(g.reshape(1, -1), t.reshape(1, -1)).squeeze()
+                               for g, t in zip(grads, targets)])
+        distances = torch.stack([(g - t).square().sum() / t.square().sum().clamp_min(1e-30)
+                                 for g, t in zip(grads, targets)])
+        return len(targets) - cosines.sum() + distances.sum(), cosines
+
+    if batch == 1 and first is not None and first.shape[1] == width:  # x ∝ ±v_1: pick sign and scale first
+        grid = [sign * scale * x / x.norm() * np.sqrt(width) for sign in (1.0, -1.0)
+                for scale in (0.25, 0.5, 1.0, 2.0, 4.0)]
+        x = min(grid, key=lambda c: float(objective_of(c.clone().requires_grad_(True), False)[0].detach()))
+    x = x.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([x, *biases], lr=0.05)
     start, achieved = time.perf_counter(), 0.0
     for _ in range(iterations):
         optimizer.zero_grad()
-        grads = torch.autograd.grad(_loss(loss, model(x.reshape(batch, *input_shape)), y), weights,
-                                    create_graph=True)
-        cosines = [F.cosine_similarity(g.reshape(1, -1), t.reshape(1, -1)).squeeze() for g, t in zip(grads, targets)]
-        distances = [(g - t).square().sum() / t.square().sum().clamp_min(1e-30) for g, t in zip(grads, targets)]
-        objective = len(cosines) - torch.stack(cosines).sum() + torch.stack(distances).sum()
+        objective, cosines = objective_of(x, True)
         objective.backward()
         optimizer.step()
-        achieved = float(torch.stack(cosines).detach().mean())
+        achieved = float(cosines.detach().mean())
         if time.perf_counter() - start > seconds:
             break
     return x.detach().reshape(batch, *input_shape).numpy(), achieved
