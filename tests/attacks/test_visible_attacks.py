@@ -118,18 +118,15 @@ def serve_slalom(tmp_path, *, train_steps=60, hidden=(32,), batches=2, **options
     torch.manual_seed(0)
     model = models.build("mlp", digits.input_shape, 10, hidden=hidden)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    step = 0
-    for epoch in range(100):
-        for x, y in digits.batches(batch_size=64, epoch=epoch, seed=0):
-            if step == train_steps:
-                break
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-            step += 1
+    plain = [batch for epoch in range(-(-train_steps // 23)) for batch in digits.batches(batch_size=64, epoch=epoch,
+                                                                                     seed=0)]
+    for x, y in plain[:train_steps]:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
     truth = Truth(state=copy.deepcopy(model.state_dict()))
     truth.accuracy = _accuracy(model.eval(), digits.x_test[PUBLIC:], digits.y_test[PUBLIC:])
-    session = Session(protocol="slalom", device="cpu", seed=0, transcript=True, **options)
+    session = Session(protocol="slalom", device="cpu", seed=0, transcript=True, **{"precompute": 2, **options})
     served, _ = session.prepare(model, None)
     with torch.no_grad():
         for index in range(batches):
