@@ -1,155 +1,24 @@
 """Attacks on the field protocols whose worker sees the weights (``otp``, ``slalom``).
 
-The victim runs through the public Python API with a transcript; the ground truth (true batches,
-true weight gradients, final weights) is recorded here by the test, never handed to the attack.
+The victim runs through the public Python API with a transcript (:mod:`blindtrain.attacks.visible_measure`);
+the ground truth (true batches, true weight gradients, final weights) is recorded on the trusted side
+and used only to score, never handed to the attack.
 The attacker gets only :class:`Message` objects and :class:`Knowledge` (architecture,
 hyper-parameters, a public split: the first half of digits' test split; scoring uses the other half).
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
-from blindtrain import Session
-from blindtrain import data as datasets
-from blindtrain import models
-from blindtrain.attacks.recovery import Knowledge, Message
+from blindtrain.attacks.recovery import Message
 from blindtrain.attacks.visible import recover
 from blindtrain.attacks.visible_masked import direct_read, uniformity
-from blindtrain.transcript import load as load_transcript
-
-PUBLIC = 180  # digits' test split: the first 180 samples are public, the remaining 180 score
-
-
-@dataclass
-class Truth:
-    """What the trusted side knows (scoring only)."""
-
-    grads: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
-    labels: dict[int, np.ndarray] = field(default_factory=dict)
-    inputs: dict[int, np.ndarray] = field(default_factory=dict)
-    state: dict[str, torch.Tensor] = field(default_factory=dict)
-    states: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  #: step -> state before the step
-    accuracy: float = 0.0
-
-
-def _messages(path, role: str) -> list[Message]:
-    meta, arrays = load_transcript(path)
-    return [Message(index=i, key=m["key"], step=m["step"], layer=m["layer"], op=m["op"], operand=m["operand"],
-                    kind=m["kind"], dtype=m["dtype"], modulus=m["modulus"], worker=m.get("worker", f"{role}0"),
-                    role=role, array=arrays[m["key"]]) for i, m in enumerate(meta)]
-
-
-def _knowledge(protocol: str, hyper: dict, hidden=(32,)) -> Knowledge:
-    digits = datasets.load("digits", seed=0)
-    return Knowledge(protocol=protocol, model_spec={"model": "mlp", "hidden": list(hidden), "activation": "relu",
-                                                    "dataset": "digits"},
-                     input_shape=tuple(digits.input_shape), num_classes=10, hyper=hyper,
-                     public_x=digits.x_test[:PUBLIC].numpy(), public_y=digits.y_test[:PUBLIC].numpy(),
-                     public_split=f"digits test split, first {PUBLIC} of 360 samples")
-
-
-def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((model(x).argmax(-1) == y).float().mean())
-
-
-def train_otp(tmp_path, *, steps=20, batch_size=64, hidden=(32,), lr=0.05, momentum=0.9, weight_decay=0.0,
-              optimizer="sgd", nesterov=False, **options):
-    """A victim trained under otp; returns ({role: messages}, knowledge, truth)."""
-    digits = datasets.load("digits", seed=0)
-    torch.manual_seed(0)
-    model = models.build("mlp", digits.input_shape, 10, hidden=hidden)
-    opt = (torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay) if optimizer == "adam" else
-           torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
-                           nesterov=nesterov))
-    session = Session(protocol="otp", device="cpu", seed=0, transcript=True, **options)
-    wrapped, opt = session.prepare(model, opt)
-    truth = Truth()
-    step = 0
-    for x, y in digits.batches(batch_size=batch_size, epoch=0, seed=0):
-        if step == steps:
-            break
-        truth.states[step] = copy.deepcopy(model.state_dict())
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(wrapped(x), y).backward()
-        truth.grads[step] = {n: p.grad.detach().numpy().copy() for n, p in model.named_parameters()}
-        truth.labels[step], truth.inputs[step] = y.numpy().copy(), x.numpy().copy()
-        opt.step()
-        step += 1
-    wrapped.eval()
-    score_x, score_y = digits.x_test[PUBLIC:], digits.y_test[PUBLIC:]
-    with torch.no_grad():  # the victim serves a few predictions: the worker sees W_T too
-        wrapped(score_x[:32])
-    truth.state = copy.deepcopy(session.plaintext_model().state_dict())
-    truth.accuracy = _accuracy(session.plaintext_model(), score_x, score_y)
-    path = tmp_path / "otp.npz"
-    written = session.save_transcripts(path)
-    session.close()
-    views = {"main": _messages(path, "main")}
-    for extra in written[1:]:
-        views[extra.stem.split(".")[-1]] = _messages(extra, extra.stem.split(".")[-1])
-    hyper = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "optimizer": optimizer, "nesterov": nesterov,
-             "batch_size": batch_size, "loss": "ce"}
-    return views, _knowledge("otp", hyper, hidden), truth
-
-
-def scored_accuracy(state: dict, knowledge: Knowledge) -> float:
-    digits = datasets.load("digits", seed=0)
-    model = knowledge.build_model()
-    model.load_state_dict(state)
-    return _accuracy(model.eval(), digits.x_test[PUBLIC:], digits.y_test[PUBLIC:])
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
-
-
-def serve_slalom(tmp_path, *, train_steps=60, hidden=(32,), batches=2, **options):
-    """A victim model trained in plaintext, then served under slalom; returns (messages, knowledge, truth)."""
-    digits = datasets.load("digits", seed=0)
-    torch.manual_seed(0)
-    model = models.build("mlp", digits.input_shape, 10, hidden=hidden)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    plain = [batch for epoch in range(-(-train_steps // 23)) for batch in digits.batches(batch_size=64, epoch=epoch,
-                                                                                     seed=0)]
-    for x, y in plain[:train_steps]:
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    truth = Truth(state=copy.deepcopy(model.state_dict()))
-    truth.accuracy = _accuracy(model.eval(), digits.x_test[PUBLIC:], digits.y_test[PUBLIC:])
-    session = Session(protocol="slalom", device="cpu", seed=0, transcript=True, **{"precompute": 2, **options})
-    served, _ = session.prepare(model, None)
-    with torch.no_grad():
-        for index in range(batches):
-            served(digits.x_train[index * 64:(index + 1) * 64])
-    path = tmp_path / "slalom.npz"
-    session.save_transcripts(path)
-    session.close()
-    return _messages(path, "main"), _knowledge("slalom", {"batch_size": 64}, hidden), truth
-
-
-def agreement(state: dict, reference: dict, knowledge: Knowledge) -> float:
-    digits = datasets.load("digits", seed=0)
-    a, b = knowledge.build_model(), knowledge.build_model()
-    a.load_state_dict(state)
-    b.load_state_dict(reference)
-    with torch.no_grad():
-        x = digits.x_test[PUBLIC:]
-        return float((a.eval()(x).argmax(-1) == b.eval()(x).argmax(-1)).float().mean())
-
-
-def misassigned(counts: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of the batch's labels a histogram puts in the wrong class."""
-    return float(np.abs(counts - np.bincount(labels, minlength=len(counts))).sum() / 2 / len(labels))
+from blindtrain.attacks.visible_measure import (agreement, cosine, misassigned, scored_accuracy, serve_slalom,
+                                                train_otp)
 
 
 def uniform_like(messages: list[Message], seed: int = 0) -> list[Message]:
