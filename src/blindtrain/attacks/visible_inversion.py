@@ -45,11 +45,18 @@ def _loss(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 def invert_batch(model: torch.nn.Module, observed: dict[str, np.ndarray], labels: np.ndarray, *,
                  input_shape: tuple[int, ...], loss: str = "ce", seconds: float = SECONDS_PER_STEP,
-                 iterations: int = MAX_ITERATIONS, seed: int = 0) -> tuple[np.ndarray, float]:
-    """Reconstruct a batch (rows in arbitrary order, labels ``labels`` row by row).
+                 iterations: int = MAX_ITERATIONS, seed: int = 0,
+                 class_means: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+    """Reconstruct a batch (rows in arbitrary order) whose labels are the multiset ``labels``.
 
-    Returns ``(X̂ of shape (B, *input_shape), achieved mean cosine between its gradients and observed)``.
+    Rows start from single-input directions of the first layer's gradient where they can be read
+    (:func:`single_sample_directions`), the others from ``class_means`` (the public split's mean
+    image per class: the attack then starts at the class-prior guess) or from the gradient's row space.
+
+    Returns ``(X̂ of shape (B, *input_shape), achieved mean cosine between its gradients and observed,
+    the label of each row of X̂)``.
     """
+    start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     model = model.train()
     params = dict(model.named_parameters())
@@ -63,15 +70,19 @@ def invert_batch(model: torch.nn.Module, observed: dict[str, np.ndarray], labels
     width = int(np.prod(input_shape))
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     first = targets[0].reshape(targets[0].shape[0], -1) if targets else None
-    if first is not None and first.shape[1] == width and batch < width:
-        _, _, vh = torch.linalg.svd(first.double(), full_matrices=False)
-        basis = vh[:batch].float()                                 # (B, width): the rows' span
-        coeff = torch.randn(batch, batch, generator=generator) * np.sqrt(width / batch)
-        x = (coeff @ basis).clone()
+    in_row_space = first is not None and first.shape[1] == width and batch < width
+    found = single_sample_directions(first.double().numpy(), batch) if in_row_space else []
+    rest = batch - len(found)
+    if class_means is not None:  # the public split's mean image of each remaining row's class
+        fill = torch.from_numpy(np.asarray(class_means, dtype=np.float32).reshape(len(class_means), -1))[y[len(found):]]
     else:
-        x = torch.randn(batch, width, generator=generator)
-    def objective_of(candidate: torch.Tensor, graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        grads = torch.autograd.grad(_loss(loss, model(candidate.reshape(batch, *input_shape)), y), weights,
+        fill = torch.randn(rest, width, generator=generator)
+    if class_means is None and in_row_space:  # the batch lies in the span of G_1's top-B right singular vectors
+        basis = torch.linalg.svd(first.double(), full_matrices=False)[2][:batch].float()
+        fill = fill @ basis.T @ basis
+    x = torch.cat([torch.from_numpy(np.stack(found)).float() * np.sqrt(width), fill]) if found else fill
+    def _objective(candidate: torch.Tensor, labels: torch.Tensor, graph: bool = False):
+        grads = torch.autograd.grad(_loss(loss, model(candidate.reshape(batch, *input_shape)), labels), weights,
                                     create_graph=graph)
         cosines = torch.stack([F.cosine_similarity(g.reshape(1, -1), t.reshape(1, -1)).squeeze()
                                for g, t in zip(grads, targets)])
@@ -79,22 +90,89 @@ def invert_batch(model: torch.nn.Module, observed: dict[str, np.ndarray], labels
                                  for g, t in zip(grads, targets)])
         return len(targets) - cosines.sum() + distances.sum(), cosines
 
-    if batch == 1 and first is not None and first.shape[1] == width:  # x ∝ ±v_1: pick sign and scale first
-        grid = [sign * scale * x / x.norm() * np.sqrt(width) for sign in (1.0, -1.0)
-                for scale in (0.25, 0.5, 1.0, 2.0, 4.0)]
-        x = min(grid, key=lambda c: float(objective_of(c.clone().requires_grad_(True), False)[0].detach()))
+    if found:
+        x, y = _signs_scales_labels(x, y, len(found), objective_of=lambda c, labels: _objective(c, labels)[0],
+                                    model=model, input_shape=input_shape, deadline=time.perf_counter() + seconds / 2)
     x = x.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([x, *biases], lr=0.05)
-    start, achieved = time.perf_counter(), 0.0
+    achieved = 0.0
     for _ in range(iterations):
         optimizer.zero_grad()
-        objective, cosines = objective_of(x, True)
+        objective, cosines = _objective(x, y, True)
         objective.backward()
         optimizer.step()
         achieved = float(cosines.detach().mean())
         if time.perf_counter() - start > seconds:
             break
-    return x.detach().reshape(batch, *input_shape).numpy(), achieved
+    return x.detach().reshape(batch, *input_shape).numpy(), achieved, y.numpy()
+
+
+def single_sample_directions(first: np.ndarray, batch: int, *, threshold: float = 0.95) -> list[np.ndarray]:
+    """Unit directions of single inputs read off the first layer's weight gradient.
+
+    Row ``j`` of ``G_1 = (1/B)·Σ_i δ_ijᵀ x_i`` mixes only the samples that unit ``j`` is active for
+    (after a ReLU, ``δ_ij = 0`` otherwise).  Rows active for exactly one sample are parallel to that
+    sample: clusters of mutually parallel rows (``|cos| > threshold``) give up to ``B`` inputs' directions.
+    """
+    norms = np.linalg.norm(first, axis=1)
+    keep = norms > 1e-3 * norms.max() if norms.max() > 0 else np.zeros(len(norms), bool)
+    rows = first[keep] / norms[keep, None]
+    out: list[np.ndarray] = []
+    alive = np.ones(len(rows), bool)
+    similarity = np.abs(rows @ rows.T)
+    while len(out) < batch and alive.any():
+        support = ((similarity > threshold) & alive[None, :] & alive[:, None]).sum(1)
+        best = int(np.argmax(support))
+        if support[best] < 2:
+            break
+        members = alive & (similarity[best] > threshold)
+        aligned = rows[members] * np.sign(rows[members] @ rows[best])[:, None]
+        direction = np.linalg.svd(aligned, full_matrices=False)[2][0]
+        out.append(direction * np.sign(direction @ rows[best]))
+        alive &= np.abs(rows @ direction) <= threshold
+    return out
+
+
+def _signs_scales_labels(x: torch.Tensor, labels: torch.Tensor, searched: int, *, objective_of, model, input_shape,
+                         deadline: float):
+    """Coordinate search over the sign and scale of the first ``searched`` rows, then labels assigned to
+    rows by the model (two passes, stopped at ``deadline``)."""
+    from scipy.optimize import linear_sum_assignment
+
+    factors = [sign * scale for sign in (1.0, -1.0) for scale in (0.25, 0.5, 1.0, 2.0, 4.0)]
+
+    def value(candidate):
+        return float(objective_of(candidate.clone().requires_grad_(True), labels).detach())
+
+    for _ in range(2):
+        for row in range(searched):
+            if time.perf_counter() > deadline:
+                break
+            trials = []
+            for factor in factors:
+                trial = x.clone()
+                trial[row] = x[row] / x[row].norm().clamp_min(1e-12) * np.sqrt(x.shape[1]) * factor
+                trials.append((value(trial), trial))
+            x = min(trials, key=lambda t: t[0])[1]
+        if len(x) > 1:  # labels to rows: the model's log-probabilities, best assignment of the multiset
+            with torch.no_grad():
+                logp = torch.log_softmax(model(x.reshape(len(x), *input_shape)), -1).numpy()
+            rows, cols = linear_sum_assignment(-logp[:, labels.numpy()])
+            assigned = labels.clone()
+            assigned[torch.from_numpy(rows)] = labels[torch.from_numpy(cols)]
+            labels = assigned
+    return x, labels
+
+
+def public_class_means(knowledge: Knowledge) -> np.ndarray:
+    """(classes, *input_shape): the public split's mean input of each class (zeros for absent classes)."""
+    x = np.asarray(knowledge.public_x, dtype=np.float32)
+    out = np.zeros((knowledge.num_classes, *x.shape[1:]), dtype=np.float32)
+    for k in range(knowledge.num_classes):
+        rows = knowledge.public_y == k
+        if rows.any():
+            out[k] = x[rows].mean(0)
+    return out
 
 
 def labels_from_counts(counts: np.ndarray) -> np.ndarray:
@@ -116,9 +194,9 @@ def invert_steps(recovery: Recovery, view: WeightView, model, knowledge: Knowled
     summary = []
     for batch, step in candidates[:steps]:
         labels = labels_from_counts(recovery.label_counts[step])
-        x, achieved = invert_batch(model_at(model, view, step), recovery.gradients[step], labels,
-                                   input_shape=tuple(knowledge.input_shape), loss=knowledge.hyper.get("loss", "ce"),
-                                   seconds=SECONDS_PER_STEP)
+        x, achieved, _ = invert_batch(model_at(model, view, step), recovery.gradients[step], labels,
+                                      input_shape=tuple(knowledge.input_shape), loss=knowledge.hyper.get("loss", "ce"),
+                                      seconds=SECONDS_PER_STEP, class_means=public_class_means(knowledge))
         out[step] = x
         summary.append(f"step {step} (batch {batch}): gradient cosine {achieved:.3f}")
         if batch == 1:

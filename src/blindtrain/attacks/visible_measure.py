@@ -225,7 +225,7 @@ def invert_and_score(recovery: Recovery, messages, knowledge: Knowledge, truth: 
                      seconds: float = 3.0) -> list[dict]:
     """Gradient inversion on the first ``steps`` steps, rows matched by best assignment, beside chance."""
     from .visible import model_at
-    from .visible_inversion import invert_batch, labels_from_counts
+    from .visible_inversion import invert_batch, labels_from_counts, public_class_means
     from .visible_weights import read_weights
 
     view = read_weights(messages, knowledge)
@@ -236,13 +236,16 @@ def invert_and_score(recovery: Recovery, messages, knowledge: Knowledge, truth: 
     for step in sorted(recovery.gradients)[:steps]:
         labels = labels_from_counts(recovery.label_counts[step])
         start = time.perf_counter()
-        x, achieved = invert_batch(model_at(stolen, view, step), recovery.gradients[step], labels,
-                                   input_shape=tuple(knowledge.input_shape), seconds=seconds)
+        x, achieved, _ = invert_batch(model_at(stolen, view, step), recovery.gradients[step], labels,
+                                      input_shape=tuple(knowledge.input_shape), seconds=seconds,
+                                      class_means=public_class_means(knowledge))
         picks = [rng.choice(np.flatnonzero(knowledge.public_y == k)) for k in labels]
+        means = public_class_means(knowledge)[labels]
         rows.append({"step": step, "batch": len(labels), "seconds": round(time.perf_counter() - start, 2),
                      "gradient_cosine": round(achieved, 4), **matched_inputs(x, truth.inputs[step]),
                      "chance (public images of the same classes)": matched_inputs(knowledge.public_x[picks],
-                                                                                 truth.inputs[step])})
+                                                                                 truth.inputs[step]),
+                     "chance (public class means)": matched_inputs(means, truth.inputs[step])})
     return rows
 
 
