@@ -22,6 +22,8 @@ from .visible_weights import WeightSnapshot
 #: public samples used for the fit (bounded, so the attack's time stays small on large splits)
 FIT_SAMPLES = 2048
 FIT_ITERATIONS = 60
+#: exponent corrections are searched within ±BOUND (the init prior is rarely off by more than one)
+BOUND = 2.0
 
 
 def build_stolen(knowledge: Knowledge, weights: dict[str, WeightSnapshot], *,
@@ -49,8 +51,17 @@ def build_stolen(knowledge: Knowledge, weights: dict[str, WeightSnapshot], *,
                        and not isinstance(_owner(model, name), (torch.nn.BatchNorm2d, torch.nn.LayerNorm,
                                                                 torch.nn.BatchNorm1d))]
     if missing_weights:
-        notes.append(f"weights never seen (kept at random init, fitted only as hidden parameters: "
-                     f"{', '.join(missing_weights)})")
+        notes.append(f"weights never seen, fitted on the public split like the biases: {', '.join(missing_weights)}")
+    corrections = {}
+    if fit_hidden and stolen and knowledge.model_spec.get("activation", "relu") != "relu":
+        corrections = _exponent_corrections(model, sorted(stolen), knowledge)
+        if any(corrections.values()):
+            with torch.no_grad():
+                for name, shift in corrections.items():
+                    model.get_parameter(name).mul_(2.0 ** shift)
+        notes.append("activation is not positively homogeneous, so each layer's scale is identifiable from the "
+                     "public split: power-of-two exponent corrections fitted there: "
+                     + ", ".join(f"{name} {shift:+d}" for name, shift in corrections.items()))
     if fit_hidden and hidden:
         seconds = _fit(model, [p for _, p in hidden], stolen_params=[p for n, p in model.named_parameters()
                                                                      if n in stolen], knowledge=knowledge)
@@ -59,6 +70,34 @@ def build_stolen(knowledge: Knowledge, weights: dict[str, WeightSnapshot], *,
                      f"{FIT_ITERATIONS} L-BFGS iterations, {seconds:.2f} s)")
     model.eval()
     return model, notes
+
+
+def _exponent_corrections(model: torch.nn.Module, names: list[str], knowledge: Knowledge) -> dict[str, int]:
+    """Per stolen weight, the integer ``k`` such that ``W·2^k`` fits the public split best.
+
+    The true scale is a power of two (the encoding's exponent), so a continuous gain ``2^g`` per layer is
+    fitted jointly with the biases (L-BFGS, weights' directions frozen) and rounded to the nearest integer.
+    """
+    from torch.func import functional_call
+
+    x = torch.from_numpy(np.asarray(knowledge.public_x[:FIT_SAMPLES], dtype=np.float32))
+    y = torch.from_numpy(np.asarray(knowledge.public_y[:FIT_SAMPLES], dtype=np.int64))
+    base = {name: model.get_parameter(name).detach().clone() for name in names}
+    biases = {name: torch.zeros_like(p) for name, p in model.named_parameters() if name not in base}
+    gains = torch.zeros(len(names), requires_grad=True)
+    free = [gains, *(b.requires_grad_(True) for b in biases.values())]
+    optimizer = torch.optim.LBFGS(free, lr=0.5, max_iter=FIT_ITERATIONS, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        params = {**biases, **{name: base[name] * 2.0 ** (BOUND * torch.tanh(gains[i] / BOUND)) for i, name in enumerate(names)}}
+        loss = F.cross_entropy(functional_call(model, params, (x,)), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    bounded = BOUND * torch.tanh(gains.detach() / BOUND)
+    return {name: int(round(float(bounded[i]))) for i, name in enumerate(names)}
 
 
 def _owner(model: torch.nn.Module, name: str) -> torch.nn.Module:
