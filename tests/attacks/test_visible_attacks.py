@@ -65,6 +65,26 @@ def test_otp_gradients_exact_up_to_the_weights_rounding(otp_run):
         assert cosine(grads["3.weight"], truth.grads[step]["3.weight"]) > 0.99
 
 
+def test_otp_gradients_under_nesterov_and_weight_decay(tmp_path):
+    views, knowledge, truth = train_otp(tmp_path, steps=6, nesterov=True, weight_decay=1e-3)
+    recovery = recover(views["main"], knowledge, invert=False)
+    assert sorted(recovery.gradients) == list(range(6))
+    for step, grads in recovery.gradients.items():
+        for name, grad in grads.items():
+            bound = (1 + 0.9) * 2.0 ** -_exponent(recovery, name) / 0.05 + 1e-3 * 2.0 ** -_exponent(recovery, name)
+            assert np.abs(grad - truth.grads[step][name]).max() <= bound
+        assert cosine(grads["3.weight"], truth.grads[step]["3.weight"]) > 0.99
+
+
+def test_otp_adam_gives_the_gradient_signs_at_the_first_step(tmp_path):
+    views, knowledge, truth = train_otp(tmp_path, steps=3, optimizer="adam", lr=1e-3)
+    recovery = recover(views["main"], knowledge, invert=False)
+    assert any("Adam" in note for note in recovery.notes)
+    for name in ("1.weight", "3.weight"):  # the update at step 0 is lr·g/(|g|+ε): the sign of g
+        true_sign = np.sign(truth.grads[0][name])
+        assert cosine(np.sign(recovery.gradients[0][name]), true_sign) > 0.9
+
+
 def test_otp_label_histogram_recovered(otp_run):
     views, knowledge, truth, recovery = otp_run
     assert sorted(recovery.label_counts) == list(range(12))
