@@ -115,6 +115,18 @@ def test_slalom_worker_holds_the_model(tmp_path):
     assert not recovery.inputs  # inputs stay under fresh pads
 
 
+@pytest.mark.slow
+def test_slalom_sigmoid_layer_scales_fitted_on_public_data(tmp_path, monkeypatch):
+    """Sigmoid is not positively homogeneous: the init prior's scales cost accuracy, the public fit restores it."""
+    from blindtrain.attacks import visible_theft
+
+    messages, knowledge, truth = serve_slalom(tmp_path, train_steps=300, hidden=(128, 64), activation="sigmoid")
+    fitted = scored_accuracy(recover(messages, knowledge).model_state, knowledge)
+    monkeypatch.setattr(visible_theft, "BOUND", 1e-9)  # no exponent correction: the init prior alone
+    prior_only = scored_accuracy(recover(messages, knowledge).model_state, knowledge)
+    assert fitted >= truth.accuracy - 0.05 and fitted >= prior_only + 0.1
+
+
 # -- masked operands and random messages ------------------------------------------------------------------
 
 def _correlation(recovered: np.ndarray, true: np.ndarray) -> float:
