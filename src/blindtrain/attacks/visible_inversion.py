@@ -35,6 +35,9 @@ from .visible_weights import WeightView
 #: wall-clock budget of one step's inversion (seconds) and its iteration cap
 SECONDS_PER_STEP = 3.0
 MAX_ITERATIONS = 300
+#: larger batches are not attempted inside :func:`invert_steps`: measured at the class-prior chance level
+#: from batch 8 up on digits (``python -m blindtrain.attacks.visible_measure --batch-size 8``)
+MAX_BATCH = 4
 
 
 def _loss(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -182,14 +185,17 @@ def labels_from_counts(counts: np.ndarray) -> np.ndarray:
 
 def invert_steps(recovery: Recovery, view: WeightView, model, knowledge: Knowledge, frames: dict, *,
                  steps: int) -> dict[int, np.ndarray]:
-    """Invert the ``steps`` smallest batches that have gradients and a label histogram (bounded in time).
+    """Invert the ``steps`` smallest batches (at most :data:`MAX_BATCH` rows) with gradients and a label histogram.
 
     Fills :attr:`Recovery.inputs` for one-row batches; returns every reconstruction (unordered rows).
     """
     from .visible import model_at
 
     candidates = sorted((len(labels_from_counts(c)), step) for step, c in recovery.label_counts.items()
-                        if step in recovery.gradients)
+                        if step in recovery.gradients and int(c.sum()) <= MAX_BATCH)
+    if not candidates:
+        recovery.notes.append(f"gradient inversion not attempted: no batch of at most {MAX_BATCH} rows (measured at "
+                              f"the class-prior chance level from batch 8 up on digits)")
     out: dict[int, np.ndarray] = {}
     summary = []
     for batch, step in candidates[:steps]:
