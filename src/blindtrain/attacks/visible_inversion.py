@@ -77,7 +77,8 @@ def invert_batch(model: torch.nn.Module, observed: dict[str, np.ndarray], labels
     found = single_sample_directions(first.double().numpy(), batch) if in_row_space else []
     rest = batch - len(found)
     if class_means is not None:  # the public split's mean image of each remaining row's class
-        fill = torch.from_numpy(np.asarray(class_means, dtype=np.float32).reshape(len(class_means), -1))[y[len(found):]]
+        means = torch.from_numpy(np.asarray(class_means, dtype=np.float32).reshape(len(class_means), -1))
+        fill = means[y[len(found):]]
     else:
         fill = torch.randn(rest, width, generator=generator)
     if class_means is None and in_row_space:  # the batch lies in the span of G_1's top-B right singular vectors
@@ -201,8 +202,9 @@ def invert_steps(recovery: Recovery, view: WeightView, model, knowledge: Knowled
     for batch, step in candidates[:steps]:
         labels = labels_from_counts(recovery.label_counts[step])
         x, achieved, _ = invert_batch(model_at(model, view, step), recovery.gradients[step], labels,
-                                      input_shape=tuple(knowledge.input_shape), loss=knowledge.hyper.get("loss", "ce"),
-                                      seconds=SECONDS_PER_STEP, class_means=public_class_means(knowledge))
+                                      input_shape=tuple(knowledge.input_shape),
+                                      loss=knowledge.hyper.get("loss", "ce"), seconds=SECONDS_PER_STEP,
+                                      class_means=public_class_means(knowledge))
         out[step] = x
         summary.append(f"step {step} (batch {batch}): gradient cosine {achieved:.3f}")
         if batch == 1:

@@ -40,8 +40,9 @@ class Uniformity:
     def describe(self) -> str:
         spread = ("n/a" if self.constant_feature_spread is None
                   else f"{self.constant_feature_spread:.3f} (uniform: 1; plaintext: 0)")
-        return (f"{self.messages} masked/pad messages: chi-square ({BINS} bins) median p = {self.median_p_value:.3f}, "
-                f"{100 * self.rejected_at_0_001:.1f}% below 0.001 (uniform: 0.1%), {len(self.structured)} structured; "
+        return (f"{self.messages} masked/pad messages: chi-square ({BINS} bins) median p = "
+                f"{self.median_p_value:.3f}, {100 * self.rejected_at_0_001:.1f}% below 0.001 (uniform: 0.1%), "
+                f"{len(self.structured)} structured; "
                 f"spread of always-constant input features in the frames: {spread}")
 
 

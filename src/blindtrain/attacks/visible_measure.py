@@ -56,7 +56,8 @@ def messages_of(path, role: str) -> list[Message]:
                     role=role, array=arrays[m["key"]]) for i, m in enumerate(meta)]
 
 
-def knowledge_for(protocol: str, hyper: dict, *, model: str = "mlp", hidden=(32,), activation: str = "relu") -> Knowledge:
+def knowledge_for(protocol: str, hyper: dict, *, model: str = "mlp", hidden=(32,),
+                  activation: str = "relu") -> Knowledge:
     digits = datasets.load("digits", seed=0)
     return Knowledge(protocol=protocol, model_spec={"model": model, "hidden": list(hidden) if hidden else None,
                                                     "activation": activation, "dataset": "digits"},
@@ -215,7 +216,10 @@ def report(recovery: Recovery, truth: Truth, knowledge: Knowledge) -> dict:
         steps = sorted(recovery.label_counts)
         out["label_hist_misassigned"] = float(np.mean([misassigned(recovery.label_counts[s], truth.labels[s])
                                                        for s in steps]))
-        out["label_hist_exact_steps"] = f"{sum((recovery.label_counts[s] == np.bincount(truth.labels[s], minlength=knowledge.num_classes)).all() for s in steps)}/{len(steps)}"
+        exact = sum(bool((recovery.label_counts[s] == np.bincount(truth.labels[s],
+                                                                   minlength=knowledge.num_classes)).all())
+                    for s in steps)
+        out["label_hist_exact_steps"] = f"{exact}/{len(steps)}"
         out["label_hist_misassigned (chance: public prior)"] = float(np.mean(
             [misassigned(np.round(prior * len(truth.labels[s])), truth.labels[s]) for s in steps]))
     return out
