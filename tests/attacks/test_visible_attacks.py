@@ -85,34 +85,47 @@ def test_otp_adam_gives_the_gradient_signs_at_the_first_step(tmp_path):
         assert cosine(np.sign(recovery.gradients[0][name]), true_sign) > 0.9
 
 
-def _large_prime_view(truth, knowledge, modulus: int, steps: int) -> list[Message]:
+def _synthetic_view(truth, modulus: int | None, steps: int) -> list[Message]:
     """The otp main view as a field engine with a ~2^61 prime would send it (int64 residues, ~30-bit weights;
-    exponents alternate between steps), built from the recorded weights; frames uniform in F_p."""
+    exponents alternate between steps), built from the recorded weights; frames uniform in F_p.
+    ``modulus=None``: a protocol that sends the weights as plain float32 ``public`` messages."""
     rng = np.random.default_rng(1)
     messages = []
     states = [truth.states[t] for t in range(steps)] + [truth.state]
     for step, state in enumerate(states):
-        frame = rng.integers(0, modulus, size=(64, 64), dtype=np.int64)
-        messages.append(Message(index=len(messages), key="", step=step, layer="1", op="forward", operand="A",
-                                kind="masked", dtype="int64", modulus=modulus, worker="main0", role="main",
-                                array=frame))
+        if modulus is not None:
+            frame = rng.integers(0, modulus, size=(64, 64), dtype=np.int64)
+            messages.append(Message(index=len(messages), key="", step=step, layer="1", op="forward", operand="A",
+                                    kind="masked", dtype="int64", modulus=modulus, worker="main0", role="main",
+                                    array=frame))
         for layer in ("1", "3"):
             weight = state[f"{layer}.weight"].double().numpy().T
-            encoded = np.mod(np.rint(weight * 2.0 ** (30 + step % 2)).astype(np.int64), modulus)
+            if modulus is None:
+                encoded = weight.astype(np.float32)
+            else:
+                encoded = np.mod(np.rint(weight * 2.0 ** (30 + step % 2)).astype(np.int64), modulus)
             messages.append(Message(index=len(messages), key="", step=step, layer=layer, op="forward",
-                                    operand="B", kind="public", dtype="int64", modulus=modulus, worker="main0",
-                                    role="main", array=encoded))
+                                    operand="B", kind="public", dtype=str(encoded.dtype), modulus=modulus,
+                                    worker="main0", role="main", array=encoded))
     return messages
 
 
 def test_larger_primes_are_read_from_the_meta_and_give_exact_gradients(otp_run):
     views, knowledge, truth, _ = otp_run
     modulus = 2**61 - 1
-    recovery = recover(_large_prime_view(truth, knowledge, modulus, 12), knowledge, invert=False)
+    recovery = recover(_synthetic_view(truth, modulus, 12), knowledge, invert=False)
     assert "scale 2^-30" in next(n for n in recovery.notes if n.startswith("model theft"))  # step 12: even
     for step in range(12):
         for name in ("1.weight", "3.weight"):
             assert cosine(recovery.gradients[step][name], truth.grads[step][name]) > 0.999999
+
+
+def test_weights_sent_as_plain_floats_are_read_too(otp_run):
+    views, knowledge, truth, _ = otp_run
+    recovery = recover(_synthetic_view(truth, None, 12), knowledge, invert=False)
+    assert "floats in the clear" in next(n for n in recovery.notes if n.startswith("model theft"))
+    assert np.abs(recovery.model_state["1.weight"].numpy() - truth.state["1.weight"].numpy()).max() < 1e-6
+    assert min(cosine(recovery.gradients[s]["3.weight"], truth.grads[s]["3.weight"]) for s in range(12)) > 0.999
 
 
 def test_otp_label_histogram_recovered(otp_run):

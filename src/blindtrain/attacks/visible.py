@@ -48,8 +48,8 @@ def recover(messages: Sequence[Message], knowledge: Knowledge, *, invert: bool =
         latest = view.latest()
         model, theft_notes = build_stolen(knowledge, latest)
         recovery.model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        notes.append("model theft: weights read from public messages: " + "; ".join(
-            f"{s.name} at step {s.step} ({_bits(s)} bits, scale 2^-{s.exponent})" for s in latest.values()))
+        notes.append("model theft: weights read from public messages: "
+                     + "; ".join(s.describe() for s in latest.values()))
         notes += theft_notes
         gradients, gradient_notes = recover_gradients(view, knowledge)
         recovery.gradients = gradients
@@ -75,10 +75,6 @@ def recover(messages: Sequence[Message], knowledge: Knowledge, *, invert: bool =
             notes.append("masked frames pass the uniformity test: no direct read (it scores at chance; "
                          "see visible_masked.direct_read)")
     return recovery
-
-
-def _bits(snapshot) -> int:
-    return int(np.abs(snapshot.integers).max()).bit_length() + 1
 
 
 def _frames(messages, knowledge: Knowledge, layers: dict) -> dict[int, Message]:

@@ -47,7 +47,7 @@ def build_stolen(knowledge: Knowledge, weights: dict[str, WeightSnapshot], *,
     state = model.state_dict()
     stolen = set()
     for layer, snap in weights.items():
-        if snap.name in state and tuple(state[snap.name].shape) == snap.integers.shape:
+        if snap.name in state and tuple(state[snap.name].shape) == snap.encoded.shape:
             state[snap.name] = torch.from_numpy(snap.weight).to(state[snap.name].dtype)
             stolen.add(snap.name)
     # biases: a neutral start (zero) rather than a random guess

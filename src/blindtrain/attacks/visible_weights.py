@@ -17,6 +17,9 @@ modulus comes from the message's meta; the exponent ``l`` is never sent.  It is 
 Layouts (:mod:`blindtrain.protocols.base`): ``Linear`` forward sends ``Wᵀ`` (n×m), its input gradient
 ``W`` (m×n); ``Conv2d`` sends ``W`` (m×c×kh×kw) for both.
 
+A ``public`` message without a modulus (a protocol that hands weights over as plain floats) is read
+as the weights themselves (exponent 0).
+
 A message whose centred values spread over the whole field is not a fixed-point weight (a
 uniformly random field element has ``|centred| > p/4`` half of the time; an encoded weight never
 comes near): such messages are rejected, never decoded into garbage that looks like a model.
@@ -44,13 +47,20 @@ class WeightSnapshot:
     step: int
     layer: str
     name: str              #: ``state_dict`` key (``<layer>.weight``)
-    integers: np.ndarray   #: centred integers ``W̃`` in the state_dict layout (int64)
-    exponent: int          #: ``l``: ``W = W̃ · 2^-l``
+    encoded: np.ndarray    #: as sent, in the state_dict layout: centred integers ``W̃`` (field) or floats (clear)
+    exponent: int          #: ``l``: ``W = W̃ · 2^-l`` (0 for a message that was not in a field)
     index: int             #: the message's position in its transcript
+    field: bool = True     #: whether the message was a fixed-point field encoding
 
     @property
     def weight(self) -> np.ndarray:
-        return self.integers.astype(np.float64) * math.ldexp(1.0, -self.exponent)
+        return self.encoded.astype(np.float64) * math.ldexp(1.0, -self.exponent)
+
+    def describe(self) -> str:
+        if not self.field:
+            return f"{self.name} at step {self.step} (floats in the clear)"
+        bits = int(np.abs(self.encoded).max()).bit_length() + 1
+        return f"{self.name} at step {self.step} ({bits} bits, scale 2^-{self.exponent})"
 
 
 def centred_integers(array: np.ndarray, modulus: int) -> np.ndarray:
@@ -134,7 +144,8 @@ class WeightView:
 
 
 def read_weights(messages: Sequence[Message], knowledge: Knowledge) -> WeightView:
-    """Decode every ``public`` field message that is a weight of the victim's architecture."""
+    """Decode every ``public`` message that is a weight of the victim's architecture (field messages
+    decoded as above; a public message without a modulus is read as plaintext floats)."""
     modules = weighted_layers(knowledge.build_model())
     raw: dict[str, list[tuple[Message, np.ndarray]]] = {}
     rejected: list[str] = []
@@ -142,16 +153,16 @@ def read_weights(messages: Sequence[Message], knowledge: Knowledge) -> WeightVie
     for message in messages:
         if message.kind != "public":
             continue
-        if message.modulus is None:
-            rejected.append(f"{message.key}: public but not a field element (no modulus)")
-            continue
-        modulus = int(message.modulus)
         module = modules.get(message.layer)
         if module is None:
             rejected.append(f"{message.key}: layer {message.layer!r} is not a weighted layer of the architecture")
             continue
-        centred = centred_integers(message.array, modulus)
-        if looks_uniform(centred, modulus):
+        if message.modulus is None:
+            centred = np.asarray(message.array, dtype=np.float64)
+        else:
+            modulus = int(message.modulus)
+            centred = centred_integers(message.array, modulus)
+        if message.modulus is not None and looks_uniform(centred, modulus):
             rejected.append(f"{message.key}: values spread over all of F_p (no fixed-point structure): not read")
             continue
         laid = _to_state_layout(message, module, centred)
@@ -162,14 +173,19 @@ def read_weights(messages: Sequence[Message], knowledge: Knowledge) -> WeightVie
     snapshots: dict[str, list[WeightSnapshot]] = {}
     for layer, entries in raw.items():
         fan_in = int(np.prod(modules[layer].weight.shape[1:]))
-        exponent = init_exponent(entries[0][1], fan_in)
         out = []
-        previous = None
-        for message, integers in entries:
-            if previous is not None:
-                exponent += relative_exponent(integers, previous)
-            out.append(WeightSnapshot(step=message.step, layer=layer, name=f"{layer}.weight", integers=integers,
+        previous = exponent = None
+        for message, encoded in entries:
+            if message.modulus is None:
+                out.append(WeightSnapshot(step=message.step, layer=layer, name=f"{layer}.weight", encoded=encoded,
+                                          exponent=0, index=message.index, field=False))
+                continue
+            if previous is None:
+                exponent = init_exponent(encoded, fan_in)
+            else:
+                exponent += relative_exponent(encoded, previous)
+            out.append(WeightSnapshot(step=message.step, layer=layer, name=f"{layer}.weight", encoded=encoded,
                                       exponent=exponent, index=message.index))
-            previous = integers
+            previous = encoded
         snapshots[layer] = out
     return WeightView(snapshots=snapshots, rejected=rejected, modulus=modulus)
