@@ -58,7 +58,7 @@ def recover_gradients(view: WeightView, knowledge: Knowledge) -> tuple[dict[int,
             w_t, w_next = steps[t].weight, steps[t_next].weight
             update = (w_t - w_next) / lr
             if optimizer == "adam":
-                out.setdefault(t, {})[steps[t].name] = update
+                out.setdefault(t, {})[steps[t].name] = update.astype(np.float32)
                 continue
             if momentum == 0.0:
                 raw = update
@@ -74,7 +74,7 @@ def recover_gradients(view: WeightView, knowledge: Knowledge) -> tuple[dict[int,
             else:
                 raw = (update - momentum * buffer) / (1.0 - dampening)
                 buffer = update
-            out.setdefault(t, {})[steps[t].name] = raw - decay * w_t
+            out.setdefault(t, {})[steps[t].name] = (raw - decay * w_t).astype(np.float32)  # computed in float64
     if out:
         first = min(out)
         notes.append(f"gradients of {len(out)} steps ({first}..{max(out)}) from consecutive weights "

@@ -23,6 +23,8 @@ from .recovery import Knowledge, Message, Recovery, frame_messages
 from .visible_weights import centred_integers, weighted_layers
 
 BINS = 64
+#: at most this many masked / pad messages are tested (evenly spaced over the view), to bound the time
+MAX_TESTED = 256
 #: a frame whose chi-square p-value falls below this is treated as structured (not masked)
 STRUCTURE_P_VALUE = 1e-6
 
@@ -71,6 +73,8 @@ def uniformity(messages: Sequence[Message], knowledge: Knowledge) -> Uniformity 
     tested = [m for m in messages if m.kind in ("masked", "pad") and m.modulus is not None and m.array.size >= BINS]
     if not tested:
         return None
+    if len(tested) > MAX_TESTED:
+        tested = [tested[i] for i in np.linspace(0, len(tested) - 1, MAX_TESTED).astype(int)]
     p_values = np.array([chi_square_p(_residues(m), int(m.modulus)) for m in tested])
     structured = [m.index for m, pv in zip(tested, p_values) if pv < STRUCTURE_P_VALUE]
     return Uniformity(messages=len(tested), median_p_value=float(np.median(p_values)),
