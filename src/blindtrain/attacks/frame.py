@@ -42,6 +42,6 @@ def power_of_two_scale(values: np.ndarray, target_std: float) -> float:
     """The power of two ``2^k`` that brings ``values``' standard deviation closest to ``target_std``
     (exact in floating point: it undoes fixed-point encodings and power-of-two blinding scales)."""
     std = float(np.std(values))
-    if not math.isfinite(std) or std == 0.0 or target_std <= 0.0:
+    if not (math.isfinite(std) and math.isfinite(target_std)) or std == 0.0 or target_std <= 0.0:
         return 1.0
     return float(2.0 ** round(math.log2(target_std / std)))
