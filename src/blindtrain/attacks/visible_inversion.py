@@ -34,8 +34,9 @@ from .visible_weights import WeightView
 #: wall-clock budget of one step's inversion (seconds) and its iteration cap
 SECONDS_PER_STEP = 3.0
 MAX_ITERATIONS = 300
-#: larger batches are not attempted inside :func:`invert_steps`: measured at the class-prior chance level
-#: from batch 8 up on digits (``python -m blindtrain.attacks.visible_measure --batch-size 8``)
+#: larger batches are not attempted inside :func:`invert_steps`: on digits (2^24 field) the median row
+#: correlation is 0.92 at batch 8 and 0.86 at batch 64 against 0.87 / 0.85 for the public class means
+#: (``python -m blindtrain.attacks.visible_measure --batch-size 8``): near the class-prior chance level
 MAX_BATCH = 4
 
 
@@ -131,8 +132,8 @@ def invert_steps(recovery: Recovery, view: WeightView, model, knowledge: Knowled
     candidates = sorted((len(labels_from_counts(c)), step) for step, c in recovery.label_counts.items()
                         if step in recovery.gradients and int(c.sum()) <= MAX_BATCH)
     if not candidates:
-        recovery.notes.append(f"gradient inversion not attempted: no batch of at most {MAX_BATCH} rows (measured at "
-                              f"the class-prior chance level from batch 8 up on digits)")
+        recovery.notes.append(f"gradient inversion not attempted: no batch of at most {MAX_BATCH} rows (larger batches "
+                              f"measured near the class-prior chance level on digits)")
     out: dict[int, np.ndarray] = {}
     summary = []
     for batch, step in candidates[:steps]:
