@@ -136,9 +136,9 @@ def test_mask_worker_mode_trains():
 
 def _chi_square(values, p=P, bins=256):
     values = np.asarray(values, dtype=np.int64).ravel()
-    edges = (np.arange(bins + 1, dtype=np.int64) * p) // bins
-    observed = np.histogram(values, bins=edges)[0]
-    return float(stats.chisquare(observed, np.diff(edges) / p * values.size).pvalue)
+    edges = np.array([i * p // bins for i in range(bins + 1)], dtype=np.int64)  # no int64 overflow for p ~ 2^61
+    observed = np.bincount(np.searchsorted(edges, values, side="right") - 1, minlength=bins)[:bins]
+    return float(stats.chisquare(observed, np.diff(edges).astype(np.float64) / p * values.size).pvalue)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,8 @@ and recombine ``Σ 2^(shift)·P_ij mod p`` in int64 (:func:`.integers.combine`).
             partial sum is at most ``K·2^(w_L−1)·2^(w_R−1) ≤ 2^53`` and exact; the portable fallback.
 
 ``backend="auto"`` runs both back-ends the first time a *shape class* (device, op, sizes
-rounded to powers of two, limb counts) is seen, checks that they agree bit for bit, and keeps
+rounded to powers of two, limb counts) is seen (ops of fewer than 2^18 multiply-adds per limb
+product go to float64 unmeasured), checks that they agree bit for bit, and keeps
 the faster for that class (a process-wide cache: :data:`CALIBRATION`).  :meth:`FieldEngine.report`
 says which ran, how often, and the calibration timings.
 """
@@ -47,6 +48,7 @@ from .lowering import Lowered, lower
 
 BACKENDS = ("int8", "float64")
 INT32_MAX = 2**31 - 1
+TINY_WORK = 2**18  # G·M·K·N below this: not calibrated, float64 (both back-ends take well under 1 ms)
 FLOAT64_EXACT = 2**53
 
 
@@ -138,6 +140,8 @@ class FieldEngine:
                 str(oa.tensor.dtype), str(ob.tensor.dtype))
 
     def _calibrated(self, fn, low, oa, ob):
+        if low.groups * low.rows * low.depth * low.cols < TINY_WORK:
+            return "float64", self._run("float64", low, oa, ob)  # too small to time; float64 has no set-up
         key = self.shape_class(fn, low, oa, ob)
         known = CALIBRATION.get(key)
         if known is not None:
