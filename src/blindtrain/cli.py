@@ -108,6 +108,7 @@ def main() -> None:
 @click.option("--resume", type=click.Path(dir_okay=False), help="continue from a sealed checkpoint")
 @click.option("--keystore", type=click.Path(dir_okay=False), help="sealing key file (default ~/.config/blindtrain)")
 @click.option("--unmask", help="otp: where unmask factors are computed: enclave or mask-worker")
+@click.option("--modulus", type=int, help="otp/slalom: the field's prime (below 2^61; default 2^61-1)")
 @click.option("--fuse-activations/--no-fuse-activations", default=None, help="tempo: activations on the worker")
 @click.option("--rotate-every", type=int, help="tempo: rotate weight keys every N steps")
 @click.option("--option", "extra", multiple=True, help="protocol option KEY=VALUE (repeatable)")
@@ -119,6 +120,9 @@ def train(**kwargs) -> None:
     try:
         options = _protocol_options(kwargs.pop("unmask"), kwargs.pop("fuse_activations"),
                                     kwargs.pop("rotate_every"), kwargs.pop("workers"), kwargs.pop("extra"))
+        modulus = kwargs.pop("modulus")
+        if modulus is not None:
+            options["modulus"] = modulus
         quiet = kwargs.pop("quiet")
         config = TrainConfig(**kwargs, protocol_options=options, progress=not quiet)
         metrics = run_training(config, echo=click.echo)
@@ -139,16 +143,18 @@ def train(**kwargs) -> None:
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--keystore", type=click.Path(dir_okay=False))
 @click.option("--metrics", type=click.Path(dir_okay=False))
+@click.option("--modulus", type=int, help="slalom: the field's prime (below 2^61; default 2^61-1)")
 @click.option("--option", "extra", multiple=True, help="protocol option KEY=VALUE (repeatable)")
 def predict(checkpoint, protocol, dataset, data_dir, device, transport, adversary, batch_size, keystore, metrics,
-            extra) -> None:
+            modulus, extra) -> None:
     """Test accuracy of a sealed checkpoint, with inference under a protocol."""
     from .train import run_predict, write_json
 
     try:
         result = run_predict(checkpoint=checkpoint, protocol=protocol, dataset=dataset, data_dir=data_dir,
                              device=device, keystore=keystore, transport=transport, adversary=adversary,
-                             batch_size=batch_size, protocol_options=_parse_options(extra))
+                             batch_size=batch_size,
+                             protocol_options={**_parse_options(extra), **({"modulus": modulus} if modulus else {})})
     except BlindtrainError as exc:
         _fail(exc)
     if metrics:

@@ -19,8 +19,9 @@ forward and input gradient):
 
 All products mod p run on the field engine (:mod:`blindtrain.field.engine`): p = 2^61 − 1 by
 default (``--modulus`` / option ``modulus``: any prime below 2^61; a smaller one is faster
-and less precise), weights capped at ``weight_bits`` = 16 signed bits (int16 on the wire, two
-int8 limbs), activations and gradients take the remaining ≈ 60 − log2(K) − 16 bits.
+and less precise), weights capped at ``weight_bits`` = 24 signed bits (int32 on the wire: four
+int8 limbs; 16 bits = int16 = two limbs is twice as fast and about 2^-8 as precise), activations
+and gradients take the remaining ≈ 60 − log2(K) − 24 bits.
 ``field_backend`` (auto, int8, float64) fixes the engine's back-end; ``auto`` measures.
 
 Both-private products (the weight gradient ``Xᵀ·dY``, attention products) cannot
@@ -60,7 +61,7 @@ class OneTimePad(FieldOffload, Protocol):
                 "factors f(r, W_t) recomputed every step in the enclave (--unmask enclave) or by a mask worker "
                 "that sees only pads (--unmask mask-worker)",
     )
-    options = {"unmask": "enclave", "modulus": codec.DEFAULT_MODULUS, "repetitions": 2, "weight_bits": 16,
+    options = {"unmask": "enclave", "modulus": codec.DEFAULT_MODULUS, "repetitions": 2, "weight_bits": 24,
                "field_backend": "auto"}
 
     def __init__(self, runtime, **options):
