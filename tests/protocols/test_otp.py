@@ -277,17 +277,17 @@ def test_summary_reports_bits_engine_and_wire(otp_run):
     out, metrics = otp_run
     summary = metrics["protocol_summary"]
     assert summary["modulus"] == P == 2**61 - 1 and summary["modulus_bits"] == 61
-    assert summary["wire_dtypes"] == {"field_elements": "int64", "weights": "int16"}
+    assert summary["wire_dtypes"] == {"field_elements": "int64", "weights": "int32"}  # 24-bit weights
     bits = summary["operand_bits"]
     assert set(bits) == {"1.forward", "3.forward", "5.forward", "3.grad_input", "5.grad_input"}
     for name, used in bits.items():
-        assert used["B"] <= 16 and used["A"] >= 30, (name, used)  # weights capped; activations take the rest
+        assert used["B"] <= 24 and used["A"] >= 25, (name, used)  # weights capped; activations take the rest
     engine = summary["field_engine"]
     ran = {b for per_fn in engine["worker_backends"].values() for b in per_fn}
     assert ran <= {"int8", "float64"} and ran
     meta, arrays = load_transcript(out / "run.npz")
     assert {m["dtype"] for m in meta if m["kind"] == "masked"} == {"int64"}
-    assert {m["dtype"] for m in meta if m["kind"] == "public"} == {"int16"}
+    assert {m["dtype"] for m in meta if m["kind"] == "public"} == {"int32"}
 
 
 def _adam_parameters(protocol: str, steps: int = 20, **options):
