@@ -251,3 +251,13 @@ def test_stress_lengths_are_current():
         ops = trace_ops(build(model, (3, 32, 32), 10), (3, 32, 32), batch=8)
         for fn, k in lengths.items():
             assert max(contraction_length(o.fn, o.a_shape, o.b_shape, o.params) for o in ops if o.fn == fn) == k
+
+
+def test_byte_plane_offsets_past_the_int32_bound():
+    """int16 weights (byte planes with offset 128) against a contraction longer than 131071."""
+    k = 140000
+    value = -128 * sum(256**i for i in range(7))  # every int8 digit −128: the largest row sums
+    a = torch.full((1, k), value, dtype=torch.int64)
+    b = torch.full((k, 1), -2**15, dtype=torch.int16)
+    expected = k * value * -2**15 % MERSENNE
+    assert int(FieldEngine(MERSENNE, backend="int8").bilinear("matmul", a, b)) == expected

@@ -193,7 +193,7 @@ class FieldEngine:
                  for i in range(ll.count) for j in range(rl.count)]
         if any(rl.offsets):  # f(L_i, offset) = offset·rowsum(L_i)
             ones = torch.ones((g, k, 8), dtype=torch.int8, device=lm.device)  # row sums on _int_mm too
-            rows = int8_matmul(lm, ones, digit_bound=ll.digit_bound)[..., 0].view(g, ll.count, m)
+            rows = int8_matmul(lm, ones, digit_bound=ll.digit_bound)[..., 0].view(g, ll.count, m).to(torch.int64)
             for j, offset in enumerate(rl.offsets):
                 if offset:
                     terms += [integers.Term(ll.width * i + rl.width * j, rows[:, i, :, None] * offset,
