@@ -1,6 +1,6 @@
 """Acceptance runs of the field engine's precision (issue 12), on CPU; a few minutes.
 
-    PYTHONPATH=src python scripts/field_acceptance.py [--steps 20] [--out field-acceptance.json]
+    PYTHONPATH=src python scripts/field_acceptance.py [--steps 20] [--threads N] [--out field-acceptance.json]
 
 1. otp vs plain on resnet18 / synthetic (batch 8, SGD lr 1e-3, momentum 0.9): the relative loss
    difference at every step (acceptance: < 1e-3 at every step);
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -79,11 +80,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", default="field-acceptance.json")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        result = {"command": f"PYTHONPATH=src python scripts/field_acceptance.py --steps {args.steps}",
+        result = {"command": "PYTHONPATH=src python scripts/field_acceptance.py " + " ".join(sys.argv[1:]),
                   "threads": torch.get_num_threads(), "otp_resnet18": train_curves(args.steps, workdir)}
         result["slalom_resnet18"] = slalom_agreement(workdir)
     Path(args.out).write_text(json.dumps(result, indent=2))

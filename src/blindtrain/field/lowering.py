@@ -10,12 +10,12 @@ element (padding zeros included), which is what the accumulation bounds use.
 
 * ``matmul``       ``A (…, K) @ B (K, N)``: rows are A's leading elements;
 * ``bmm``          broadcast batch ``G``; ``matmul_tn`` is ``bmm`` of ``Aᵀ``;
-* ``conv2d``       im2col of ``x`` (``as_strided`` on the padded input: stride, padding, dilation)
-                   against ``w`` as an ``(C·kh·kw, O)`` matrix;
+* ``conv2d``       im2col of ``x`` (``as_strided`` on the padded, channels-last input: stride, padding,
+                   dilation) against ``w`` as a ``(kh·kw·C, O)`` matrix;
 * ``conv2d_input`` the transposed convolution as a stride-1 convolution: ``dY`` with ``stride − 1``
                    zeros inserted, padded by ``dil·(k−1) − pad`` (plus the output padding; negative =
                    crop), against ``w`` flipped and with its channel axes swapped;
-* ``conv2d_weight`` ``dW (O, C·kh·kw) = dY (O, N·L) @ im2col(x) (N·L, C·kh·kw)``: here the *left* side
+* ``conv2d_weight`` ``dW (O, kh·kw·C) = dY (O, N·L) @ im2col(x) (N·L, kh·kw·C)``: here the *left* side
                    is operand B (``left_is_a = False``).
 """
 
@@ -49,19 +49,27 @@ class Lowered:
 
 
 def im2col(x: torch.Tensor, kernel, stride, padding, dilation, out_hw=None) -> torch.Tensor:
-    """``(B, C, H, W)`` -> ``(B, Ho·Wo, C·kh·kw)``: every receptive field as a row (any dtype)."""
+    """``(B, C, H, W)`` -> ``(B, Ho·Wo, kh·kw·C)``: every receptive field as a row, columns ordered
+    ``(kh, kw, C)`` (channels innermost: the copy moves contiguous runs of C; any dtype)."""
     kh, kw = kernel
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    x = x.permute(0, 2, 3, 1)  # channels last
     if ph or pw:
-        x = F.pad(x, (pw, pw, ph, ph))
+        x = F.pad(x, (0, 0, pw, pw, ph, ph))
     x = x.contiguous()
-    b, c, hp, wp = x.shape
+    b, hp, wp, c = x.shape
     if out_hw is None:
         out_hw = ((hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1)
     ho, wo = out_hw
     s = x.stride()
-    view = x.as_strided((b, ho, wo, c, kh, kw), (s[0], s[2] * sh, s[3] * sw, s[1], s[2] * dh, s[3] * dw))
-    return view.reshape(b, ho * wo, c * kh * kw)
+    view = x.as_strided((b, ho, wo, kh, kw, c), (s[0], s[1] * sh, s[2] * sw, s[1] * dh, s[2] * dw, s[3]))
+    return view.reshape(b, ho * wo, kh * kw * c)
+
+
+def _kernel_matrix(s: torch.Tensor) -> torch.Tensor:
+    """A limb stack of kernels ``(n, O, C, kh, kw)`` -> ``(kh·kw·C, O·n)`` (rows in im2col's column order)."""
+    n, o = s.shape[0], s.shape[1]
+    return s.permute(3, 4, 2, 1, 0).reshape(-1, o * n)
 
 
 def _left_rows(stack: torch.Tensor, rows: int, depth: int) -> torch.Tensor:
@@ -110,7 +118,7 @@ def _conv2d(a_shape, b_shape, params) -> Lowered:
         return cols.reshape(1, s.shape[0] * rows, depth)
 
     def right(s):
-        return s.reshape(s.shape[0], o, depth).permute(2, 1, 0).reshape(1, depth, o * s.shape[0])
+        return _kernel_matrix(s).unsqueeze(0)
 
     def finish(out):
         return out.reshape(n, ho, wo, o).permute(0, 3, 1, 2).contiguous()
@@ -148,8 +156,7 @@ def _conv2d_input(a_shape, b_shape, params) -> Lowered:
         return cols.reshape(1, s.shape[0] * rows, depth)
 
     def right(s):
-        flipped = s.flip(3, 4).permute(0, 2, 1, 3, 4)  # (n, C, O, kh, kw)
-        return flipped.reshape(s.shape[0], c, depth).permute(2, 1, 0).reshape(1, depth, c * s.shape[0])
+        return _kernel_matrix(s.flip(3, 4).transpose(1, 2)).unsqueeze(0)  # kernels (n, C, O, kh, kw)
 
     def finish(out):
         return out.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous()
@@ -172,8 +179,8 @@ def _conv2d_weight(a_shape, b_shape, params) -> Lowered:
         im = im2col(s.reshape(s.shape[0] * n, c, h, w), (kh, kw), stride, padding, dilation, (ho, wo))
         return im.reshape(s.shape[0], depth, cols).permute(1, 2, 0).reshape(1, depth, cols * s.shape[0])
 
-    return Lowered(1, o, depth, cols, False, False, left, right,
-                   finish=lambda out: out.reshape(o, c, kh, kw))
+    return Lowered(1, o, depth, cols, False, False, left, right,  # columns (kh, kw, C)
+                   finish=lambda out: out.reshape(o, kh, kw, c).permute(0, 3, 1, 2).contiguous())
 
 
 def lower(fn: str, a_shape, b_shape, params: dict | None = None) -> Lowered:
