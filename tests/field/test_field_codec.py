@@ -114,9 +114,9 @@ def test_encode_pair_never_wraps(fn, stride, dilation, scale_a, scale_b, stochas
     # and the precision is not thrown away: at least 6 bits per operand relative to its largest element
     # (with the 61-bit default: at least 15 for the weights and 25 for the other operand)
     relative_a, relative_b = la + math.log2(float(a.abs().max())), lb + math.log2(float(b.abs().max()))
-    assert relative_a >= 6 and relative_b >= min(6, (b_bits or 99) - 2)
+    assert relative_a >= 6 and relative_b >= min(6, (b_bits or 99) - 3)  # sign bit, floor, rounding at the cap
     if p == P:
-        assert relative_a >= 25 and relative_b >= min(15, (b_bits or 99) - 2)
+        assert relative_a >= 25 and relative_b >= min(15, (b_bits or 99) - 3)
 
 
 def test_contraction_lengths():
