@@ -112,6 +112,7 @@ def main() -> None:
 @click.option("--record-ground-truth", type=click.Path(dir_okay=False),
               help="privacy lab: write the true batches and final model, sealed, for `blindtrain attack` scoring")
 @click.option("--unmask", help="otp: where unmask factors are computed: enclave or mask-worker")
+@click.option("--modulus", type=int, help="otp/slalom: the field's prime (below 2^61; default 2^61-1)")
 @click.option("--fuse-activations/--no-fuse-activations", default=None, help="tempo: activations on the worker")
 @click.option("--rotate-every", type=int, help="tempo: rotate weight keys every N steps")
 @click.option("--option", "extra", multiple=True, help="protocol option KEY=VALUE (repeatable)")
@@ -123,6 +124,9 @@ def train(**kwargs) -> None:
     try:
         options = _protocol_options(kwargs.pop("unmask"), kwargs.pop("fuse_activations"),
                                     kwargs.pop("rotate_every"), kwargs.pop("workers"), kwargs.pop("extra"))
+        modulus = kwargs.pop("modulus")
+        if modulus is not None:
+            options["modulus"] = modulus
         quiet = kwargs.pop("quiet")
         config = TrainConfig(**kwargs, protocol_options=options, progress=not quiet)
         metrics = run_training(config, echo=click.echo)
@@ -146,17 +150,19 @@ def train(**kwargs) -> None:
 @click.option("--transcript", type=click.Path(dir_okay=False), help="write every tensor the worker received (.npz)")
 @click.option("--record-ground-truth", type=click.Path(dir_okay=False),
               help="privacy lab: write the true inputs and the model, sealed, for `blindtrain attack` scoring")
+@click.option("--modulus", type=int, help="slalom: the field's prime (below 2^61; default 2^61-1)")
 @click.option("--option", "extra", multiple=True, help="protocol option KEY=VALUE (repeatable)")
 def predict(checkpoint, protocol, dataset, data_dir, device, transport, adversary, batch_size, keystore, metrics,
-            transcript, record_ground_truth, extra) -> None:
+            transcript, record_ground_truth, modulus, extra) -> None:
     """Test accuracy of a sealed checkpoint, with inference under a protocol."""
     from .train import run_predict, write_json
 
     try:
         result = run_predict(checkpoint=checkpoint, protocol=protocol, dataset=dataset, data_dir=data_dir,
                              device=device, keystore=keystore, transport=transport, adversary=adversary,
-                             batch_size=batch_size, protocol_options=_parse_options(extra), transcript=transcript,
-                             record_ground_truth=record_ground_truth)
+                             batch_size=batch_size,
+                             protocol_options={**_parse_options(extra), **({"modulus": modulus} if modulus else {})},
+                             transcript=transcript, record_ground_truth=record_ground_truth)
     except BlindtrainError as exc:
         _fail(exc)
     if metrics:

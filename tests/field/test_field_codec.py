@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from blindtrain import bilinear
 from blindtrain.errors import UsageError
 from blindtrain.field import codec
 from blindtrain.field.modular import contraction_length, mod_bilinear
@@ -48,13 +49,17 @@ def test_stochastic_rounding_is_unbiased():
 
 
 def test_centred_representatives():
-    v = torch.tensor([0.0, 1.0, P // 2, P // 2 + 1, P - 1])
+    v = torch.tensor([0, 1, P // 2, P // 2 + 1, P - 1])
     assert codec.centred(v, P).tolist() == [0, 1, P // 2, -(P // 2), -1]
+    assert P == 2**61 - 1 and codec.element_dtype(P) == torch.int64 and codec.element_dtype(2**24 - 3) == torch.int32
 
 
 def test_modulus_validation():
     assert codec.check_modulus(2**21 - 9) == 2**21 - 9
-    for bad in (2**24 - 2, 2**24 + 43, 101, "x"):
+    assert codec.check_modulus(2**61 - 1) == 2**61 - 1
+    assert codec.check_modulus(2305843009213693921) == 2305843009213693921  # 2^61 − 31
+    assert codec.check_modulus(2**24 + 43) == 2**24 + 43
+    for bad in (2**24 - 2, 101, "x", 2**61 + 15, 2**89 - 1, 2**61 - 3):  # 2^61 + 15: prime, too large
         with pytest.raises(UsageError):
             codec.check_modulus(bad)
 
@@ -63,43 +68,18 @@ def test_modulus_validation():
 @given(st.integers(1, 300), st.integers(1, 5), st.integers(1, 5), st.sampled_from([P, 2**21 - 9, 65521]))
 def test_mod_matmul_exact_with_limbs(n, b, m, p):
     g = torch.Generator().manual_seed(n * 31 + b)
-    a = torch.randint(0, p, (b, n), generator=g).double()
-    w = torch.randint(-p // 2, p // 2, (n, m), generator=g).double()
-    expected = (a.long().numpy().astype(object) @ w.long().numpy().astype(object)) % p
+    a = torch.randint(0, p, (b, n), generator=g)
+    w = torch.randint(-(p // 2), p // 2, (n, m), generator=g)
+    expected = (a.numpy().astype(object) @ w.numpy().astype(object)) % p
     got = mod_bilinear("matmul", a, w, p)
-    assert got.long().numpy().tolist() == expected.tolist()
-
-
-@pytest.mark.parametrize("fn", ["conv2d", "conv2d_input"])
-def test_mod_conv_exact_with_limbs(fn):
-    g = torch.Generator().manual_seed(1)
-    w = torch.randint(-P // 2, P // 2, (4, 3, 3, 3), generator=g).double()
-    params = {"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1)}
-    if fn == "conv2d":
-        a = torch.randint(0, P, (2, 3, 7, 7), generator=g).double()
-    else:
-        a = torch.randint(0, P, (2, 4, 4, 4), generator=g).double()
-        params["input_size"] = (2, 3, 7, 7)
-    got = mod_bilinear(fn, a, w, P, params)
-    # reference: split both operands into 8-bit digits (every partial sum tiny), recombine in Python ints
-    from blindtrain import bilinear
-
-    def digits(t):
-        t = torch.remainder(t, P).long()
-        return [((t >> (8 * i)) & 255).double() for i in range(3)]
-
-    total = torch.zeros_like(got, dtype=torch.float64).long()
-    for i, da in enumerate(digits(a)):
-        for j, dw in enumerate(digits(w)):
-            part = bilinear.apply(fn, da, dw, **params).long() % P
-            total = (total + part * (pow(2, 8 * (i + j), P))) % P
-    assert torch.equal(got.long(), total)
+    assert got.numpy().tolist() == expected.tolist()
 
 
 @settings(max_examples=30, deadline=None)
 @given(st.sampled_from(["matmul", "conv2d", "conv2d_input"]), st.integers(1, 3), st.integers(1, 2),
-       st.floats(1e-3, 1e3), st.floats(1e-3, 1e3), st.booleans())
-def test_encode_pair_never_wraps(fn, stride, dilation, scale_a, scale_b, stochastic):
+       st.floats(1e-3, 1e3), st.floats(1e-3, 1e3), st.booleans(), st.sampled_from([P, 2**24 - 3]),
+       st.sampled_from([None, 16, 8]))
+def test_encode_pair_never_wraps(fn, stride, dilation, scale_a, scale_b, stochastic, p, b_bits):
     g = torch.Generator().manual_seed(int(scale_a * 1000) % 9973)
     params = {}
     if fn == "matmul":
@@ -116,17 +96,27 @@ def test_encode_pair_never_wraps(fn, stride, dilation, scale_a, scale_b, stochas
             params["input_size"] = tuple(x.shape)
     a, b = a * scale_a, b * scale_b
     u = torch.rand(a.shape, generator=g).double() if stochastic else None
-    qa, qb, la, lb = codec.encode_pair(fn, a, b, params, P, uniforms=u)
-    from blindtrain import bilinear
+    encoded = codec.encode_pair(fn, a, b, params, p, uniforms=u, b_bits=b_bits)
+    qa, qb, la, lb = encoded
+    assert qa.dtype == qb.dtype == torch.int64
+    if b_bits:
+        assert int(qb.abs().max()) <= 2 ** (b_bits - 1) - 1 and encoded.b_bits <= b_bits
+    assert encoded.a_bits == int(qa.abs().max()).bit_length() + 1
+    from blindtrain.field.engine import FieldEngine
 
-    exact = bilinear.apply(fn, qa, qb, **params)  # small integers: exact in float64
-    assert float(exact.abs().max()) <= codec.headroom(P)
-    decoded = codec.decode(mod_bilinear(fn, codec.to_field(qa, P), qb, P, params), la + lb, P)
+    exact = FieldEngine(2**61 - 1).bilinear(fn, qa, qb, params)  # the integer itself: |·| < 2^60
+    exact = codec.centred(exact, 2**61 - 1)
+    assert int(exact.abs().max()) <= codec.headroom(p)
+    decoded = codec.decode(mod_bilinear(fn, codec.to_field(qa, p), qb, p, params), la + lb, p)
     rho = 1.0 if stochastic else 0.5
     bound = codec.error_bound(fn, a, b, rho * 2.0**-la, 0.5 * 2.0**-lb, params)
     assert bool(((decoded - bilinear.apply(fn, a.double(), b.double(), **params)).abs() <= bound + 1e-9).all())
     # and the precision is not thrown away: at least 6 bits per operand relative to its largest element
-    assert la + math.log2(float(a.abs().max())) >= 6 and lb + math.log2(float(b.abs().max())) >= 6
+    # (with the 61-bit default: at least 15 for the weights and 25 for the other operand)
+    relative_a, relative_b = la + math.log2(float(a.abs().max())), lb + math.log2(float(b.abs().max()))
+    assert relative_a >= 6 and relative_b >= min(6, (b_bits or 99) - 3)  # sign bit, floor, rounding at the cap
+    if p == P:
+        assert relative_a >= 25 and relative_b >= min(15, (b_bits or 99) - 3)
 
 
 def test_contraction_lengths():

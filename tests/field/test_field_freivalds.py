@@ -10,7 +10,10 @@ from hypothesis import strategies as st
 from blindtrain.crypto import Csprng
 from blindtrain.field import freivalds
 from blindtrain.field.codec import DEFAULT_MODULUS as P
+from blindtrain.field.engine import FieldEngine
 from blindtrain.field.modular import mod_bilinear
+
+ENGINE = FieldEngine(P)
 
 CASES = {
     "matmul": ((6, 20), (20, 9), {}),
@@ -23,8 +26,8 @@ CASES = {
 def _case(fn, seed=0):
     a_shape, b_shape, params = CASES[fn]
     g = torch.Generator().manual_seed(seed)
-    a = torch.randint(0, P, a_shape, generator=g).double()
-    b = torch.randint(-500, 500, b_shape, generator=g).double()
+    a = torch.randint(0, P, a_shape, generator=g)
+    b = torch.randint(-2**15, 2**15, b_shape, generator=g).to(torch.int16)
     return a, b, params, mod_bilinear(fn, a, b, P, params)
 
 
@@ -38,15 +41,15 @@ def test_correct_result_passes(fn):
     a, b, params, y = _case(fn)
     s = freivalds.draw(Csprng(bytes(32)), fn, b.shape, 2, label=("t",))
     assert s.abs().max() <= freivalds.S_BOUND
-    assert freivalds.check(fn, a, y, freivalds.contract_weight(fn, b, s, P), s, P, params)
+    assert freivalds.check(fn, a, y, freivalds.contract_weight(fn, b, s, ENGINE), s, ENGINE, params)
 
 
 @pytest.mark.parametrize("fn", sorted(CASES))
 def test_channel_contracted_form_matches_direct_contraction(fn):
     a, b, params, y = _case(fn, seed=3)
     s = freivalds.draw(Csprng(bytes(32)), fn, b.shape, 3, label=("t",))
-    direct = freivalds.contract_output(fn, y, s, P)
-    via_weight = freivalds.expected(fn, a, freivalds.contract_weight(fn, b, s, P), P, params)
+    direct = freivalds.contract_output(fn, y, s, ENGINE)
+    via_weight = freivalds.expected(fn, a, freivalds.contract_weight(fn, b, s, ENGINE), ENGINE, params)
     assert torch.equal(direct, via_weight)
 
 
@@ -59,25 +62,36 @@ def test_any_wrong_element_fails(fn, position, delta, key):
     index = position % flat.numel()
     flat[index] = (flat[index] + delta) % P
     s = freivalds.draw(Csprng(key.to_bytes(32, "little")), fn, b.shape, 2, label=("t",))
-    assert not freivalds.check(fn, a, wrong, freivalds.contract_weight(fn, b, s, P), s, P, params)
+    assert not freivalds.check(fn, a, wrong, freivalds.contract_weight(fn, b, s, ENGINE), s, ENGINE, params)
 
 
-def test_non_finite_result_fails():
+def test_float_or_misshapen_result_fails():
     a, b, params, y = _case("matmul")
-    y[0, 0] = float("nan")
     s = freivalds.draw(Csprng(bytes(32)), "matmul", b.shape, 2, label=("t",))
-    assert not freivalds.check("matmul", a, y, freivalds.contract_weight("matmul", b, s, P), s, P, params)
+    bs = freivalds.contract_weight("matmul", b, s, ENGINE)
+    assert freivalds.check("matmul", a, y, bs, s, ENGINE, params)
+    assert not freivalds.check("matmul", a, y.double(), bs, s, ENGINE, params)
+    assert not freivalds.check("matmul", a, y[:, :-1], bs, s, ENGINE, params)
+    assert freivalds.check("matmul", a, y + P, bs, s, ENGINE, params)  # the same residues: correct mod p
+
+
+def test_contracted_weight_is_the_exact_integer():
+    _, b, _, _ = _case("matmul")
+    s = freivalds.draw(Csprng(bytes(32)), "matmul", b.shape, 2, label=("t",))
+    exact = b.long().numpy().astype(object) @ s.numpy().astype(object)
+    assert freivalds.contract_weight("matmul", b, s, ENGINE).numpy().tolist() == exact.tolist()
 
 
 def test_soundness_by_experiment_small_field():
     """With a tiny field the escape rate is measurable: about 1/p per repetition for a single wrong row."""
     p, trials, passed = 257, 4000, 0
     rng = Csprng(bytes(32))
-    a = torch.randint(0, p, (1, 4)).double()
-    b = torch.randint(0, p, (4, 3)).double()
+    engine = FieldEngine(p)
+    a = torch.randint(0, p, (1, 4))
+    b = torch.randint(0, p, (4, 3))
     y = mod_bilinear("matmul", a, b, p)
     y[0, 1] = (y[0, 1] + 5) % p
     for t in range(trials):
-        s = torch.from_numpy(rng.uniform_mod((3, 1), p, label=("s", t)).astype("float64"))
-        passed += freivalds.check("matmul", a, y, freivalds.contract_weight("matmul", b, s, p), s, p, {})
+        s = torch.from_numpy(rng.uniform_mod((3, 1), p, label=("s", t)))
+        passed += freivalds.check("matmul", a, y, freivalds.contract_weight("matmul", b, s, engine), s, engine, {})
     assert passed / trials < 4 / p

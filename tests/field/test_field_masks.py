@@ -14,17 +14,28 @@ from blindtrain.field.store import FactorUnavailable, SealedFactorStore
 def chi_square_uniform_mod(values: np.ndarray, p: int, bins: int = 256) -> float:
     """p-value of a chi-square test that ``values`` are uniform on ``[0, p)`` (exact bin sizes)."""
     values = np.asarray(values, dtype=np.int64).ravel()
-    edges = (np.arange(bins + 1, dtype=np.int64) * p) // bins  # bin i: [edges[i], edges[i+1])
-    observed = np.histogram(values, bins=edges)[0]
-    expected = np.diff(edges) / p * values.size
+    edges = np.array([i * p // bins for i in range(bins + 1)], dtype=np.int64)  # bin i: [edges[i], edges[i+1])
+    observed = np.bincount(np.searchsorted(edges, values, side="right") - 1, minlength=bins)[:bins]
+    expected = np.diff(edges).astype(np.float64) / p * values.size
     return float(stats.chisquare(observed, expected).pvalue)
 
 
-def test_pads_uniform():
-    stream = PadStream(Csprng(bytes(32)), P)
-    pad = stream.draw((200, 500), layer="fc", op="forward", operand="A", step=0, nonce=0).numpy()
-    assert pad.min() >= 0 and pad.max() < P and np.all(pad == np.floor(pad))
-    assert chi_square_uniform_mod(pad, P) > 1e-3
+@pytest.mark.parametrize("p", [P, 2**24 - 3])
+def test_pads_uniform(p):
+    stream = PadStream(Csprng(bytes(32)), p)
+    pad = stream.draw((200, 500), layer="fc", op="forward", operand="A", step=0, nonce=0)
+    assert pad.dtype == torch.int64
+    pad = pad.numpy()
+    assert pad.min() >= 0 and pad.max() < p
+    assert chi_square_uniform_mod(pad, p) > 1e-3
+    # the top bits too (2^61 − 1 is not a power of two: rejection sampling keeps it exact)
+    assert chi_square_uniform_mod(pad, p, bins=2) > 1e-3 and chi_square_uniform_mod(pad, p, bins=7) > 1e-3
+
+
+def test_chi_square_detects_a_biased_stream():
+    rng = np.random.default_rng(0)
+    biased = rng.integers(0, P // 2, 100_000)  # only the lower half of F_p
+    assert chi_square_uniform_mod(biased, P) < 1e-6
 
 
 def test_pad_labels_are_use_once():
@@ -38,7 +49,7 @@ def test_pad_labels_are_use_once():
 
 def test_sealed_factor_store_consumes_once_and_authenticates(tmp_path):
     store = SealedFactorStore(bytes(range(32)), tmp_path)
-    factor = torch.arange(12, dtype=torch.float64).reshape(3, 4) * 1000
+    factor = torch.arange(12, dtype=torch.int64).reshape(3, 4) * (2**57 + 1)  # 61-bit field elements
     for i in range(3):
         store.put(i, "fc", factor + i)
     assert torch.equal(store.take(0, "fc", (3, 4)), factor)

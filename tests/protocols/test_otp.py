@@ -136,9 +136,9 @@ def test_mask_worker_mode_trains():
 
 def _chi_square(values, p=P, bins=256):
     values = np.asarray(values, dtype=np.int64).ravel()
-    edges = (np.arange(bins + 1, dtype=np.int64) * p) // bins
-    observed = np.histogram(values, bins=edges)[0]
-    return float(stats.chisquare(observed, np.diff(edges) / p * values.size).pvalue)
+    edges = np.array([i * p // bins for i in range(bins + 1)], dtype=np.int64)  # no int64 overflow for p ~ 2^61
+    observed = np.bincount(np.searchsorted(edges, values, side="right") - 1, minlength=bins)[:bins]
+    return float(stats.chisquare(observed, np.diff(edges).astype(np.float64) / p * values.size).pvalue)
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +253,105 @@ def _assert_detected(spec, layer, op, tmp_path):
     assert ckpt.load(ckpt_path, keystore=KeyStore(keystore))["step"] == 1
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["status"] == "integrity_violation" and metrics["integrity_failures"] == 1
+
+
+def test_constant_digits_pixels_are_masked_like_the_rest(otp_run):
+    """Pixels that are the same in every digits image (blank corners) reach the worker as x̃ + r with a
+    fresh pad each time: their masked values are uniform in F_p and spread like every other pixel's."""
+    out, _ = otp_run
+    meta, arrays = load_transcript(out / "run.npz")
+    data = datasets.load("digits", seed=0)
+    constant = (data.x_train.reshape(len(data.x_train), -1).std(0) == 0).nonzero().flatten().numpy()
+    assert len(constant) >= 3  # digits has blank pixels
+    first = [arrays[m["key"]].reshape(-1, 64) for m in meta  # training and evaluation batches
+             if m["kind"] == "masked" and m["layer"] == "1" and m["op"] == "forward"]
+    stacked = np.concatenate(first)
+    blank = stacked[:, constant].ravel()
+    others = np.delete(stacked, constant, axis=1).ravel()
+    assert _chi_square(blank, bins=16) > 1e-4
+    assert stats.ks_2samp(blank / P, others / P).pvalue > 1e-3
+    assert abs(blank.std() / (P / math.sqrt(12)) - 1) < 0.05
+
+
+def test_summary_reports_bits_engine_and_wire(otp_run):
+    out, metrics = otp_run
+    summary = metrics["protocol_summary"]
+    assert summary["modulus"] == P == 2**61 - 1 and summary["modulus_bits"] == 61
+    assert summary["wire_dtypes"] == {"field_elements": "int64", "weights": "int32"}  # 24-bit weights
+    bits = summary["operand_bits"]
+    assert set(bits) == {"1.forward", "3.forward", "5.forward", "3.grad_input", "5.grad_input"}
+    for name, used in bits.items():
+        assert used["B"] <= 24 and used["A"] >= 25, (name, used)  # weights capped; activations take the rest
+    engine = summary["field_engine"]
+    ran = {b for per_fn in engine["worker_backends"].values() for b in per_fn}
+    assert ran <= {"int8", "float64"} and ran
+    meta, arrays = load_transcript(out / "run.npz")
+    assert {m["dtype"] for m in meta if m["kind"] == "masked"} == {"int64"}
+    assert {m["dtype"] for m in meta if m["kind"] == "public"} == {"int32"}
+
+
+def _adam_parameters(protocol: str, steps: int = 20, **options):
+    torch.manual_seed(0)
+    data = datasets.load("digits", seed=0)
+    model = build("mlp", data.input_shape, data.num_classes)
+    session = None
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if protocol != "plain-torch":
+        session = Session(protocol=protocol, device="cpu", enclave_key=bytes(32), **options)
+        model, optimizer = session.prepare(model, optimizer)
+    batches = data.batches(batch_size=64, epoch=0, seed=0)
+    for _ in range(steps):
+        x, y = next(batches)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    if session is not None:
+        session.close()
+    return params
+
+
+def test_adam_parameters_within_1e3_of_plain():
+    """Acceptance: otp with Adam on mlp/digits keeps every parameter tensor within 1e-3 relative
+    (‖θ_otp − θ_plain‖ / ‖θ_plain‖, per tensor) of plain PyTorch's after 20 steps."""
+    plain, otp = _adam_parameters("plain-torch"), _adam_parameters("otp")
+    start = _adam_parameters("plain-torch", steps=0)
+    for name, value in plain.items():
+        moved = float((value - start[name]).norm())
+        assert moved > 0, name  # training really moved it
+        relative = float((otp[name] - value).norm() / value.norm())
+        assert relative < 1e-3, (name, relative)
+        assert float((otp[name] - value).norm()) < 0.05 * moved, name  # small against the training motion too
+
+
+def test_modulus_option_and_flag(tmp_path):
+    """--modulus trades precision for speed: a 31-bit prime runs on int32 field elements; bad values exit 2."""
+    result = CliRunner().invoke(main, ["train", "--protocol", "otp", "--steps", "2", "--device", "cpu", "--quiet",
+                                       "--modulus", str(2**31 - 1), "--transcript", str(tmp_path / "t.npz"),
+                                       "--metrics", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    meta, arrays = load_transcript(tmp_path / "t.npz")
+    masked = [m for m in meta if m["kind"] == "masked"]
+    assert masked and all(m["modulus"] == 2**31 - 1 and m["dtype"] == "int32" for m in masked)
+    summary = json.loads((tmp_path / "m.json").read_text())["protocol_summary"]
+    assert summary["modulus"] == 2**31 - 1
+    assert max(bits["A"] for bits in summary["operand_bits"].values()) < 31
+    bad = CliRunner().invoke(main, ["train", "--protocol", "otp", "--steps", "1", "--quiet", "--modulus", "1000"])
+    assert bad.exit_code == 2 and "prime" in bad.output
+
+
+@pytest.mark.parametrize("backend", ["int8", "float64"])
+def test_each_backend_gives_the_same_training_step(backend):
+    """The back-ends are exact: forcing either gives bit-identical results to auto."""
+    torch.manual_seed(3)
+    layer = nn.Linear(40, 24)
+    x = torch.randn(16, 40)
+    outs = {}
+    for choice in ("auto", backend):
+        session = Session(protocol="otp", device="cpu", enclave_key=bytes(32), field_backend=choice)
+        model, _ = session.prepare(nn.Sequential(copy.deepcopy(layer)))
+        outs[choice] = model(x).detach()
+        if choice == backend:
+            assert session.protocol.summary()["field_engine"]["worker_backends"] == {"matmul": {backend: 1}}
+        session.close()
+    assert torch.equal(outs["auto"], outs[backend])

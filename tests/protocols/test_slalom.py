@@ -57,12 +57,12 @@ def test_logits_close_to_float_and_factors_refilled(tmp_path):
     with torch.no_grad():
         for _ in range(5):  # more batches than one offline phase precomputes
             x = torch.randn(8, 1, 8, 8)
-            torch.testing.assert_close(wrapped(x), ref(x), atol=0.02, rtol=0.02)
+            torch.testing.assert_close(wrapped(x), ref(x), atol=1e-3, rtol=1e-3)  # 16-bit weights, 61-bit field
         wrapped(torch.randn(3, 1, 8, 8))  # a smaller batch is zero-padded to the pool's shape
     summary = session.protocol.summary()
     assert summary["unmask_factors_consumed"] == 6 * 5  # five offloaded layers
     assert summary["inference_batches"] == 6 and session.step == 5
-    assert summary["weight_upload_bytes"] == 4 * sum(p.numel() for n, p in ref.named_parameters() if "weight" in n)
+    assert summary["weight_upload_bytes"] == 2 * sum(p.numel() for n, p in ref.named_parameters() if "weight" in n)
     session.save_transcripts(tmp_path / "t.npz")
     meta, arrays = load_transcript(tmp_path / "t.npz")
     assert {m["kind"] for m in meta} == {"masked", "public"}

@@ -31,6 +31,11 @@ def run_bench(*, preset: str = "quick", models=None, protocols=None, batch_sizes
     start = time.perf_counter()
     results = harness.run(chosen, names, device=device, seed=seed, profile=profile, progress=progress,
                           echo=echo, cell_budget_s=budget)
+    if {"otp", "slalom"} & set(names):  # the field engine's ratio to float32 (issue 12)
+        from . import field_engine
+        results["field_engine"] = field_engine.measure(
+            device=results["worker_device"], echo=echo,
+            shapes=field_engine.TINY_SHAPES if chosen.name == "tiny" else field_engine.SHAPES)
     written = report.write(results, out, command=command or sys.argv)
     failed = [c for c in results["cells"] if c["status"] != "ok"]
     bad_bytes = [c for c in results["cells"] if c["status"] == "ok" and c["checks"].get("bytes_ok") is False]

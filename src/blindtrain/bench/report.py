@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..ledger import CATEGORIES
-from . import plots
+from . import field_engine, plots
 from .harness import ALL_CATEGORIES
 
 NOISE_TIE = 0.20  # projected step times within 20% count as a modelled tie
@@ -456,6 +456,7 @@ def render(results: dict) -> str:
                      "-" if rho is None else f"{rho:.2f}", verdict])
     lines += [_table(["protocol", "cells", "measured / modelled enclave time, median [min–max]",
                       "rank correlation (Spearman)", "verdict"], rows), ""]
+    lines += field_engine.markdown(results.get("field_engine"))
     lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots.PLOTS] + [""]
     lines += ["## Privacy and integrity, per protocol", ""]
     from ..attacks.report import measured, protocol_lines

@@ -3,11 +3,12 @@
 Encoding
 --------
 A tensor ``x`` is encoded with a per-tensor shared exponent ``l`` (an integer, any
-sign) as the integers ``x̃ = round(2^l · x)`` embedded in F_p (negative values as
+sign) as the integers ``x̃ = round(2^l · x)`` (int64) embedded in F_p (negative values as
 ``p − |x̃|``).  Activations and weights use round-to-nearest (``|x̃·2^-l − x| ≤ 2^-l/2``);
 gradients use stochastic rounding from the enclave CSPRNG (unbiased,
 ``|x̃·2^-l − x| < 2^-l``).  Decoding takes the centred representative in
-``(−p/2, p/2]`` and multiplies by ``2^-l``.
+``(−p/2, p/2]`` and multiplies by ``2^-l``.  ``round(2^l·x)`` is computed exactly in float64
+even above 2^53 (a float32 value times a power of two keeps its 24-bit mantissa).
 
 Bits and overflow
 -----------------
@@ -19,9 +20,13 @@ Cauchy–Schwarz bound holds: every output element is a dot product of one windo
 filter of ``B̃``, so ``|f(Ã,B̃)| ≤ max‖window(Ã)‖₂ · max‖column(B̃)‖₂ ≤ (p−1)/2``;
 the bound is checked on the integers actually produced and the exponents lowered
 until it holds.  The bits available to both operands together are thus about
-``log2((p−1)/2) − log2(‖window‖·‖column‖)`` (≈ 21 bits for the digits MLP with the
-default p = 2^24 − 3), split between the operands so that each gets the same
-number of bits relative to its own largest element (≈ 9–10 bits each).
+``log2((p−1)/2) − log2(‖window‖·‖column‖ / (max|a|·max|b|))``: with the default
+p = 2^61 − 1 about 60 − log2(K) bits for a contraction of length K (≈ 48 for K = 4096).
+They are split so that each operand gets the same number of bits relative to its own
+largest element, except that the weight operand ``B̃`` is capped at ``b_bits`` signed
+bits (``|B̃| ≤ 2^(b_bits−1) − 1``; 16 by default, an int16 on the wire = two int8 limbs in the
+field engine) and ``Ã`` takes the rest (≈ 32 bits for K = 4096).  :class:`Encoded` reports
+the bits each operand actually used.
 
 Error bound
 -----------
@@ -34,13 +39,15 @@ stochastic rounding), the decoded result of one op satisfies, elementwise,
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .. import bilinear
 
-DEFAULT_MODULUS = 2**24 - 3
+DEFAULT_MODULUS = 2**61 - 1  # a Mersenne prime: the engine's reductions are rotations
+MAX_MODULUS_BITS = 61
 
 
 def _is_prime(n: int) -> bool:
@@ -52,7 +59,7 @@ def _is_prime(n: int) -> bool:
     d, s = n - 1, 0
     while d % 2 == 0:
         d, s = d // 2, s + 1
-    for base in (2, 3, 5, 7, 11, 13, 17):  # deterministic for n < 3.4e14
+    for base in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37):  # deterministic for n < 3.3e24
         x = pow(base, d, n)
         if x in (1, n - 1):
             continue
@@ -66,16 +73,26 @@ def _is_prime(n: int) -> bool:
 
 
 def check_modulus(p) -> int:
-    """Validate the field modulus: a prime with 2^8 < p < 2^24 (values then fit float32 exactly)."""
+    """Validate the field modulus: a prime with 2^8 < p < 2^61 (int64 arithmetic stays exact)."""
     from ..errors import UsageError
 
     try:
         p = int(p)
     except (TypeError, ValueError):
         raise UsageError(f"modulus must be an integer, got {p!r}") from None
-    if not (2**8 < p < 2**24) or not _is_prime(p):
-        raise UsageError(f"modulus must be a prime between 2^8 and 2^24, got {p}")
+    if not (2**8 < p < 2**MAX_MODULUS_BITS) or not _is_prime(p):
+        raise UsageError(f"modulus must be a prime between 2^8 and 2^61 (e.g. 2^61-1 = {2**61 - 1}), got {p}")
     return p
+
+
+def element_dtype(p: int) -> torch.dtype:
+    """The integer dtype field elements travel in: int32 below 2^31, else int64."""
+    return torch.int32 if p < 2**31 else torch.int64
+
+
+def weight_dtype(bits: int) -> torch.dtype:
+    """The integer dtype of a ``bits``-bit signed fixed-point weight (int16 up to 16 bits, else int32)."""
+    return torch.int16 if bits <= 16 else torch.int32
 
 
 def headroom(p: int) -> int:
@@ -84,14 +101,14 @@ def headroom(p: int) -> int:
 
 
 def centred(v: torch.Tensor, p: int) -> torch.Tensor:
-    """Centred representatives in ``(−p/2, p/2]`` of field elements ``v`` in ``[0, p)``."""
-    v = torch.remainder(v.to(torch.float64), float(p))
+    """Centred representatives in ``(−p/2, p/2]`` of integers ``v`` mod p (int64)."""
+    v = torch.remainder(v.to(torch.int64), p)
     return torch.where(v > p // 2, v - p, v)
 
 
 def to_field(q: torch.Tensor, p: int) -> torch.Tensor:
-    """Signed integers -> field elements in ``[0, p)`` (float64)."""
-    return torch.remainder(q.to(torch.float64), float(p))
+    """Signed integers -> field elements in ``[0, p)`` (int64)."""
+    return torch.remainder(q.to(torch.int64), p)
 
 
 def quantize(x: torch.Tensor, exponent: int, uniforms: torch.Tensor | None = None) -> torch.Tensor:
@@ -105,7 +122,14 @@ def quantize(x: torch.Tensor, exponent: int, uniforms: torch.Tensor | None = Non
 
 def decode(v: torch.Tensor, exponent: int, p: int) -> torch.Tensor:
     """Field elements -> reals: centred representative times ``2^-exponent`` (float64)."""
-    return centred(v, p) * math.ldexp(1.0, -exponent)
+    return centred(v, p).to(torch.float64) * math.ldexp(1.0, -exponent)
+
+
+def magnitude_bits(q: torch.Tensor) -> int:
+    """Signed bits the integers ``q`` use: ``bitlen(max|q|) + 1`` (the sign)."""
+    if q.numel() == 0:
+        return 0
+    return int(q.abs().max()).bit_length() + 1
 
 
 # -- overflow-free scales ----------------------------------------------------------------
@@ -159,17 +183,40 @@ def _log2(v: float) -> float:
     return math.log2(v) if v > 0 else 0.0
 
 
+@dataclass
+class Encoded:
+    """One op's operands in fixed point: ``qa = round(2^la·a)``, ``qb = round(2^lb·b)`` (int64)."""
+
+    qa: torch.Tensor
+    qb: torch.Tensor
+    la: int
+    lb: int
+
+    def __iter__(self):  # qa, qb, la, lb = encode_pair(...)
+        return iter((self.qa, self.qb, self.la, self.lb))
+
+    @property
+    def a_bits(self) -> int:
+        return magnitude_bits(self.qa)
+
+    @property
+    def b_bits(self) -> int:
+        return magnitude_bits(self.qb)
+
+
 def encode_pair(fn: str, a: torch.Tensor, b: torch.Tensor, params: dict, p: int, *,
-                uniforms: torch.Tensor | None = None, b_exponent: int | None = None):
+                uniforms: torch.Tensor | None = None, b_exponent: int | None = None,
+                b_bits: int | None = None) -> Encoded:
     """Quantize ``a`` and ``b`` for ``fn`` so that ``fn(ã, b̃)`` cannot wrap mod p.
 
-    Returns ``(qa, qb, la, lb)``: signed float64 integer tensors and their exponents.
     ``uniforms`` (same numel as ``a``) switches ``a`` to stochastic rounding.  With
     ``b_exponent`` given, ``b`` is taken as already quantized with that exponent
-    (Slalom's fixed weight scale) and only ``la`` is chosen.
+    (Slalom's fixed weight scale) and only ``la`` is chosen.  ``b_bits`` caps ``|b̃|`` at
+    ``2^(b_bits−1) − 1`` (the weight's width on the wire and in the engine's limbs).
     """
     limit = headroom(p)
     fixed_b = b_exponent is not None
+    b_limit = 2 ** (b_bits - 1) - 1 if b_bits else None
     bound = norm_bound(fn, a, b, params)
     if not math.isfinite(bound):
         from ..errors import BlindtrainError
@@ -179,23 +226,31 @@ def encode_pair(fn: str, a: torch.Tensor, b: torch.Tensor, params: dict, p: int,
     if bound == 0.0:  # a or b is zero: so is the product
         la = 0
         lb = b_exponent if fixed_b else 0
-        qb = b.to(torch.float64) if fixed_b else quantize(b, lb)
-        return quantize(a, la, uniforms) * 0.0, qb, la, lb
+        qb = b.to(torch.int64) if fixed_b else quantize(b, lb).to(torch.int64)
+        return Encoded(quantize(a, la, uniforms).to(torch.int64) * 0, qb, la, lb)
+    amax, bmax = float(a.abs().max()), float(b.abs().max())
     if fixed_b:
         lb = b_exponent
         la = math.floor(math.log2(limit / bound))
     else:
         total = math.floor(math.log2(limit / bound))
-        amax, bmax = float(a.abs().max()), float(b.abs().max())
         la = math.floor((total + _log2(bmax) - _log2(amax)) / 2)
         lb = total - la
+        if b_limit is not None and bmax > 0:
+            cap = math.floor(math.log2(b_limit / bmax))  # 2^lb·max|b| ≤ b_limit before rounding
+            if lb > cap:
+                la, lb = la + lb - cap, cap
     qb = b.to(torch.float64) if fixed_b else quantize(b, lb)
-    for _ in range(64):
+    for _ in range(128):
+        if not fixed_b and b_limit is not None and float(qb.abs().max()) > b_limit:
+            lb -= 1  # rounding up at the cap
+            qb = quantize(b, lb)
+            continue
         qa = quantize(a, la, uniforms)
         if norm_bound(fn, qa, qb, params) <= limit:
-            return qa, qb, la, lb
+            return Encoded(qa.to(torch.int64), qb.to(torch.int64), la, lb)
         # rounding pushed the bound over: take one bit from the operand with more bits to spare
-        if fixed_b or la + _log2(float(a.abs().max())) >= lb + _log2(float(b.abs().max())):
+        if fixed_b or la + _log2(amax) >= lb + _log2(bmax):
             la -= 1
         else:
             lb -= 1

@@ -14,6 +14,12 @@ Soundness: if ``Y ≠ f(A, B)`` some row of the difference D is non-zero; for ea
 repetition at most one value of the corresponding ``s`` coordinate (of the
 ``|S| = 2^20 + 1`` distinct residues) makes that row vanish, so a wrong result
 passes with probability at most ``|S|^-k``: ``k·log2(2^20 + 1) ≈ 40`` bits for k = 2.
+This holds over any prime field with p > |S| (the S residues are distinct), so for the
+default p = 2^61 − 1 too; drawing s from all of F_p would give 61 bits per repetition, at
+the cost of full-width limbs in the check's products.
+
+All products run on the :class:`~blindtrain.field.engine.FieldEngine`; ``B·s`` is kept as the
+exact signed integer (``|B·s| ≤ m·max|B|·2^19 < p/2``), so the check's right side has narrow limbs.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import math
 
 import torch
 
-from .modular import mod_bilinear
+from .engine import FieldEngine
+from .integers import centre
 
 S_BOUND = 2**19
 SUPPORTED = ("matmul", "conv2d", "conv2d_input")
@@ -45,51 +52,57 @@ def channels(fn: str, b_shape) -> int:
 
 
 def draw(rng, fn: str, b_shape, repetitions: int, *, label: tuple) -> torch.Tensor:
-    """Secret check vectors ``s`` (m×k, float64 integers in [−2^19, 2^19]) from the enclave CSPRNG."""
+    """Secret check vectors ``s`` (m×k, int64 in [−2^19, 2^19]) from the enclave CSPRNG."""
     m = channels(fn, b_shape)
-    return torch.from_numpy(rng.integers(-S_BOUND, S_BOUND, (m, repetitions), label=label).astype("float64"))
+    return torch.from_numpy(rng.integers(-S_BOUND, S_BOUND, (m, repetitions), label=label))
 
 
-def contract_weight(fn: str, b: torch.Tensor, s: torch.Tensor, p: int) -> torch.Tensor:
-    """``B·s`` mod p in the layout ``f`` takes as its second operand (k output channels)."""
-    b = b.to(torch.float64)
-    k = s.shape[1]
+def contract_weight(fn: str, b: torch.Tensor, s: torch.Tensor, engine: FieldEngine) -> torch.Tensor:
+    """``B·s`` (centred mod p: the exact integer when it is below p/2) in the layout ``f`` takes as its
+    second operand (k output channels)."""
+    k, p = s.shape[1], engine.p
     if fn == "matmul":  # (n, m) @ (m, k)
-        return mod_bilinear("matmul", b, s, p)
-    if fn == "conv2d":  # w (m, c, kh, kw) -> (k, c, kh, kw)
+        out = engine.bilinear("matmul", b, s)
+    elif fn == "conv2d":  # w (m, c, kh, kw) -> (k, c, kh, kw)
         m = b.shape[0]
-        return mod_bilinear("matmul", s.t(), b.reshape(m, -1), p).reshape(k, *b.shape[1:])
-    if fn == "conv2d_input":  # w (m, c, kh, kw) -> (m, k, kh, kw)
+        out = engine.bilinear("matmul", s.t(), b.reshape(m, -1)).reshape(k, *b.shape[1:])
+    elif fn == "conv2d_input":  # w (m, c, kh, kw) -> (m, k, kh, kw)
         m, c, kh, kw = b.shape
         flat = b.permute(1, 0, 2, 3).reshape(c, -1)
-        return mod_bilinear("matmul", s.t(), flat, p).reshape(k, m, kh, kw).permute(1, 0, 2, 3).contiguous()
-    raise ValueError(f"no Freivalds form for {fn!r}")
+        out = engine.bilinear("matmul", s.t(), flat).reshape(k, m, kh, kw).permute(1, 0, 2, 3).contiguous()
+    else:
+        raise ValueError(f"no Freivalds form for {fn!r}")
+    return centre(out, p)
 
 
-def contract_output(fn: str, y: torch.Tensor, s: torch.Tensor, p: int) -> torch.Tensor:
+def contract_output(fn: str, y: torch.Tensor, s: torch.Tensor, engine: FieldEngine) -> torch.Tensor:
     """``Σ_o s_o·Y[..o..]`` mod p over the output channels (last dim for matmul, dim 1 for convolutions)."""
-    y = y.to(torch.float64)
     if fn == "matmul":
-        return mod_bilinear("matmul", y, s, p)
+        return engine.bilinear("matmul", y, s)
     moved = y.movedim(1, -1)
-    return mod_bilinear("matmul", moved, s, p).movedim(-1, 1)
+    return engine.bilinear("matmul", moved, s).movedim(-1, 1)
 
 
-def expected(fn: str, a: torch.Tensor, bs: torch.Tensor, p: int, params: dict) -> torch.Tensor:
+def expected(fn: str, a: torch.Tensor, bs: torch.Tensor, engine: FieldEngine, params: dict) -> torch.Tensor:
     """``f(A, B·s)`` mod p."""
     params = dict(params)
     if fn == "conv2d_input":
         size = list(params["input_size"])
         size[1] = bs.shape[1]
         params["input_size"] = tuple(size)
-    return mod_bilinear(fn, a, bs, p, params)
+    return engine.bilinear(fn, a, bs, params)
 
 
-def check(fn: str, a: torch.Tensor, y: torch.Tensor, bs: torch.Tensor, s: torch.Tensor, p: int,
+def check(fn: str, a: torch.Tensor, y: torch.Tensor, bs: torch.Tensor, s: torch.Tensor, engine: FieldEngine,
           params: dict) -> bool:
-    """Whether ``y`` passes Freivalds' check as ``f(a, b) mod p`` (``bs = contract_weight(fn, b, s, p)``)."""
-    if not torch.isfinite(y).all():
+    """Whether ``y`` passes Freivalds' check as ``f(a, b) mod p`` (``bs = contract_weight(fn, b, s, engine)``).
+
+    ``y`` must be an integer tensor of the expected shape (a floating or mis-shaped result fails)."""
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         return False
-    left = contract_output(fn, y, s, p)
-    right = expected(fn, a, bs, p, params)
+    right = expected(fn, a, bs, engine, params)
+    try:
+        left = contract_output(fn, y, s, engine)
+    except (RuntimeError, ValueError, IndexError):  # a result of the wrong shape
+        return False
     return left.shape == right.shape and bool(torch.equal(left, right))

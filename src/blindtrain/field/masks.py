@@ -29,10 +29,10 @@ class PadStream:
         self.fingerprints: set[bytes] = set()
 
     def draw(self, shape, *, layer: str, op: str, operand: str, step: int, nonce: int) -> torch.Tensor:
-        """A fresh pad of ``shape``, uniform in ``[0, p)`` (float64)."""
+        """A fresh pad of ``shape``, uniform in ``[0, p)`` (int64)."""
         pad = self.rng.uniform_mod(tuple(shape), self.modulus, label=("pad", layer, op, operand, step, nonce))
         self.record(pad)
-        return torch.from_numpy(pad.astype(np.float64))
+        return torch.from_numpy(pad)
 
     def record(self, pad: np.ndarray) -> None:
         self.drawn += 1

@@ -1,12 +1,6 @@
-"""Exact bilinear ops modulo a prime p < 2^24, in float64.
-
-float64 represents every integer below 2^53 exactly, and a sum of products of
-integers is computed exactly as long as every partial sum stays below 2^53.  For
-``f(A, B)`` with contraction length n that holds when ``n·max|A|·max|B| < 2^53``.
-Where it would not, :func:`mod_bilinear` splits the larger operand into two limbs
-``A = hi·2^h + lo`` (bilinearity: ``f(A,B) = 2^h·f(hi,B) + f(lo,B)``) and recurses,
-reducing mod p after each partial result.  The same function runs on the worker
-(instruction ``bilinear_mod``) and in the enclave (unmask factors, Freivalds).
+"""Exact bilinear ops modulo a prime: the contraction lengths, and :func:`mod_bilinear`, a one-call
+front to the :class:`~blindtrain.field.engine.FieldEngine` (int8 limbs on ``torch._int_mm`` or
+float64 limbs, whichever the engine measured faster for the shape).
 """
 
 from __future__ import annotations
@@ -15,9 +9,7 @@ import math
 
 import torch
 
-from .. import bilinear
-
-EXACT_LIMIT = 2.0**53
+from .engine import engine_for
 
 
 def contraction_length(fn: str, a_shape, b_shape, params: dict | None = None) -> int:
@@ -35,33 +27,7 @@ def contraction_length(fn: str, a_shape, b_shape, params: dict | None = None) ->
     raise ValueError(f"unknown bilinear function {fn!r}")
 
 
-def _max_abs(t: torch.Tensor) -> float:
-    return float(t.abs().max()) if t.numel() else 0.0
-
-
-def mod_bilinear(fn: str, a: torch.Tensor, b: torch.Tensor, modulus: int, params: dict | None = None,
-                 *, _n: int | None = None) -> torch.Tensor:
-    """``fn(A, B) mod p`` exactly, as float64 integers in ``[0, p)``.
-
-    ``a`` and ``b`` hold integers (any sign) as floating-point tensors; they are converted to float64.
-    """
-    params = params or {}
-    a = a.to(torch.float64)
-    b = b.to(torch.float64)
-    n = _n if _n is not None else contraction_length(fn, a.shape, b.shape, params)
-    amax, bmax = _max_abs(a), _max_abs(b)
-    if n * amax * bmax < EXACT_LIMIT:
-        return torch.remainder(bilinear.apply(fn, a, b, **params), float(modulus))
-    # split the larger operand into two limbs of about half its bits
-    split_a = amax >= bmax
-    big = a if split_a else b
-    half = max((int(max(amax, bmax)).bit_length() + 1) // 2, 1)
-    base = float(2**half)
-    hi = torch.floor(big / base)
-    lo = big - hi * base  # in [0, 2^half)
-    if split_a:
-        r_hi, r_lo = mod_bilinear(fn, hi, b, modulus, params, _n=n), mod_bilinear(fn, lo, b, modulus, params, _n=n)
-    else:
-        r_hi, r_lo = mod_bilinear(fn, a, hi, modulus, params, _n=n), mod_bilinear(fn, a, lo, modulus, params, _n=n)
-    shift = float(pow(2, half, modulus))  # r_hi < 2^24, shift < 2^24: product < 2^48, exact
-    return torch.remainder(r_hi * shift + r_lo, float(modulus))
+def mod_bilinear(fn: str, a: torch.Tensor, b: torch.Tensor, modulus: int, params: dict | None = None, *,
+                 backend: str = "auto") -> torch.Tensor:
+    """``fn(A, B) mod p`` exactly, as int64 in ``[0, p)`` (operands: integer tensors, any sign)."""
+    return engine_for(modulus, backend).bilinear(fn, a, b, params or {})

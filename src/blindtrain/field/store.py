@@ -26,7 +26,7 @@ class FactorUnavailable(Exception):
 
 
 class SealedFactorStore:
-    """Files ``DIR/<n>.bin`` holding ``nonce || AES-GCM(float32 factor)``."""
+    """Files ``DIR/<n>.bin`` holding ``nonce || AES-GCM(int64 factor)``."""
 
     def __init__(self, key: bytes, directory: str | os.PathLike | None = None) -> None:
         self._aead = AESGCM(key)
@@ -47,17 +47,17 @@ class SealedFactorStore:
         return self.directory / f"{index:08d}.bin"
 
     def put(self, index: int, layer: str, factor: torch.Tensor) -> None:
-        """Seal ``factor`` (field elements < 2^24: exact in float32) under ``index``."""
+        """Seal ``factor`` (field elements, int64) under ``index``."""
         nonce = self._nonce_counter.to_bytes(12, "big")  # a counter: unique per key
         self._nonce_counter += 1
-        plain = factor.to(torch.float32).contiguous().numpy().tobytes()
+        plain = factor.to(torch.int64).contiguous().numpy().tobytes()
         blob = nonce + self._aead.encrypt(nonce, plain, self._aad(layer, factor.shape, index))
         self._path(index).write_bytes(blob)
         self.sealed += 1
         self.bytes_written += len(blob)
 
     def take(self, index: int, layer: str, shape) -> torch.Tensor:
-        """Unseal, delete and return factor ``index`` (float64); each index once."""
+        """Unseal, delete and return factor ``index`` (int64); each index once."""
         if index in self._consumed:
             raise FactorUnavailable(f"unmask factor {index} was consumed before")
         self._consumed.add(index)
@@ -72,7 +72,7 @@ class SealedFactorStore:
         except InvalidTag:
             raise FactorUnavailable(f"sealed unmask factor {index} failed authentication") from None
         self.taken += 1
-        return torch.from_numpy(np.frombuffer(plain, dtype=np.float32).copy()).reshape(tuple(shape)).to(torch.float64)
+        return torch.from_numpy(np.frombuffer(plain, dtype=np.int64).copy()).reshape(tuple(shape))
 
     def close(self) -> None:
         if self._owned:

@@ -1,20 +1,28 @@
-"""Shared machinery of the field protocols (``otp``, ``slalom``): checks, counters, summary.
+"""Shared machinery of the field protocols (``otp``, ``slalom``): the engine, checks, counters, summary.
 
 (A private module: :func:`blindtrain.protocols.load_all` skips names starting with ``_``.)
+
+Wire format: field elements (masked operands, pads, results, unmask factors) as int64 (int32 when
+p < 2^31: :func:`~blindtrain.field.codec.element_dtype`); weights as ``weight_bits``-bit signed
+integers (int16 up to 16 bits: :func:`~blindtrain.field.codec.weight_dtype`), which the engine
+splits into int8 limbs straight from their bytes.
 """
 
 from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
 
 import torch
 
 from .. import bilinear as bilinear_fns
 from ..errors import IntegrityError, UsageError
 from ..field import codec, freivalds
+from ..field.engine import BACKENDS, FieldEngine
 from ..field.masks import PadStream
 from ..field.modular import contraction_length
 
-WIRE = torch.float32  # field elements < 2^24 and |W̃| < 2^23 are exact in float32
-WIRE_BYTES = 4
+FIELD_BACKENDS = ("auto", *BACKENDS)
 
 
 def check_repetitions(k) -> int:
@@ -27,18 +35,68 @@ def check_repetitions(k) -> int:
     return k
 
 
+def check_weight_bits(bits) -> int:
+    try:
+        bits = int(bits)
+    except (TypeError, ValueError):
+        raise UsageError(f"weight_bits must be an integer, got {bits!r}") from None
+    if not 2 <= bits <= 32:
+        raise UsageError(f"weight_bits must be between 2 and 32, got {bits}")
+    return bits
+
+
+@dataclass(frozen=True)
+class OperandBits:
+    """What one op's fixed-point encoding used: exponents and signed bits of each operand."""
+
+    la: int
+    lb: int
+    a_bits: int
+    b_bits: int
+
+
 class FieldOffload:
-    """The masked-offload machinery both field protocols share (encode, pad, call, check, decode)."""
+    """The masked-offload machinery both field protocols share (engine, pads, checks, reporting)."""
 
     def _setup_field(self) -> None:
         self.p = codec.check_modulus(self.settings["modulus"])
         self.k = check_repetitions(self.settings["repetitions"])
+        self.weight_bits = check_weight_bits(self.settings["weight_bits"])
+        if 2 ** (self.weight_bits - 1) > codec.headroom(self.p):
+            raise UsageError(f"weight_bits={self.weight_bits} does not fit the modulus {self.p}")
+        backend = self.settings["field_backend"]
+        if backend not in FIELD_BACKENDS:
+            raise UsageError(f"field_backend must be one of {', '.join(FIELD_BACKENDS)}, got {backend!r}")
+        self.engine = FieldEngine(self.p, backend=backend)
+        self.element_dtype = codec.element_dtype(self.p)
+        self.weight_wire_dtype = codec.weight_dtype(self.weight_bits)
         self.pads = PadStream(self.runtime.rng, self.p)
         self.runtime.ledger.integrity_soundness_bits = freivalds.soundness_bits(self.k)
         self.both_private_ops = 0
         self.both_private_flops = 0
         self.offloaded_ops = 0
-        self.exponents: dict[str, tuple[int, int]] = {}
+        self.operand_bits: dict[str, OperandBits] = {}
+        self.worker_backends: Counter = Counter()
+
+    @property
+    def exponents(self) -> dict[str, tuple[int, int]]:
+        return {name: (bits.la, bits.lb) for name, bits in self.operand_bits.items()}
+
+    def _record_bits(self, name: str, encoded: codec.Encoded) -> None:
+        self.operand_bits[name] = OperandBits(encoded.la, encoded.lb, encoded.a_bits, encoded.b_bits)
+
+    def _worker_backend(self, fn, a, b, params) -> str:
+        """The back-end the worker is told to use: the option if fixed; int8 (tensor cores) on CUDA; on a
+        CPU worker, the one the enclave's engine measured faster for this shape class."""
+        if self.engine.backend != "auto":
+            return self.engine.backend
+        if str(self.runtime.worker_device).startswith("cuda"):
+            return "int8"
+        return self.engine.choose(fn, a, b, params)
+
+    def _worker_params(self, fn, backend, params) -> dict:
+        self.worker_backends[(fn, backend)] += 1
+        return {"fn": fn, "modulus": self.p, "backend": backend, **params}
 
     def _both_private(self, site, fn, a, b, params) -> torch.Tensor:
         with self.runtime.ledger.timed("both_private"):
@@ -48,19 +106,32 @@ class FieldOffload:
         return out
 
     def _verify(self, site, op, fn, a_field, y, bs, s, params, *, who: str) -> None:
-        ok = freivalds.check(fn, a_field, y, bs, s, self.p, params)
+        ok = freivalds.check(fn, a_field, y, bs, s, self.engine, params)
         self.runtime.ledger.record_check(passed=ok)
         if not ok:
             raise IntegrityError(layer=site.name, op=op, step=self.runtime.step,
                                  detail=f"Freivalds check failed on the {who}'s result ({fn} mod {self.p})")
 
+    def wire_bytes(self) -> tuple[int, int]:
+        """Bytes per element of field elements and of weights on the wire."""
+        return (torch.empty(0, dtype=self.element_dtype).element_size(),
+                torch.empty(0, dtype=self.weight_wire_dtype).element_size())
+
     def field_summary(self) -> dict:
-        return {"modulus": self.p, "freivalds_repetitions": self.k,
+        worker: dict[str, dict[str, int]] = {}
+        for (fn, backend), count in sorted(self.worker_backends.items()):
+            worker.setdefault(fn, {})[backend] = count
+        return {"modulus": self.p, "modulus_bits": self.p.bit_length(), "freivalds_repetitions": self.k,
                 "freivalds_set": f"[-2^19, 2^19] ({2 * freivalds.S_BOUND + 1} values)",
                 "soundness_bits_per_check": freivalds.soundness_bits(self.k),
                 "quantization": {"activations_weights": "round-to-nearest", "gradients": "stochastic rounding",
                                  "exponent": "per tensor, chosen so that no result wraps mod p (Cauchy-Schwarz)",
-                                 "decoding": "centred representatives"},
+                                 "weight_bits_cap": self.weight_bits, "decoding": "centred representatives"},
+                "operand_bits": {name: {"A": bits.a_bits, "B": bits.b_bits, "exponents": [bits.la, bits.lb]}
+                                 for name, bits in self.operand_bits.items()},
+                "wire_dtypes": {"field_elements": str(self.element_dtype).replace("torch.", ""),
+                                "weights": str(self.weight_wire_dtype).replace("torch.", "")},
+                "field_engine": {"enclave": self.engine.report(), "worker_backends": worker},
                 "offloaded_ops": self.offloaded_ops, "both_private_ops_in_enclave": self.both_private_ops,
                 "pads_drawn": self.pads.drawn, "pad_elements": self.pads.elements,
                 "pads_all_distinct": self.pads.all_distinct}

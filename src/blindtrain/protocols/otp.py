@@ -17,6 +17,13 @@ forward and input gradient):
    and, with a mask worker, on ``U`` too; a failure raises :class:`IntegrityError`;
 5. decode ``Y = centred(f(X̃+R, W̃) − U)·2^-(l_x+l_w)``.
 
+All products mod p run on the field engine (:mod:`blindtrain.field.engine`): p = 2^61 − 1 by
+default (``--modulus`` / option ``modulus``: any prime below 2^61; a smaller one is faster
+and less precise), weights capped at ``weight_bits`` = 24 signed bits (int32 on the wire: four
+int8 limbs; 16 bits = int16 = two limbs is twice as fast and about 2^-8 as precise), activations
+and gradients take the remaining ≈ 60 − log2(K) − 24 bits.
+``field_backend`` (auto, int8, float64) fixes the engine's back-end; ``auto`` measures.
+
 Both-private products (the weight gradient ``Xᵀ·dY``, attention products) cannot
 be offloaded to one worker under additive pads: they run in the enclave in float32
 (category ``both_private``; counted in the summary).
@@ -34,8 +41,7 @@ import torch
 from ..boundary import Request, Sent, Tag
 from ..errors import UsageError
 from ..field import codec, freivalds
-from ..field.modular import mod_bilinear
-from ._field import WIRE, WIRE_BYTES, FieldOffload
+from ._field import FieldOffload
 from .base import Protocol, ProtocolInfo, register
 
 UNMASK_MODES = ("enclave", "mask-worker")
@@ -55,7 +61,8 @@ class OneTimePad(FieldOffload, Protocol):
                 "factors f(r, W_t) recomputed every step in the enclave (--unmask enclave) or by a mask worker "
                 "that sees only pads (--unmask mask-worker)",
     )
-    options = {"unmask": "enclave", "modulus": codec.DEFAULT_MODULUS, "repetitions": 2}
+    options = {"unmask": "enclave", "modulus": codec.DEFAULT_MODULUS, "repetitions": 2, "weight_bits": 24,
+               "field_backend": "auto"}
 
     def __init__(self, runtime, **options):
         super().__init__(runtime, **options)
@@ -71,7 +78,7 @@ class OneTimePad(FieldOffload, Protocol):
         return self._masked(site, op, fn, a, b, params)
 
     def _masked(self, site, op, fn, a, b, params) -> torch.Tensor:
-        runtime, ledger, p = self.runtime, self.runtime.ledger, self.p
+        runtime, ledger, p, engine = self.runtime, self.runtime.ledger, self.p, self.engine
         step, nonce = runtime.step, runtime.next_nonce()
         gradient = op != "forward"
         with ledger.timed("encode"):
@@ -79,34 +86,36 @@ class OneTimePad(FieldOffload, Protocol):
             if gradient:  # stochastic rounding of gradients, from the enclave CSPRNG
                 uniforms = torch.from_numpy(runtime.rng.uniform_float(tuple(a.shape),
                                                                      label=("sround", site.name, op, step, nonce)))
-            qa, qb, la, lb = codec.encode_pair(fn, a, b, params, p, uniforms=uniforms)
-            self.exponents[f"{site.name}.{op}"] = (la, lb)
+            encoded = codec.encode_pair(fn, a, b, params, p, uniforms=uniforms, b_bits=self.weight_bits)
+            self._record_bits(f"{site.name}.{op}", encoded)
+            weights = encoded.qb.to(self.weight_wire_dtype)
         with ledger.timed("masking"):
-            pad = self.pads.draw(qa.shape, layer=site.name, op=op, operand="A", step=step, nonce=nonce)
-            masked = torch.remainder(qa + pad, float(p))
-        weights = qb.to(WIRE)
+            pad = self.pads.draw(encoded.qa.shape, layer=site.name, op=op, operand="A", step=step, nonce=nonce)
+            masked = torch.remainder(encoded.qa + pad, p)  # |qa| ≤ (p−1)/2, pad < p: no int64 overflow
         tag = Tag(step=step, layer=site.name, op=op, modulus=p)
-        wparams = {"fn": fn, "modulus": p, **params}
+        factor = None
+        if self.unmask == "enclave":
+            with ledger.timed("unmask_factor"):
+                factor = engine.bilinear(fn, pad, weights, params)
+        with ledger.timed("encode"):
+            wparams = self._worker_params(fn, self._worker_backend(fn, pad, weights, params), params)
+        wire = self.element_dtype
         factor_reply = None
-        if self.unmask == "mask-worker":
-            factor_reply = runtime.call(Request("bilinear_mod", {"A": Sent(pad.to(WIRE), "pad"),
+        if factor is None:
+            factor_reply = runtime.call(Request("bilinear_mod", {"A": Sent(pad.to(wire), "pad"),
                                                                  "B": Sent(weights, "public")}, tag, wparams),
                                         role="mask")
-        reply = runtime.call(Request("bilinear_mod", {"A": Sent(masked.to(WIRE), "masked"),
+        reply = runtime.call(Request("bilinear_mod", {"A": Sent(masked.to(wire), "masked"),
                                                       "B": Sent(weights, "public")}, tag, wparams))
-        if factor_reply is None:
-            with ledger.timed("unmask_factor"):
-                factor = mod_bilinear(fn, pad, qb, p, params)
-        else:
-            factor = factor_reply.result.to(torch.float64)
         with ledger.timed("decode_verify"):
-            s = freivalds.draw(runtime.rng, fn, qb.shape, self.k, label=("freivalds", site.name, op, step, nonce))
-            bs = freivalds.contract_weight(fn, qb, s, p)
-            result = reply.result.to(torch.float64)
+            s = freivalds.draw(runtime.rng, fn, weights.shape, self.k, label=("freivalds", site.name, op, step, nonce))
+            bs = freivalds.contract_weight(fn, weights, s, engine)
+            result = reply.result
             self._verify(site, op, fn, masked, result, bs, s, params, who="worker")
             if factor_reply is not None:
+                factor = factor_reply.result
                 self._verify(site, op, fn, pad, factor, bs, s, params, who="mask worker")
-            out = codec.decode(result - factor, la + lb, p)
+            out = codec.decode(result.to(torch.int64) - factor.to(torch.int64), encoded.la + encoded.lb, p)
         self.offloaded_ops += 1
         return out.to(a.dtype)
 
@@ -127,8 +136,9 @@ class OneTimePad(FieldOffload, Protocol):
             if op.roles == ("data", "weight") and op.fn in freivalds.SUPPORTED:
                 a, b, out = op.numel("A"), op.numel("B"), op.numel("out")
                 copies = 2 if self.unmask == "mask-worker" else 1
-                cost.bytes_to_worker += copies * (a + b) * WIRE_BYTES
-                cost.bytes_from_worker += copies * out * WIRE_BYTES
+                element_bytes, weight_bytes = self.wire_bytes()
+                cost.bytes_to_worker += copies * (a * element_bytes + b * weight_bytes)
+                cost.bytes_from_worker += copies * out * element_bytes
                 cost.round_trips += copies
                 cost.worker_flops += copies * op.flops
                 if self.unmask == "enclave":

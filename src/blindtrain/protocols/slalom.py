@@ -23,6 +23,11 @@ the bias and the nonlinearity in the enclave.  Batches smaller than the pool's
 shape are zero-padded to it.  ``runtime.step`` counts inference batches.
 
 Training is impossible: the unmask factors need fixed weights.
+
+Products mod p run on the field engine (:mod:`blindtrain.field.engine`; p = 2^61 − 1 by default,
+``modulus`` selects another prime below 2^61); the weights are ``weight_bits`` = 16 signed bits
+(int16, two int8 limbs), the inputs take the remaining ≈ 60 − log2(K) − 16 bits; unmask factors are
+sealed as int64.
 """
 
 from __future__ import annotations
@@ -35,10 +40,9 @@ from ..boundary import Ref, Request, Sent, Tag
 from ..crypto import Csprng
 from ..errors import IntegrityError, UsageError
 from ..field import codec, freivalds
-from ..field.modular import mod_bilinear
 from ..field.store import FactorUnavailable, SealedFactorStore
 from .base import Protocol, ProtocolInfo, register
-from ._field import WIRE, WIRE_BYTES, FieldOffload
+from ._field import FieldOffload
 
 
 @register
@@ -53,21 +57,18 @@ class Slalom(FieldOffload, Protocol):
         summary="Slalom is an inference protocol: its unmask factors are precomputed for fixed weights, "
                 "so it cannot train",
     )
-    options = {"modulus": codec.DEFAULT_MODULUS, "repetitions": 2, "precompute": 8, "weight_bits": 10,
-               "store_dir": None}
+    options = {"modulus": codec.DEFAULT_MODULUS, "repetitions": 2, "precompute": 8, "weight_bits": 16,
+               "store_dir": None, "field_backend": "auto"}
 
     def __init__(self, runtime, **options):
         super().__init__(runtime, **options)
         self._setup_field()
         try:
             self.precompute = int(self.settings["precompute"])
-            self.weight_bits = int(self.settings["weight_bits"])
         except (TypeError, ValueError):
-            raise UsageError("slalom options precompute and weight_bits must be integers") from None
+            raise UsageError("slalom option precompute must be an integer") from None
         if self.precompute < 1:
             raise UsageError(f"precompute must be at least 1, got {self.precompute}")
-        if not 2 <= self.weight_bits <= 16:
-            raise UsageError(f"weight_bits must be between 2 and 16, got {self.weight_bits}")
         rng = runtime.rng
         pad_key = rng.random_bytes(32, label=("slalom", "pad-key", runtime.next_nonce()))
         self._offline_pads = Csprng(pad_key)  # offline: pads to compute U_i
@@ -94,14 +95,14 @@ class Slalom(FieldOffload, Protocol):
             layout = weight.t() if site.kind == "linear" else weight
             fn = "matmul" if site.kind == "linear" else "conv2d"
             lb = codec.weight_exponent(weight, self.weight_bits)
-            qb = codec.quantize(layout, lb)
+            qb = codec.quantize(layout, lb).to(self.weight_wire_dtype).contiguous()
             s = freivalds.draw(runtime.rng, fn, qb.shape, self.k, label=("freivalds", site.name, "slalom"))
             handle = f"slalom/{site.name}/weight"
-            self.weight_upload_bytes += qb.numel() * WIRE_BYTES
-            runtime.call(Request("store", {"B": Sent(qb.to(WIRE), "public")},
+            self.weight_upload_bytes += qb.numel() * qb.element_size()
+            runtime.call(Request("store", {"B": Sent(qb, "public")},
                                  Tag(step=runtime.step, layer=site.name, op="forward", modulus=self.p),
                                  keep={"B": handle}))
-            site.state.update(fn=fn, lb=lb, qb=qb, s=s, bs=freivalds.contract_weight(fn, qb, s, self.p),
+            site.state.update(fn=fn, lb=lb, qb=qb, s=s, bs=freivalds.contract_weight(fn, qb, s, self.engine),
                               handle=handle, version=site.module.weight._version, queue=[], pool_shape=None)
             self.weight_exponents[site.name] = lb
         model.register_forward_pre_hook(self._next_batch)
@@ -120,7 +121,7 @@ class Slalom(FieldOffload, Protocol):
                 self._factor_index += 1
                 pad = torch.from_numpy(self._offline_pads.uniform_mod(shape, self.p,
                                                                       label=("slalom-pad", site.name, index)))
-                factor = mod_bilinear(st["fn"], pad, st["qb"], self.p, site.conv_params)
+                factor = self.engine.bilinear(st["fn"], pad, st["qb"], site.conv_params)
                 self.store.put(index, site.name, factor)
                 st["queue"].append((index, tuple(factor.shape)))
         self.offline_seconds += time.perf_counter() - start
@@ -144,18 +145,22 @@ class Slalom(FieldOffload, Protocol):
         with ledger.timed("encode"):
             if batch < shape[0]:
                 a = torch.cat([a, a.new_zeros((shape[0] - batch, *a.shape[1:]))])
-            qa, qb, la, lb = codec.encode_pair(fn, a, st["qb"], params, p, b_exponent=st["lb"])
-            self.exponents[site.name] = (la, lb)
+            encoded = codec.encode_pair(fn, a, st["qb"], params, p, b_exponent=st["lb"])
+            self._record_bits(site.name, encoded)
+            la, lb = encoded.la, encoded.lb
         index, out_shape = st["queue"].pop(0)
         with ledger.timed("masking"):
             pad_np = self._online_pads.uniform_mod(shape, p, label=("slalom-pad", site.name, index))
             self.pads.record(pad_np)
-            masked = torch.remainder(qa + torch.from_numpy(pad_np).to(torch.float64), float(p))
+            pad = torch.from_numpy(pad_np)
+            masked = torch.remainder(encoded.qa + pad, p)
+        with ledger.timed("encode"):
+            wparams = self._worker_params(fn, self._worker_backend(fn, pad, st["qb"], params), params)
         tag = Tag(step=runtime.step, layer=site.name, op=op, modulus=p)
-        reply = runtime.call(Request("bilinear_mod", {"A": Sent(masked.to(WIRE), "masked"), "B": Ref(st["handle"])},
-                                     tag, {"fn": fn, "modulus": p, **params}))
+        reply = runtime.call(Request("bilinear_mod", {"A": Sent(masked.to(self.element_dtype), "masked"),
+                                                      "B": Ref(st["handle"])}, tag, wparams))
         with ledger.timed("decode_verify"):
-            result = reply.result.to(torch.float64)
+            result = reply.result
             self._verify(site, op, fn, masked, result, st["bs"], st["s"], params, who="worker")
         with ledger.timed("unmask_factor"):
             try:
@@ -163,7 +168,7 @@ class Slalom(FieldOffload, Protocol):
             except FactorUnavailable as exc:
                 raise IntegrityError(layer=site.name, op=op, step=runtime.step, detail=str(exc)) from None
         with ledger.timed("decode_verify"):
-            out = codec.decode(result - factor, la + lb, p)[:batch]
+            out = codec.decode(result.to(torch.int64) - factor, la + lb, p)[:batch]
         self.offloaded_ops += 1
         return out.to(torch.float32)
 
@@ -187,8 +192,9 @@ class Slalom(FieldOffload, Protocol):
                 continue
             if op.roles == ("data", "weight") and op.fn in freivalds.SUPPORTED:
                 a, out = op.numel("A"), op.numel("out")
-                cost.bytes_to_worker += a * WIRE_BYTES
-                cost.bytes_from_worker += out * WIRE_BYTES
+                element_bytes, _ = self.wire_bytes()
+                cost.bytes_to_worker += a * element_bytes
+                cost.bytes_from_worker += out * element_bytes
                 cost.round_trips += 1
                 cost.worker_flops += op.flops
                 cost.enclave_flops += op.flops * self.k / max(freivalds.channels(op.fn, op.b_shape), 1)

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import torch
-
-from ..field.modular import mod_bilinear
+from ..field.codec import element_dtype
+from ..field.engine import engine_for
 from .ops import instruction
 
 
 @instruction("bilinear_mod")
 def _bilinear_mod(worker, args, params):
-    """``f(A, B) mod p`` exactly (float64 with limb splitting), returned as float32 (exact: p < 2^24).
+    """``f(A, B) mod p`` exactly on the worker's device with the field engine, as field elements
+    (int64; int32 when p < 2^31).
 
-    ``params``: ``fn`` (a :mod:`blindtrain.bilinear` name), ``modulus`` and ``fn``'s own parameters.
+    ``params``: ``fn`` (a :mod:`blindtrain.bilinear` name), ``modulus``, ``backend`` (``int8``:
+    int8 limbs on ``torch._int_mm``, CUDA tensor cores on a GPU; ``float64``; ``auto``: measure)
+    and ``fn``'s own parameters.
     """
     modulus = int(params["modulus"])
-    fn_params = {k: v for k, v in params.items() if k not in ("fn", "modulus")}
-    result = mod_bilinear(params["fn"], args["A"], args["B"], modulus, fn_params)
-    return result.to(torch.float32)
+    fn_params = {k: v for k, v in params.items() if k not in ("fn", "modulus", "backend")}
+    engine = engine_for(modulus, params.get("backend", "auto"))
+    return engine.bilinear(params["fn"], args["A"], args["B"], fn_params).to(element_dtype(modulus))
