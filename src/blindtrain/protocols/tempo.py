@@ -66,6 +66,13 @@ U32 = 2.0 ** -24  # float32 unit roundoff
 #: product and the check's two sides).  This is a model, not a theorem, for round-to-nearest.
 LAMBDA = 10.0
 
+#: What ``--fuse-activations`` verifies (the summary's ``fused_integrity``).
+FUSED_INTEGRITY = (
+    "the forward product of a fused layer is Freivalds-checked like every forward result (miss probability <= "
+    "(tol/|error|)^k per row for any change of the result: zeros, scaling, tampering, noise, replay); bias, "
+    "ReLU / LeakyReLU and max-pool run in the enclave on the verified product, because a worker-applied ReLU or "
+    "max-pool is not invertible and cannot be checked against the operands more cheaply than applying it")
+
 #: A check passes when ``|result side − operand side| ≤ CHECK_MARGIN · tolerance``.
 CHECK_MARGIN = 1.0
 
@@ -541,14 +548,17 @@ class Tempo(Protocol):
         projections, before or without the worker's result).  If any of it is NaN / Inf, the enclave's own
         values diverged (an honest worker cannot cause that: its results only reach the operand side after
         passing their own checks): :class:`TrainingDiverged` (exit 1), not an integrity violation.  A
-        non-finite result with a finite operand side fails the check (NaN compares false): exit 3.
+        non-finite result with a finite operand side fails the check (NaN compares false; an Inf makes the
+        residual or the tolerance's result term infinite): exit 3.
         ``kind`` names the check family for the used-fraction statistics (:meth:`tolerance_report`)."""
         for tensor in operands:
             if not bool(torch.isfinite(tensor).all()):
                 raise TrainingDiverged(step=self.runtime.step,
                                        detail=f"non-finite values on the trusted side in layer {layer_name!r}, "
                                               f"op {op!r} (the operands of its check)")
-        ok = bool((residual <= tol).all())
+        # a tolerance with result-side terms (the result's norms) is finite only if the result is: an Inf in a
+        # result would otherwise pass against an Inf tolerance
+        ok = bool((residual <= tol).all()) and bool(torch.isfinite(tol).all())
         if ok and residual.numel():
             used = float((residual / tol).max())
             stats = self._used.setdefault(kind, [0.0, 0])
