@@ -106,3 +106,29 @@ def test_tempo_resume_without_the_session_state_is_not_bit_exact(digits, tmp_pat
             opt.step()
         state = session.plaintext_model().state_dict()
     assert not all(torch.equal(state[k], whole["model_state"][k]) for k in state)
+
+
+@pytest.mark.parametrize("protocol", ["tempo", "plain"])
+def test_cli_resume_is_bit_exact(protocol, tmp_path, monkeypatch):
+    """``blindtrain train --resume`` wires it: the checkpoint carries ``session.state_dict()`` and the
+    resumed run loads it.  The enclave key is fixed for the two first runs and different for the resumed
+    one (which must take the checkpoint's)."""
+    from click.testing import CliRunner
+
+    import blindtrain.session as session_module
+    from blindtrain.cli import main
+    from blindtrain.crypto import Csprng
+
+    def train(*args, key):
+        monkeypatch.setattr(session_module, "Csprng", lambda _=None: Csprng(key))
+        extra = ["--rotate-every", "3"] if protocol == "tempo" else []
+        result = CliRunner().invoke(main, ["train", "--protocol", protocol, "--quiet", "--device", "cpu", *extra,
+                                           *map(str, args)])
+        assert result.exit_code == 0, result.output
+
+    train("--steps", 9, "--checkpoint", tmp_path / "whole.ck", key=KEY)
+    train("--steps", 4, "--checkpoint", tmp_path / "half.ck", key=KEY)
+    train("--steps", 5, "--resume", tmp_path / "half.ck", "--checkpoint", tmp_path / "resumed.ck", key=bytes(32))
+    keystore = KeyStore(None)
+    _assert_bit_exact(ckpt.load(tmp_path / "whole.ck", keystore=keystore),
+                      ckpt.load(tmp_path / "resumed.ck", keystore=keystore))

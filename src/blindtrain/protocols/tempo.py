@@ -26,10 +26,14 @@ t-integrity (Freivalds over floats): the enclave keeps secret check matrices ρ 
 σ (n×k) and the projections ``q = Wᵀρ`` and ``v = Wσ`` in plaintext coordinates, kept
 current incrementally from the plaintext activations and gradients it has anyway
 (``Δq = −lr·xᵀ(dY ρ)`` ...), in O(b(n+m)k).  Every result R is checked as
-``|Rρ − X q| ≤ τ`` with τ a rigorous float32 error bound (γ_K = K·u/(1−K·u) times tracked
-upper bounds of ``|W||ρ|``, plus the worker's update-rounding drift).  A wrong update of W′ on
-the worker (or a tampered held tensor) fails the next check; a fetched W′ is checked too.
-Miss probability of an error e in an entry: ≤ (τ/|e|)^k (ρ uniform in [−1, 1], k vectors).
+``|Rρ − X q| ≤ τ`` with τ a float32 error bound: per check one Azuma–Hoeffding bound on all its
+roundings under the probabilistic model of rounding errors (see :data:`LAMBDA`: false alarm ≤
+2·exp(−λ²/2) per compared number), or the worst-case γ_K = K·u/(1−K·u) where smaller, times tracked
+upper bounds of ``|W||ρ|`` (or row norms), plus the worker's update-rounding drift.  The used fraction
+of τ per check family is reported (:meth:`Tempo.tolerance_report`).  A wrong update of W′ on the worker
+(or a tampered held tensor) fails the next check; a fetched W′ is checked too.  Miss probability of an
+error e in an entry: ≤ (τ/|e|)^k (ρ uniform in [−1, 1], k vectors).  NaN / Inf in a check's operand
+side (the enclave's own values) is divergence (exit 1), in its result side a failed check (exit 3).
 
 Optimizers: ``torch.optim.SGD`` (any momentum / dampening / Nesterov / weight decay) runs on
 the worker ("resident" weights).  Any other optimizer (Adam, ...): enclave-side update —
@@ -683,7 +687,7 @@ class Tempo(Protocol):
     _CHECKED = {"forward": ("ftol_y", "forward result"), "grad_input": ("btol_x", "input gradient")}
 
     def _check(self, layer, op, expected, lhs, result_norm):
-        """The result side of a check: ``|lhs − rhs| ≤ 2·tol`` row by row, with ``lhs = R V`` (``Y ρ`` or
+        """The result side of a check: ``|lhs − rhs| ≤ CHECK_MARGIN·tol`` row by row, with ``lhs = R V`` (``Y ρ`` or
         ``dX σ``) and ``rhs``, ``tol`` from the operand side; linear layers add the tolerance's result term
         ``‖r_i‖ · γ‖V‖`` (``result_norm``: the rows' norms)."""
         result_tol, what = self._CHECKED[op]
