@@ -88,6 +88,13 @@ def _gamma(k: int) -> float:
     return min(worst, LAMBDA * math.sqrt(2 * k) * U32)
 
 
+def _dot64(k: int) -> float:
+    """Relative error factor of a check's own length-``k`` product of float32 numbers taken by the encode /
+    decode pass (:func:`~blindtrain.tempo.gather.gather` on a matrix): exact products accumulated in double
+    (``k·2⁻⁵³``) and rounded to float32 once (``u``), plus ``u`` for a vector rounded to float32 before."""
+    return 2 * U32 + k * 2.0 ** -52
+
+
 def _azuma(k: int) -> float:
     """The probabilistic factor λ·√(2k)·u alone (see :data:`LAMBDA`): for sums of *independent* inner products
     weighted by check vectors, where one Azuma bound covers the roundings of all of them together."""
@@ -515,18 +522,19 @@ class Tempo(Protocol):
             # Linear: per-row tolerances (all O(k) per row given the rows' norms):
             #   Σ_j ρ_j err_ij: all roundings of row i's products together, each on a partial sum of
             #   Σ_k |x_ik||W_jk| ≤ ‖x_i‖‖W_j‖, at most 2n per product (Azuma, see LAMBDA):
-            #   λ √(2n) u ‖x_i‖ (Σ_j ρ_j² ‖W_j‖²)^½ ; the check's own products: γ_n ‖x_i‖‖q‖ + γ_m ‖y_i‖‖ρ‖, and
-            #   q's rounding to float32 u ‖x_i‖‖q‖ ; drift ‖x_i‖‖e‖.
+            #   λ √(2n) u ‖x_i‖ (Σ_j ρ_j² ‖W_j‖²)^½ ; the check's own products (double accumulation in the
+            #   encode / decode pass, see _dot64; with q's rounding to float32): ‖x_i‖‖q‖ + ‖y_i‖‖ρ‖ times a few u ;
+            #   drift ‖x_i‖‖e‖.
             if "rho2t" not in t:  # ρ and σ are drawn once per layer: their squares and norms are constants
                 t["rho2t"] = (t["rho"].double() ** 2).t()
                 t["sigma2t"] = (t["sigma"].double() ** 2).t()
-                t["ftol_y"] = (_gamma(layer.m) * t["rho"].double().norm(dim=0)).float()
-                t["btol_x"] = (_gamma(layer.n) * t["sigma"].double().norm(dim=0)).float()
+                t["ftol_y"] = (_dot64(layer.m) * t["rho"].double().norm(dim=0)).float()
+                t["btol_x"] = (_dot64(layer.n) * t["sigma"].double().norm(dim=0)).float()
             rq = (t["rho2t"] @ t["Nw"] ** 2).sqrt()
             rv = (t["sigma2t"] @ t["Mw"] ** 2).sqrt()
-            t["ftol_x"] = (_azuma(layer.n) * rq + (_gamma(layer.n) + U32) * t["qw"].norm(dim=0)
+            t["ftol_x"] = (_azuma(layer.n) * rq + _dot64(layer.n) * t["qw"].norm(dim=0)
                            + t["qwe"].norm(dim=0)).float()
-            t["btol_g"] = (_azuma(layer.m) * rv + (_gamma(layer.m) + U32) * t["vw"].norm(dim=0)
+            t["btol_g"] = (_azuma(layer.m) * rv + _dot64(layer.m) * t["vw"].norm(dim=0)
                            + t["vwe"].norm(dim=0)).float()
 
     def _verify_held(self, layer, w, which, op):
