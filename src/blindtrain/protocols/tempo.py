@@ -571,7 +571,10 @@ class Tempo(Protocol):
         # a tolerance with result-side terms (the result's norms) is finite only if the result is: an Inf in a
         # result would otherwise pass against an Inf tolerance
         ok = bool((residual <= tol).all()) and bool(torch.isfinite(tol).all())
-        if ok and residual.numel():
+        if not ok:
+            ratio = float(torch.nan_to_num(residual / tol, nan=float("inf")).max()) if residual.numel() else 0.0
+            detail = f"{detail} (residual up to {ratio:.3g}x the tolerance)"
+        elif residual.numel():
             used = float((residual / tol).max())
             stats = self._used.setdefault(kind, [0.0, 0])
             stats[0], stats[1] = max(stats[0], used), stats[1] + 1
