@@ -108,7 +108,7 @@ def main() -> None:
 @click.option("--resume", type=click.Path(dir_okay=False), help="continue from a sealed checkpoint")
 @click.option("--keystore", type=click.Path(dir_okay=False), help="sealing key file (default ~/.config/blindtrain)")
 @click.option("--unmask", help="otp: where unmask factors are computed: enclave or mask-worker")
-@click.option("--fuse-activations/--no-fuse-activations", default=None, help="tempo: activations on the worker")
+@click.option("--fuse-activations/--no-fuse-activations", default=None, help="tempo: Linear/Conv + activation (+ max-pool) as one module; the product is checked, the activation runs in the enclave")
 @click.option("--rotate-every", type=int, help="tempo: rotate weight keys every N steps")
 @click.option("--option", "extra", multiple=True, help="protocol option KEY=VALUE (repeatable)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
