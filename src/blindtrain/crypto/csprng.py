@@ -57,7 +57,10 @@ class Csprng:
 
         SECRET: the key.  For the sealed checkpoint only (bit-exact resume); never log or print it.
         A generator made with :meth:`from_state` draws the same keystreams for the same labels and still
-        refuses every label drawn before the export."""
+        refuses every label drawn before the export.  Resuming one state twice replays its later keystreams:
+        harmless while a resumed run is bit-exact (it sends the very messages the first resume sent), which
+        holds only with the checkpoint's configuration (batch size, data, seed) — resuming with another one
+        would put other data under the same keys; the checkpoint's configuration binding refuses that."""
         return {"key": bytes(self._key), "used": b"".join(sorted(self._used))}
 
     @classmethod
