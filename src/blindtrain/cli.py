@@ -113,7 +113,7 @@ def main() -> None:
               help="privacy lab: write the true batches and final model, sealed, for `blindtrain attack` scoring")
 @click.option("--unmask", help="otp: where unmask factors are computed: enclave or mask-worker")
 @click.option("--modulus", type=int, help="otp/slalom: the field's prime (below 2^61; default 2^61-1)")
-@click.option("--fuse-activations/--no-fuse-activations", default=None, help="tempo: activations on the worker")
+@click.option("--fuse-activations/--no-fuse-activations", default=None, help="tempo: Linear/Conv + activation (+ max-pool) as one module; the product is checked, the activation runs in the enclave")
 @click.option("--rotate-every", type=int, help="tempo: rotate weight keys every N steps")
 @click.option("--option", "extra", multiple=True, help="protocol option KEY=VALUE (repeatable)")
 @click.option("--quiet", is_flag=True, help="no progress bar")

@@ -52,3 +52,15 @@ class WorkerError(BlindtrainError):
     """
 
     exit_code = 3
+
+
+class TrainingDiverged(BlindtrainError):
+    """NaN or Inf arose on the trusted side from honest results (exit code 1): the optimisation
+    diverged (learning rate too high, ...).  Not an integrity violation: no worker misbehaved."""
+
+    exit_code = 1
+
+    def __init__(self, *, step: int, detail: str = ""):
+        self.step, self.detail = step, detail
+        super().__init__(f"training diverged at step {step}" + (f": {detail}" if detail else "")
+                         + "; lower --lr or check the hyper-parameters")

@@ -7,8 +7,10 @@ construction; they never reach for globals.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
+
+import numpy as np
+import torch
 
 from .boundary import Boundary, Request, Response
 from .crypto import Csprng
@@ -58,7 +60,7 @@ class Runtime:
         self.step = 0
         #: a :class:`blindtrain.groundtruth.GroundTruthRecorder` while ``--record-ground-truth`` is on, else None
         self.ground_truth = None
-        self._nonces = itertools.count()
+        self._next_nonce = 0
 
     def call(self, request: Request, *, role: str = "main", index: int = 0) -> Response:
         """Send a request to a worker through the boundary (the choke point)."""
@@ -66,4 +68,18 @@ class Runtime:
 
     def next_nonce(self) -> int:
         """A number never returned before in this session (for labelling keystream draws)."""
-        return next(self._nonces)
+        nonce, self._next_nonce = self._next_nonce, self._next_nonce + 1
+        return nonce
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue this one bit for bit: the step, the nonce counter and the
+        enclave CSPRNG (SECRET: its key — for the sealed checkpoint only, never logged)."""
+        rng = {name: torch.from_numpy(np.frombuffer(value, dtype=np.uint8).copy())  # tensors: a weights-only load reads them
+               for name, value in self.rng.export_state().items()}
+        return {"step": self.step, "next_nonce": self._next_nonce, "rng": rng}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` (the CSPRNG is rekeyed in place)."""
+        self.step = int(state["step"])
+        self._next_nonce = int(state["next_nonce"])
+        self.rng.load_state({name: bytes(value.numpy().tobytes()) for name, value in state["rng"].items()})

@@ -161,6 +161,27 @@ class Session:
     def step(self, value: int) -> None:
         self.runtime.step = int(value)
 
+    def state_dict(self) -> dict:
+        """What resuming needs beyond the model's and optimizer's own state dicts, for a run resumed from it
+        to equal the uninterrupted run bit for bit: the runtime's step and nonce counter, the enclave
+        CSPRNG's key and drawn labels, and the protocol's own state (tempo: weight keys, key epochs, check
+        vectors and projections).  SECRET (keys): put it only into a sealed checkpoint, never log it."""
+        if self.model is None:
+            raise UsageError("state_dict() needs a prepared model")
+        return {"protocol": self.protocol_name, "runtime": self.runtime.state_dict(),
+                "protocol_state": self.protocol.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`.  Call after :meth:`prepare`, with the model and optimizer
+        already holding the checkpoint's plaintext state (``load_state_dict`` on each)."""
+        if self.model is None:
+            raise UsageError("load_state_dict() comes after prepare()")
+        if not isinstance(state, dict) or state.get("protocol") != self.protocol_name:
+            saved = state.get("protocol") if isinstance(state, dict) else None
+            raise UsageError(f"the session state is for protocol {saved!r}, not {self.protocol_name!r}")
+        self.runtime.load_state_dict(state["runtime"])
+        self.protocol.load_state_dict(state["protocol_state"])
+
     def plaintext_model(self) -> torch.nn.Module:
         """The caller's model object holding the current plaintext weights (for checkpoints)."""
         if self._user_model is None:

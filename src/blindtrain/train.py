@@ -175,6 +175,8 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
         model, optimizer = session.prepare(model, optimizer, example_input=dataset.x_train[:2])
         echo(session.placement.table())
         session.step = start_step
+        if payload is not None and "session_state" in payload["extra"]:
+            session.load_state_dict(payload["extra"]["session_state"])  # keys, CSPRNG: bit-exact resume
         model.train()
         bar = tqdm(total=total, desc=f"train {info.name}", unit="step", disable=not config.progress,
                    dynamic_ncols=True, leave=False)
@@ -238,7 +240,7 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
 def _save_checkpoint(config, keystore, session, optimizer, spec, step) -> None:
     model = session.plaintext_model()
     ckpt.save(config.checkpoint, keystore=keystore, model_spec=spec, model_state=model.state_dict(),
-              optimizer_state=optimizer.state_dict(), step=step)
+              optimizer_state=optimizer.state_dict(), step=step, extra={"session_state": session.state_dict()})
 
 
 def _ground_truth_recorder(config, session, model):

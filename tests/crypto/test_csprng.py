@@ -102,3 +102,22 @@ def test_a_stream_draws_in_sequence_and_its_label_is_used_once():
         rng.permutation(4, label=("batch", 7))
     perms = [tuple(Csprng(key).stream("s").permutation(5)) for _ in range(2)]
     assert perms[0] == perms[1] and sorted(perms[0]) == list(range(5))
+
+
+def test_exported_state_continues_the_same_keystreams_and_refuses_used_labels():
+    from blindtrain.crypto.csprng import Csprng as Generator
+    from blindtrain.crypto.csprng import NonceReuseError as Reuse
+
+    rng = Generator(bytes(range(32)))
+    rng.random_bytes(8, label=("a",))
+    state = rng.export_state()
+    restored = Generator.from_state(state)
+    assert restored.random_bytes(16, label=("b",)) == rng.random_bytes(16, label=("b",))
+    with pytest.raises(Reuse):
+        restored.random_bytes(8, label=("a",))
+    fresh = Generator()
+    fresh.load_state(state)
+    assert fresh.random_bytes(16, label=("c",)) == Generator(bytes(range(32))).random_bytes(16, label=("c",))
+    assert "key" not in repr(fresh).replace("<key hidden>", "")
+    with pytest.raises(ValueError):
+        Generator.from_state({"key": bytes(32), "used": b"\x00" * 7})

@@ -319,3 +319,43 @@ def test_weight_gradient_projections_and_abs_bounds_against_the_plain_gradient(m
             bound = protocol._reduce(layer, d, proj(layer, dw.abs(), vec.abs().double()))
             assert bool((got[d + "a"] >= bound * (1 - 1e-5)).all()), (layer.site.name, d)
     session.close()
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_tolerance_holds_for_same_sign_operands_the_worst_honest_case(kind):
+    """The tolerance is a bound, not a fit to typical data: inputs ≥ 0 and weights > 0 (partial sums grow
+    linearly: the largest honest rounding errors), a long inner dimension — an honest worker still passes
+    every check, and the summary reports how much of the tolerance it used (headroom > 1)."""
+    torch.manual_seed(0)
+    if kind == "linear":
+        model = torch.nn.Sequential(torch.nn.Linear(4096, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+        x = torch.rand(32, 4096)
+    else:
+        model = torch.nn.Sequential(torch.nn.Conv2d(256, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                    torch.nn.Linear(16 * 8 * 8, 10))
+        x = torch.rand(8, 256, 8, 8)
+    with torch.no_grad():
+        for module in model:
+            if hasattr(module, "weight"):
+                module.weight.uniform_(0.5, 1.0)
+    y = torch.randint(0, 10, (x.shape[0],))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
+    with bt.Session(protocol="tempo", device="cpu", seed=None, rotate_every=2) as session:
+        wrapped, opt = session.prepare(model, opt)
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(wrapped(x), y).backward()
+            opt.step()
+        metrics = session.metrics()
+    tolerance = metrics["protocol_summary"]["tolerance"]
+    assert metrics["integrity_failures"] == 0 and metrics["integrity_checks"] > 0
+    assert tolerance["headroom"] > 1 and {"forward", "grad_input", "held"} <= set(tolerance["per_check"])
+
+
+def test_headroom_is_in_the_metrics_of_every_run(tmp_path):
+    metrics = tmp_path / "m.json"
+    result = CliRunner().invoke(main, ["train", "--steps", "2", "--quiet", "--device", "cpu", "--metrics",
+                                       str(metrics)])
+    assert result.exit_code == 0, result.output
+    tolerance = json.loads(metrics.read_text())["protocol_summary"]["tolerance"]
+    assert 0 < tolerance["max_used_fraction"] < 1 and tolerance["headroom"] == 1 / tolerance["max_used_fraction"]

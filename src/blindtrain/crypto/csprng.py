@@ -52,6 +52,32 @@ class Csprng:
     def streams_drawn(self) -> int:
         return len(self._used)
 
+    def export_state(self) -> dict:
+        """Everything this generator is: its key and the labels drawn so far (their SHA-256 digests).
+
+        SECRET: the key.  For the sealed checkpoint only (bit-exact resume); never log or print it.
+        A generator made with :meth:`from_state` draws the same keystreams for the same labels and still
+        refuses every label drawn before the export.  Resuming one state twice replays its later keystreams:
+        harmless while a resumed run is bit-exact (it sends the very messages the first resume sent), which
+        holds only with the checkpoint's configuration (batch size, data, seed) — resuming with another one
+        would put other data under the same keys; the checkpoint's configuration binding refuses that."""
+        return {"key": bytes(self._key), "used": b"".join(sorted(self._used))}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Csprng":
+        """The generator :meth:`export_state` described (``ValueError`` if the state is malformed)."""
+        key, used = state.get("key"), state.get("used")
+        if not isinstance(key, (bytes, bytearray)) or not isinstance(used, (bytes, bytearray)) or len(used) % 32:
+            raise ValueError("malformed Csprng state")
+        rng = cls(bytes(key))
+        rng._used = {bytes(used[i:i + 32]) for i in range(0, len(used), 32)}
+        return rng
+
+    def load_state(self, state: dict) -> None:
+        """Become the generator :meth:`export_state` described (in place: holders of this object follow)."""
+        other = Csprng.from_state(state)
+        self._key, self._used = other._key, other._used
+
     def child(self, *label) -> "Csprng":
         """An independent generator keyed from this one's stream ``("child", *label)``."""
         return Csprng(self.random_bytes(32, label=("child", *label)))

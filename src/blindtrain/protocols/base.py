@@ -94,6 +94,16 @@ class Protocol(ABC):
     def close(self) -> None:
         """Release protocol resources (workers are closed by the session)."""
 
+    def state_dict(self) -> dict:
+        """The protocol's own state a resumed run needs to continue bit for bit (keys, epochs, check
+        projections ...), beyond the model and optimizer state; default: none.  It goes into the sealed
+        checkpoint only (it may hold secrets)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`, after :meth:`wrap` (``prepare``) and after the model and
+        optimizer got the checkpoint's plaintext state."""
+
     def cost_model(self, ops: list, *, batch: int, input_numel: int, classes: int, training: bool = True):
         """Modelled :class:`~blindtrain.costs.StepCost` of one step given the traced ``ops``
         (:func:`blindtrain.costs.trace_ops`).  ``bytes_to_worker`` / ``bytes_from_worker`` must equal

@@ -26,10 +26,14 @@ t-integrity (Freivalds over floats): the enclave keeps secret check matrices ρ 
 σ (n×k) and the projections ``q = Wᵀρ`` and ``v = Wσ`` in plaintext coordinates, kept
 current incrementally from the plaintext activations and gradients it has anyway
 (``Δq = −lr·xᵀ(dY ρ)`` ...), in O(b(n+m)k).  Every result R is checked as
-``|Rρ − X q| ≤ τ`` with τ a rigorous float32 error bound (γ_K = K·u/(1−K·u) times tracked
-upper bounds of ``|W||ρ|``, plus the worker's update-rounding drift).  A wrong update of W′ on
-the worker (or a tampered held tensor) fails the next check; a fetched W′ is checked too.
-Miss probability of an error e in an entry: ≤ (τ/|e|)^k (ρ uniform in [−1, 1], k vectors).
+``|Rρ − X q| ≤ τ`` with τ a float32 error bound: per check one Azuma–Hoeffding bound on all its
+roundings under the probabilistic model of rounding errors (see :data:`LAMBDA`: false alarm ≤
+2·exp(−λ²/2) per compared number), or the worst-case γ_K = K·u/(1−K·u) where smaller, times tracked
+upper bounds of ``|W||ρ|`` (or row norms), plus the worker's update-rounding drift.  The used fraction
+of τ per check family is reported (:meth:`Tempo.tolerance_report`).  A wrong update of W′ on the worker
+(or a tampered held tensor) fails the next check; a fetched W′ is checked too.  Miss probability of an
+error e in an entry: ≤ (τ/|e|)^k (ρ uniform in [−1, 1], k vectors).  NaN / Inf in a check's operand
+side (the enclave's own values) is divergence (exit 1), in its result side a failed check (exit 3).
 
 Optimizers: ``torch.optim.SGD`` (any momentum / dampening / Nesterov / weight decay) runs on
 the worker ("resident" weights).  Any other optimizer (Adam, ...): enclave-side update —
@@ -43,9 +47,10 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..boundary import Ref, Request, Sent, Tag, bilinear_products
-from ..errors import IntegrityError, UsageError
+from ..errors import IntegrityError, TrainingDiverged, UsageError
 from ..tempo import thin
 from ..tempo.gather import backend as gather_backend
 from ..tempo.gather import gather, thin_product
@@ -54,17 +59,46 @@ from .base import Protocol, ProtocolInfo, register
 U32 = 2.0 ** -24  # float32 unit roundoff
 
 
-#: λ of the probabilistic rounding-error bound (Higham & Mary, SIAM J. Sci. Comput. 2019): an inner
-#: product of length K computed in float32 errs by at most λ·√K·u·Σ|x_k||w_k| with probability at
-#: least 1 − 2K·exp(−λ²(1−u)²/2) (≈ 1 − 10^-54 for λ = 16) under independent rounding errors.
-LAMBDA = 16.0
+#: λ of the probabilistic rounding-error model (Higham & Mary, SIAM J. Sci. Comput. 2019): rounding errors
+#: ``δ`` are independent and mean zero, ``|δ| ≤ u``.  A computed sum of products then errs by a sum of terms
+#: ``δ_t · c_t`` (``c_t``: the partial result the rounding ``t`` applies to), and by Azuma–Hoeffding it
+#: exceeds ``λ · u · √(Σ_t c_t²)`` with probability at most ``2·exp(−λ²/2)`` — 3.9e-22 for λ = 10.  A length-K
+#: inner product has at most 2K roundings, each on a partial sum ``≤ Σ|x_k||w_k|`` in any summation order
+#: (blocked, pairwise, split-K, FMA), so it errs by at most ``λ·√(2K)·u·Σ|x_k||w_k|``.  Every check compares
+#: k·rows numbers per result (k·pixels for a conv); a run of 10^12 comparisons (20,000 resnet steps) meets
+#: a false alarm with probability below 6·10^12·exp(−50) ≈ 10^-9 (three such sums per check: the worker's
+#: product and the check's two sides).  This is a model, not a theorem, for round-to-nearest.
+LAMBDA = 10.0
+
+#: What ``--fuse-activations`` verifies (the summary's ``fused_integrity``).
+FUSED_INTEGRITY = (
+    "the forward product of a fused layer is Freivalds-checked like every forward result (miss probability <= "
+    "(tol/|error|)^k per row for any change of the result: zeros, scaling, tampering, noise, replay); bias, "
+    "ReLU / LeakyReLU and max-pool run in the enclave on the verified product, because a worker-applied ReLU or "
+    "max-pool is not invertible and cannot be checked against the operands more cheaply than applying it")
+
+#: A check passes when ``|result side − operand side| ≤ CHECK_MARGIN · tolerance``.
+CHECK_MARGIN = 1.0
 
 
 def _gamma(k: int) -> float:
     """Rounding-error factor of a length-``k`` float32 inner product: the smaller of the worst-case
-    γ_k = k·u/(1−k·u) and the probabilistic λ·√k·u (see :data:`LAMBDA`)."""
+    γ_k = k·u/(1−k·u) and the probabilistic λ·√(2k)·u (see :data:`LAMBDA`)."""
     worst = k * U32 / (1 - k * U32)
-    return min(worst, LAMBDA * math.sqrt(k) * U32)
+    return min(worst, LAMBDA * math.sqrt(2 * k) * U32)
+
+
+def _dot64(k: int) -> float:
+    """Relative error factor of a check's own length-``k`` product of float32 numbers taken by the encode /
+    decode pass (:func:`~blindtrain.tempo.gather.gather` on a matrix): exact products accumulated in double
+    (``k·2⁻⁵³``) and rounded to float32 once (``u``), plus ``u`` for a vector rounded to float32 before."""
+    return 2 * U32 + k * 2.0 ** -52
+
+
+def _azuma(k: int) -> float:
+    """The probabilistic factor λ·√(2k)·u alone (see :data:`LAMBDA`): for sums of *independent* inner products
+    weighted by check vectors, where one Azuma bound covers the roundings of all of them together."""
+    return LAMBDA * math.sqrt(2 * k) * U32 * (1 + k * U32)
 
 
 def _thin(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -120,6 +154,7 @@ class _Layer:
         self.t = {}               # tracker tensors
         self.last_batch = 0
         self.saved = self.saved_g = None
+        self.restore = False      # resumed from a checkpoint: W′ must be sent again under the restored key
 
 
 @register
@@ -148,9 +183,9 @@ class Tempo(Protocol):
     def __init__(self, runtime, **options):
         super().__init__(runtime, **options)
         s = self.settings
-        try:
-            s["rotate_every"] = int(s["rotate_every"] or 100)
-            s["workers"] = int(s["workers"] or 1)
+        try:  # None means the default; 0 is a value (and rejected below), never coerced
+            s["rotate_every"] = int(self.options["rotate_every"] if s["rotate_every"] is None else s["rotate_every"])
+            s["workers"] = int(self.options["workers"] if s["workers"] is None else s["workers"])
             s["check_vectors"] = int(s["check_vectors"])
             s["scale_range"] = int(s["scale_range"])
         except (TypeError, ValueError):
@@ -164,23 +199,34 @@ class Tempo(Protocol):
         self.layers: dict[str, _Layer] = {}
         self.optimizer = None
         self.rotations = 0
-        self._keys, self._keys_step = None, None
+        self._keys: dict = {}       # (step, training) -> this step's keystream
         self._pool: dict = {}
+        self._forward_training = True  # whether the forward being encoded trains (its keys: see _step_keys)
+        self._used: dict[str, list] = {}  # per check family: [max used fraction of the tolerance, checks passed]
         gather_backend()  # builds the fused encode / decode pass now (once per machine), not inside a step
         runtime.ledger.integrity_soundness_bits = self.detection()["soundness_bits_at_that_error"]
 
     # ------------------------------------------------------------------ keys ----
     def _stream(self, *label):
-        """A fresh keystream of the enclave CSPRNG (its label is used once), for several draws."""
-        return self.runtime.rng.stream("tempo", *label, self.runtime.next_nonce())
+        """A fresh keystream of the enclave CSPRNG for several draws; every label is used once (the CSPRNG
+        refuses a repeat).  Labels name what they key — ``("weight-key", layer, epoch)``, ``("check-vectors",
+        layer)``, ``("step-keys", step)`` — and not a draw counter, so that a run resumed from a checkpoint
+        (which restores the CSPRNG and the epochs) draws exactly the keys the uninterrupted run draws, whatever
+        else (an evaluation) happened in between: resuming is bit-exact (:meth:`state_dict`)."""
+        return self.runtime.rng.stream("tempo", *label)
 
-    def _step_keys(self):
-        """This step's keystream: every batch key (and attention key) of the step is drawn from it
-        in sequence, so a step opens one cipher context, not two per layer and op."""
-        step = self.runtime.step
-        if self._keys_step != step:
-            self._keys, self._keys_step = self._stream("step-keys", step), step
-        return self._keys
+    def _step_keys(self, training: bool = True):
+        """This step's keystream: every batch key (and attention key) of the step is drawn from it in
+        sequence, so a step opens one cipher context, not two per layer and op.  Training draws from
+        ``("step-keys", step)``; evaluation forwards from a stream of their own (labelled with a fresh
+        nonce), so an evaluation never shifts the keys training gets."""
+        slot = (self.runtime.step, training)
+        if slot not in self._keys:
+            for stale in [k for k in self._keys if k[0] != slot[0]]:
+                del self._keys[stale]
+            self._keys[slot] = self._stream("step-keys", slot[0]) if training else \
+                self._stream("eval-keys", slot[0], self.runtime.next_nonce())
+        return self._keys[slot]
 
     @staticmethod
     def _perm(n, keys):
@@ -203,7 +249,7 @@ class Tempo(Protocol):
         """Check vectors uniform in [-1, 1)."""
         return torch.from_numpy(keys.uniform_float(shape) * 2.0 - 1.0).float()
 
-    def _fresh(self, kind, b):
+    def _fresh(self, kind, b, *, training: bool = True):
         """This step's next unused batch permutation (``kind = "perm"``) or power-of-two batch scales
         (``"scales"``) of size ``b``.  A step's keys are drawn in batches — one keystream read and one
         vectorized sort for all its layers — and handed out one per call, each once; what a step leaves
@@ -212,9 +258,9 @@ class Tempo(Protocol):
         if pool.get("step") != self.runtime.step:
             pool.clear()
             pool["step"] = self.runtime.step
-        queue = pool.setdefault((kind, b), [])
+        queue = pool.setdefault((kind, b, training), [])
         if not queue:
-            keys, count = self._step_keys(), max(len(self.layers), 1)
+            keys, count = self._step_keys(training), max(len(self.layers), 1)
             if kind == "perm":
                 queue.extend(torch.from_numpy(keys.permutations(count, b)).unbind(0))
             else:
@@ -222,8 +268,9 @@ class Tempo(Protocol):
         return queue.pop()
 
     def _batch_key(self, b):
-        """A fresh batch key ``(π_b, c_b)``."""
-        return self._fresh("perm", b), self._fresh("scales", b)
+        """A fresh batch key ``(π_b, c_b)`` for the forward being encoded (training or evaluation keys)."""
+        training = self._forward_training
+        return self._fresh("perm", b, training=training), self._fresh("scales", b, training=training)
 
     # --------------------------------------------------------------- encoding ----
     @staticmethod
@@ -304,6 +351,9 @@ class Tempo(Protocol):
     def _ensure(self, layer: _Layer, weight, training: bool):
         """Encrypt the layer's weights if needed (first use, rotation, or a changed enclave copy)."""
         param = layer.param
+        if layer.restore:  # resumed (load_state_dict): the workers hold nothing; W′ under the restored key
+            layer.restore = False
+            self._send(layer, param.detach(), self._plain_buffer(layer))
         if layer.key is None or (param.numel() > 0 and param._version != layer.encrypted_version):
             self._encrypt(layer, param.detach(), self._plain_buffer(layer), fetch_old=False)
         elif training and layer.resident and self.runtime.step - layer.epoch_start >= self.settings["rotate_every"]:
@@ -330,34 +380,39 @@ class Tempo(Protocol):
     def _encrypt(self, layer: _Layer, w, buf, *, fetch_old: bool):
         """New key epoch for ``layer``: draw keys, send W′ (and the momentum buffer) to the workers."""
         rt = self.runtime
-        site = layer.site
         with rt.ledger.timed("encode"):
             layer.epoch += 1
             layer.epoch_start = rt.step
-            name = site.name
-            keys = self._stream("weight-key", name, layer.epoch)
-            key = {"pn": self._perm(layer.n, keys), "pm": self._perm(layer.m, keys),
-                   "s": self._signs(layer.n, keys), "c": self._pow2(layer.m, keys)}
-            layer.key = key
+            keys = self._stream("weight-key", layer.site.name, layer.epoch)
+            layer.key = {"pn": self._perm(layer.n, keys), "pm": self._perm(layer.m, keys),
+                         "s": self._signs(layer.n, keys), "c": self._pow2(layer.m, keys)}
             layer.blocks = self._blocks(layer.m)
-            w = w.float()
-            enc_w = self._enc(w, key["pm"], key["pn"], key["c"], key["s"])
+            self._reset_tracker(layer, w.float(), buf)
+        self._send(layer, w, buf)
+        if fetch_old:
+            self.rotations += 1
+
+    def _send(self, layer: _Layer, w, buf):
+        """``W′`` (and the momentum buffer) under the layer's current key to its workers; the enclave then
+        drops its plaintext copy (worker-held weights)."""
+        rt = self.runtime
+        key = layer.key
+        with rt.ledger.timed("encode"):
+            enc_w = self._enc(w.float(), key["pm"], key["pn"], key["c"], key["s"])
             enc_b = None if buf is None else self._enc(buf.float(), key["pm"], key["pn"], key["c"], key["s"])
-            self._reset_tracker(layer, w, buf)
         for k, (lo, hi) in enumerate(layer.blocks):
             args = {"W": Sent(enc_w[lo:hi].contiguous(), "obfuscated")}
             keep = {"W": f"{layer.h}/w"}
             if enc_b is not None:
                 args["M"] = Sent(enc_b[lo:hi].contiguous(), "obfuscated")
                 keep["M"] = f"{layer.h}/buf"
-            self._call(Request("store", args, Tag(rt.step, name, "encrypt"), keep=keep, return_result=False), k)
+            self._call(Request("store", args, Tag(rt.step, layer.site.name, "encrypt"), keep=keep,
+                               return_result=False), k)
             if enc_b is None:
-                self._call(Request("free", {}, Tag(rt.step, name, "encrypt"),
+                self._call(Request("free", {}, Tag(rt.step, layer.site.name, "encrypt"),
                                    params={"handles": [f"{layer.h}/buf"]}, return_result=False), k)
         layer.has_buf = enc_b is not None
         rt.ledger.weight_encryptions += 1
-        if fetch_old:
-            self.rotations += 1
         layer.encrypted_version = layer.param._version
         if layer.resident and layer.param.numel() > 0:
             self._release(layer)
@@ -411,7 +466,7 @@ class Tempo(Protocol):
         name = layer.site.name
         t = layer.t
         if "rho" not in t:
-            keys = self._stream("check-vectors", name)
+            keys = self._stream("check-vectors", name)  # once per layer and run (restored on resume)
             t["rho"], t["sigma"] = self._uniform((layer.m, k), keys), self._uniform((layer.n, k), keys)
             t["arho"], t["asigma"] = t["rho"].abs(), t["sigma"].abs()
         w = w.float()
@@ -465,18 +520,21 @@ class Tempo(Protocol):
             t["q_sigma_asigma_t"] = torch.cat([t["q_t"], t["sigma_t"], t["asigma"].t()])
             t["v_rho_t"] = torch.cat([t["v32"].t(), t["rho_t"]])
             # Linear: per-row tolerances (all O(k) per row given the rows' norms):
-            #   Σ_j ρ_j err_ij, |err_ij| ≤ γ_n ‖x_i‖‖W_j‖, aggregated over j with random signs (Hoeffding, λ):
-            #   λ γ_n ‖x_i‖ (Σ_j ρ_j² ‖W_j‖²)^½ ; the check's own products: γ_n ‖x_i‖‖q‖ + γ_m ‖y_i‖‖ρ‖ ; drift ‖x_i‖‖e‖.
+            #   Σ_j ρ_j err_ij: all roundings of row i's products together, each on a partial sum of
+            #   Σ_k |x_ik||W_jk| ≤ ‖x_i‖‖W_j‖, at most 2n per product (Azuma, see LAMBDA):
+            #   λ √(2n) u ‖x_i‖ (Σ_j ρ_j² ‖W_j‖²)^½ ; the check's own products (double accumulation in the
+            #   encode / decode pass, see _dot64; with q's rounding to float32): ‖x_i‖‖q‖ + ‖y_i‖‖ρ‖ times a few u ;
+            #   drift ‖x_i‖‖e‖.
             if "rho2t" not in t:  # ρ and σ are drawn once per layer: their squares and norms are constants
                 t["rho2t"] = (t["rho"].double() ** 2).t()
                 t["sigma2t"] = (t["sigma"].double() ** 2).t()
-                t["ftol_y"] = (_gamma(layer.m) * t["rho"].double().norm(dim=0)).float()
-                t["btol_x"] = (_gamma(layer.n) * t["sigma"].double().norm(dim=0)).float()
+                t["ftol_y"] = (_dot64(layer.m) * t["rho"].double().norm(dim=0)).float()
+                t["btol_x"] = (_dot64(layer.n) * t["sigma"].double().norm(dim=0)).float()
             rq = (t["rho2t"] @ t["Nw"] ** 2).sqrt()
             rv = (t["sigma2t"] @ t["Mw"] ** 2).sqrt()
-            t["ftol_x"] = (LAMBDA * _gamma(layer.n) * rq + _gamma(layer.n) * t["qw"].norm(dim=0)
+            t["ftol_x"] = (_azuma(layer.n) * rq + _dot64(layer.n) * t["qw"].norm(dim=0)
                            + t["qwe"].norm(dim=0)).float()
-            t["btol_g"] = (LAMBDA * _gamma(layer.m) * rv + _gamma(layer.m) * t["vw"].norm(dim=0)
+            t["btol_g"] = (_azuma(layer.m) * rv + _dot64(layer.m) * t["vw"].norm(dim=0)
                            + t["vwe"].norm(dim=0)).float()
 
     def _verify_held(self, layer, w, which, op):
@@ -486,23 +544,48 @@ class Tempo(Protocol):
             got = proj(layer, w.double(), vec.double())
             want, bound = t[d + which], t[d + which + "a"]
             tol = 2 * (t[d + which + "e"] + bound * (4 * _gamma(layer.m + layer.n) + 1e-12)) + 1e-30
-            ok = bool(((got - want).abs() <= tol).all())
-            self.runtime.ledger.record_check(passed=ok)
-            if not ok:
-                raise IntegrityError(layer=layer.site.name, op=op, step=self.runtime.step,
-                                     detail=f"worker-held {'weights' if which == 'w' else 'momentum'} do not match "
-                                            f"the tracked check projections")
+            self._verdict(layer.site.name, op, (got - want).abs(), tol, operands=(want, tol), kind="held",
+                          detail=f"worker-held {'weights' if which == 'w' else 'momentum'} do not match "
+                                 f"the tracked check projections")
 
     def _fail_if(self, ok, layer_name, op, detail):
         self.runtime.ledger.record_check(passed=ok)
         if not ok:
             raise IntegrityError(layer=layer_name, op=op, step=self.runtime.step, detail=detail)
 
+    def _verdict(self, layer_name, op, residual, tol, *, operands, kind, detail):
+        """Judge one check: ``residual = |result side − operand side| ≤ tol`` elementwise.
+
+        ``operands``: the check's operand side (what the enclave computed from its own plaintext and tracked
+        projections, before or without the worker's result).  If any of it is NaN / Inf, the enclave's own
+        values diverged (an honest worker cannot cause that: its results only reach the operand side after
+        passing their own checks): :class:`TrainingDiverged` (exit 1), not an integrity violation.  A
+        non-finite result with a finite operand side fails the check (NaN compares false; an Inf makes the
+        residual or the tolerance's result term infinite): exit 3.
+        ``kind`` names the check family for the used-fraction statistics (:meth:`tolerance_report`)."""
+        for tensor in operands:
+            if not bool(torch.isfinite(tensor).all()):
+                raise TrainingDiverged(step=self.runtime.step,
+                                       detail=f"non-finite values on the trusted side in layer {layer_name!r}, "
+                                              f"op {op!r} (the operands of its check)")
+        # a tolerance with result-side terms (the result's norms) is finite only if the result is: an Inf in a
+        # result would otherwise pass against an Inf tolerance
+        ok = bool((residual <= tol).all()) and bool(torch.isfinite(tol).all())
+        if not ok:
+            ratio = float(torch.nan_to_num(residual / tol, nan=float("inf")).max()) if residual.numel() else 0.0
+            detail = f"{detail} (residual up to {ratio:.3g}x the tolerance)"
+        elif residual.numel():
+            used = float((residual / tol).max())
+            stats = self._used.setdefault(kind, [0.0, 0])
+            stats[0], stats[1] = max(stats[0], used), stats[1] + 1
+        self._fail_if(ok, layer_name, op, detail)
+
     # ---------------------------------------------------------- layer hooks -----
     def forward(self, site, x, weight):
         layer = site.state["tempo"]
         rt = self.runtime
         training = site.module.training  # (autograd.Function.forward runs with grad mode off)
+        self._forward_training = training
         self._ensure(layer, weight, training)
         b = layer.last_batch = x.shape[0]
         xf = x.detach().float()
@@ -530,50 +613,25 @@ class Tempo(Protocol):
         return y.to(x.dtype)
 
     def fused_forward(self, site, x, weight, bias, spec):
-        """Forward with bias, activation (and max-pool) on the worker; returns (z, argmax or None)."""
-        layer = site.state["tempo"]
-        rt = self.runtime
-        training = site.module.training
-        self._ensure(layer, weight, training)
-        key = layer.key
-        b = layer.last_batch = x.shape[0]
-        with rt.ledger.timed("encode"):
-            pb, cb = self._fresh("perm", b), torch.ones(b)  # unit batch scales: bias added on the worker
-            xe = self._enc(x.detach().float(), pb, key["pn"], cb, key["s"])
-            be = None
+        """A fused layer's forward: returns ``(z, argmax or None)``, ``z = pool(act(X Wᵀ + b))``.
+
+        Soundness first: the worker computes only the product, which is Freivalds-checked like every forward
+        result (:meth:`forward`); bias, activation and max-pool run in the enclave on the verified result.  A
+        ReLU or a max-pool applied by the worker cannot be checked against the operands (neither is
+        invertible: the check ``Y ρ = X q`` needs all of ``Y``), and checking them against a returned
+        pre-activation costs the enclave what applying them does — so they are not fused on the worker
+        (``summary()["fused_integrity"]``).  The backward (mask from the output's sign, scatter through the
+        argmax positions) is the fused module's own (:mod:`blindtrain.tempo.fuse`)."""
+        y = self.forward(site, x, weight)
+        with self.runtime.ledger.timed("decode_verify"):
             if bias is not None:
-                be = (bias.detach().float() * key["c"])[key["pm"]]
-                be = be.view(1, -1, 1, 1) if layer.conv else be.view(1, -1)
-        if rt.ground_truth is not None:  # scoring only: frame row r is true batch row pb[r]
-            rt.ground_truth.row_order(rt.step, site.name, pb)
-        layer.batch = (pb, cb) if training else None
-        params = {"fn": "conv2d", **site.conv_params} if layer.conv else {"fn": "matmul_nt"}
-        params.update(act=spec["act"], slope=spec["slope"], pool=spec["pool"])
-        parts = []
-        for k, (lo, hi) in enumerate(layer.blocks):
-            args = {"A": Sent(xe, "obfuscated"), "B": Ref(f"{layer.h}/w")}
-            if be is not None:
-                args["C"] = Sent(be[:, lo:hi].contiguous(), "obfuscated")
-            req = Request("bilinear_act", args, Tag(rt.step, site.name, "forward"), params=params)
-            if training:
-                req.keep = {"A": f"{layer.h}/x"}
-            parts.append(self._call(req, k).result)
-        with rt.ledger.timed("decode_verify"):
-            out = parts[0] if len(parts) == 1 else torch.cat(parts, 2 if spec["pool"] else 1)
-            values = out[0] if spec["pool"] else out
-            z = self._dec(values, pb, key["pm"], cb, key["c"])
+                y = y + (bias.detach().to(y.dtype).view(1, -1, 1, 1) if y.dim() == 4 else bias.detach().to(y.dtype))
+            y = F.leaky_relu(y, spec["slope"]) if spec["act"] == "leaky_relu" else F.relu(y)
             idx = None
             if spec["pool"]:
-                idx = self._dec(out[1], pb, key["pm"], torch.ones(b), torch.ones(layer.m)).long()
-                spec["pre_pool_shape"] = (b, layer.m, values.shape[2] * spec["pool"], values.shape[3] * spec["pool"])
-                h_in = x.shape[2] + 2 * site.conv_params["padding"][0]
-                w_in = x.shape[3] + 2 * site.conv_params["padding"][1]
-                kh, kw = layer.kernel
-                s = site.conv_params["stride"]
-                spec["pre_pool_shape"] = (b, layer.m, (h_in - kh) // s[0] + 1, (w_in - kw) // s[1] + 1)
-            ok = bool((z >= 0).all()) if spec["act"] == "relu" else True  # the only check a nonlinear result allows
-            self._fail_if(ok, site.name, "forward", "fused ReLU output has negative entries")
-        return z.to(x.dtype), idx
+                spec["pre_pool_shape"] = tuple(y.shape)
+                y, idx = F.max_pool2d(y, spec["pool"], return_indices=True)
+        return y, idx
 
     # Every check is split in two: its operand side (``X q`` and the tolerance's activation terms) is computed
     # before the worker is called, from the plaintext the enclave has just encoded (still in its caches), and
@@ -642,15 +700,15 @@ class Tempo(Protocol):
     _CHECKED = {"forward": ("ftol_y", "forward result"), "grad_input": ("btol_x", "input gradient")}
 
     def _check(self, layer, op, expected, lhs, result_norm):
-        """The result side of a check: ``|lhs − rhs| ≤ 2·tol`` row by row, with ``lhs = R V`` (``Y ρ`` or
+        """The result side of a check: ``|lhs − rhs| ≤ CHECK_MARGIN·tol`` row by row, with ``lhs = R V`` (``Y ρ`` or
         ``dX σ``) and ``rhs``, ``tol`` from the operand side; linear layers add the tolerance's result term
         ``‖r_i‖ · γ‖V‖`` (``result_norm``: the rows' norms)."""
         result_tol, what = self._CHECKED[op]
         tol = expected["tol"]
         if not layer.conv:
             tol = tol + result_norm * layer.t[result_tol]
-        ok = bool(((lhs - expected["rhs"]).abs() <= 2 * tol + 1e-30).all())
-        self._fail_if(ok, layer.site.name, op, f"{what} fails the Freivalds check")
+        self._verdict(layer.site.name, op, (lhs - expected["rhs"]).abs(), CHECK_MARGIN * tol + 1e-30,
+                      operands=(expected["rhs"], expected["tol"]), kind=op, detail=f"{what} fails the Freivalds check")
 
     # The backward of a weighted layer (DESIGN.md): G₁ (the forward's batch permutation, fresh batch scales)
     # gives the input gradient, G₂ (the forward's batch key) the weight gradient.  G₂ is G₁ rescaled by a
@@ -863,8 +921,8 @@ class Tempo(Protocol):
             t = layer.t
             got = self._proj_q(layer, dw.double(), t["rho"].double())
             tol = 2 * (proj["qe"] + proj["qa"] * 2 * _gamma(layer.m)) + 1e-30
-            self._fail_if(bool(((got - proj["q"]).abs() <= tol).all()), site.name, "grad_weight",
-                          "weight gradient fails the Freivalds check")
+            self._verdict(site.name, "grad_weight", (got - proj["q"]).abs(), tol, operands=(proj["q"], tol),
+                          kind="grad_weight", detail="weight gradient fails the Freivalds check")
         return dw.to(x.dtype)
 
     # ----------------------------------------------------- the optimizer step -----
@@ -981,7 +1039,7 @@ class Tempo(Protocol):
         b3 = b.detach().float().reshape(-1, q, r)
         L = a3.shape[0]
         with rt.ledger.timed("encode"):
-            keys = self._step_keys()
+            keys = self._step_keys(op != "forward" or site.module.training)
             pl, pp, pq, pr = (self._perm(L, keys), self._perm(p, keys), self._perm(q, keys), self._perm(r, keys))
             sq = self._signs(q, keys)
             ca, cr = self._pow2(p, keys), self._pow2(r, keys)
@@ -1002,13 +1060,13 @@ class Tempo(Protocol):
                 2, self._inverse(pr))
             y.mul_((1.0 / ca).view(1, -1, 1) * (1.0 / cr).view(1, 1, -1))
             k = self.settings["check_vectors"]
-            rho = self._uniform((r, k), self._step_keys())
+            rho = self._uniform((r, k), keys)
             lhs = y @ rho
             rhs = a3 @ (b3 @ rho)
-            tol = 2 * _gamma(q) * (a3.abs() @ (b3.abs() @ rho.abs())) + _gamma(r) * (y.abs() @ rho.abs()) \
-                + _gamma(q + r) * (a3.abs() @ (b3 @ rho).abs())
-            ok = bool(((lhs - rhs).abs() <= 2 * tol + 1e-30).all())
-            self._fail_if(ok, site.name, op, "attention product fails the Freivalds check")
+            operand_tol = 2 * _gamma(q) * (a3.abs() @ (b3.abs() @ rho.abs())) + _gamma(q + r) * (a3.abs() @ (b3 @ rho).abs())
+            tol = operand_tol + _gamma(r) * (y.abs() @ rho.abs())
+            self._verdict(site.name, op, (lhs - rhs).abs(), 2 * tol + 1e-30, operands=(rhs, operand_tol),
+                          kind="attention", detail="attention product fails the Freivalds check")
         return y.reshape(*lead, p, r).to(a.dtype)
 
     def matmul(self, site, a, b):
@@ -1021,6 +1079,53 @@ class Tempo(Protocol):
         if needs[1]:
             grad_b = self._bmm(site, "grad_weight", a.transpose(-2, -1), grad_y)
         return grad_a, grad_b
+
+    # ------------------------------------------------------------ resuming ------
+    #: a layer's key entries that are state (the rest is derived from them on demand)
+    _KEY_ENTRIES = ("pn", "pm", "s", "c")
+
+    def state_dict(self) -> dict:
+        """Per layer: key epoch and its start step, the weight key, whether the worker holds a momentum
+        buffer, and the check vectors and tracked projections (SECRET: keys; for the sealed checkpoint only).
+        With the runtime's CSPRNG state and the plaintext model / optimizer state, a resumed run sends the
+        workers exactly the ``W′`` they held and draws exactly the keys the uninterrupted run draws."""
+        layers = {}
+        for name, layer in self.layers.items():
+            if layer.pending is not None:
+                raise UsageError("tempo: save the session state after optimizer.step(), not between a backward "
+                                 "and its step")
+            layers[name] = {
+                "epoch": layer.epoch, "epoch_start": layer.epoch_start, "has_buf": layer.has_buf,
+                # whether the key epoch covers the current weights (else the next forward starts a new one)
+                "current": layer.key is not None and (layer.resident or layer.param._version == layer.encrypted_version),
+                "key": None if layer.key is None else {k: layer.key[k].clone() for k in self._KEY_ENTRIES},
+                "trackers": {k: v.clone() for k, v in layer.t.items() if torch.is_tensor(v)},
+            }
+        return {"rotations": self.rotations, "layers": layers}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` (after ``prepare`` and the plaintext model / optimizer state).
+        A layer whose key epoch covered the saved weights sends ``W′`` (and the buffer) under the restored key
+        at its next forward, without a new epoch; one whose weights changed since (enclave-side updates)
+        starts its next epoch there, as the uninterrupted run does."""
+        saved_layers = state.get("layers") if isinstance(state, dict) else None
+        if not isinstance(saved_layers, dict) or set(saved_layers) != set(self.layers):
+            raise UsageError("tempo: the checkpoint's session state does not match this model's layers")
+        for name, saved in saved_layers.items():
+            layer = self.layers[name]
+            layer.epoch, layer.epoch_start = int(saved["epoch"]), int(saved["epoch_start"])
+            layer.has_buf = bool(saved["has_buf"])
+            layer.t = {k: v.clone() for k, v in saved["trackers"].items()}
+            if saved["key"] is None:
+                layer.key = None
+                continue
+            layer.key = {k: saved["key"][k].clone() for k in self._KEY_ENTRIES}
+            layer.blocks = self._blocks(layer.m)
+            layer.encrypted_version = None  # the loaded plaintext is what the next forward encrypts ...
+            layer.restore = bool(saved["current"])  # ... under the restored key, or under a new epoch's
+            if "qw" in layer.t:
+                self._refresh_check_mats(layer)
+        self.rotations = int(state.get("rotations", 0))
 
     # -------------------------------------------------------------- reporting ------
     def privacy(self) -> dict:
@@ -1060,6 +1165,17 @@ class Tempo(Protocol):
                 f"miss_probability_at_error_{int(ratio)}x_tolerance": ratio ** -k,
                 "soundness_bits_at_that_error": k * math.log2(ratio)}
 
+    def tolerance_report(self) -> dict:
+        """Per check family: the largest fraction of its tolerance an honest-passing check used, the checks
+        passed, and the headroom ``tolerance / largest residual`` (how much larger than any honest residual
+        seen an error must be to be caught for sure)."""
+        out = {}
+        for kind, (used, count) in sorted(self._used.items()):
+            out[kind] = {"max_used_fraction": used, "checks": count,
+                         "headroom": (1.0 / used) if used > 0 else None}
+        worst = max((used for used, _ in self._used.values()), default=0.0)
+        return {"max_used_fraction": worst, "headroom": (1.0 / worst) if worst > 0 else None, "per_check": out}
+
     def summary(self) -> dict:
         layers = {}
         for name, layer in self.layers.items():
@@ -1075,12 +1191,12 @@ class Tempo(Protocol):
                 "rotate_every": self.settings["rotate_every"], "rotations": self.rotations,
                 "fused_activations": self.settings["fuse_activations"],
                 "fused_layers": list(getattr(self, "fused", [])),
-                "fused_integrity": "forward results of fused layers are not Freivalds-checked (nonlinear); only "
-                                   "ReLU outputs' signs are" if self.settings["fuse_activations"] else None,
+                "fused_integrity": FUSED_INTEGRITY if self.settings["fuse_activations"] else None,
                 "optimizer_update": "worker (SGD on W′ in place)" if any(l.resident for l in self.layers.values())
                 else "enclave (decode gradient, re-encrypt each step)",
                 "encode_decode_pass": gather_backend(),
-                "integrity": self.detection(), "privacy": self.privacy(), "layers": layers}
+                "integrity": self.detection(), "tolerance": self.tolerance_report(),
+                "privacy": self.privacy(), "layers": layers}
 
     # -------------------------------------------------------------- cost model ------
     def cost_model(self, ops, *, batch, input_numel, classes, training=True):

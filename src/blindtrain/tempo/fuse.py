@@ -1,17 +1,16 @@
 """Fused activations for ``tempo`` (``--fuse-activations``).
 
 A Linear / Conv2d layer followed in an ``nn.Sequential`` by ReLU or LeakyReLU (and, for a conv,
-a non-overlapping ``MaxPool2d``) becomes one :class:`FusedOffloaded` module: the worker adds
-the obfuscated bias, applies the activation and the max-pool to the obfuscated result — they
-commute with the channel permutation and with positive scales — and returns only the
-activated (pooled) tensor with the pooling's argmax positions.  The enclave no longer runs
-those layers, and a pooled result is a quarter of the bytes to decode.  The backward runs in
-the enclave (mask from the output's sign, scatter through the argmax positions).
+a non-overlapping ``MaxPool2d``) becomes one :class:`FusedOffloaded` module with one autograd
+function: the forward product (offloaded and Freivalds-checked like any forward), then bias,
+activation and max-pool in the enclave on the verified product; the backward masks by the
+output's sign and scatters through the argmax positions.
 
-Integrity: an activated result is not linear in the operands, so the Freivalds check does not
-apply to the forward result of a fused layer (its input gradient and weight update stay
-checked, and a wrong W′ is still caught by those checks).  Fused layers use unit batch scales
-(the bias is added on the worker), so their batch key is a permutation only.
+Integrity: nothing nonlinear runs on the worker.  A worker-applied ReLU or max-pool cannot be
+checked against the operands (neither is invertible, and the check ``Y ρ = X q`` needs all of
+``Y``); checking it against a returned pre-activation costs the enclave what applying it costs.
+So the activation is not fused on the worker — an unchecked fused result let a worker scale or
+zero the forward silently (issue 17).
 """
 
 from __future__ import annotations

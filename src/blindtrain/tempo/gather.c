@@ -17,8 +17,8 @@
  *
  * p0 and p1 must be permutations.  Any statistic may be skipped (a NULL pointer, or no vectors).
  * Returns 0; or -1, writing nothing, when p0 or p1 is not a permutation (an index out of range or
- * repeated); -2 when out of memory.  The sums are float32 inner products in another order than a BLAS's;
- * the checks' error bounds hold for any order.
+ * repeated); -2 when out of memory.  A matrix row's dot products accumulate in double (rounded to float
+ * once); the plane maps' sums are float32, in another order than a BLAS's: the checks' bounds hold for any order.
  */
 #include <math.h>
 #include <stddef.h>
@@ -33,31 +33,33 @@ static void gather_scale(const float *restrict src, const int64_t *restrict p1, 
     for (int64_t j = 0; j < cols; j++) out[j] = (src[p1[j]] * ri) * r1[j];
 }
 
-/* dot[k] = sum_j row[j] * vecs[k, j], three vectors per read of the row */
+/* dot[k] = sum_j row[j] * vecs[k, j], three vectors per read of the row; accumulated in double (each float
+ * product is exact in double), rounded to float once: the matrix checks' own products add almost nothing
+ * to their tolerance */
 static void row_dots(const float *restrict row, int64_t cols, const float *restrict vecs, int64_t n_vecs,
                      float *restrict dot)
 {
     int64_t k = 0;
     for (; k + 3 <= n_vecs; k += 3) {
         const float *v0 = vecs + k * cols, *v1 = v0 + cols, *v2 = v1 + cols;
-        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f;
+        double a0 = 0.0, a1 = 0.0, a2 = 0.0;
         #pragma omp simd reduction(+:a0, a1, a2)
         for (int64_t j = 0; j < cols; j++) {
-            const float e = row[j];
+            const double e = row[j];
             a0 += e * v0[j];
             a1 += e * v1[j];
             a2 += e * v2[j];
         }
-        dot[k] = a0;
-        dot[k + 1] = a1;
-        dot[k + 2] = a2;
+        dot[k] = (float)a0;
+        dot[k + 1] = (float)a1;
+        dot[k + 2] = (float)a2;
     }
     for (; k < n_vecs; k++) {
         const float *v0 = vecs + k * cols;
-        float a0 = 0.0f;
+        double a0 = 0.0;
         #pragma omp simd reduction(+:a0)
-        for (int64_t j = 0; j < cols; j++) a0 += row[j] * v0[j];
-        dot[k] = a0;
+        for (int64_t j = 0; j < cols; j++) a0 += (double)row[j] * v0[j];
+        dot[k] = (float)a0;
     }
 }
 

@@ -5,7 +5,8 @@ the checks need taken from the same read.
 rows×cols×h×w; ``r0``, ``r1`` in the output's order) and, on request, contractions over dim 1 (the
 columns, or channels: per row of a matrix, per pixel of a conv activation)
 
-* of the source, in the source's row order: ``Σ_c x[:, c] src_vecs[k, c]``, the L2 and L1 norms and
+* of the source, in the source's row order: ``Σ_c x[:, c] src_vecs[k, c]`` (for a matrix: accumulated in
+  float64 and rounded once), the L2 and L1 norms and
   the max of ``|x|`` over c, and ``min x``;
 * of the output: ``Σ_j out[:, j] out_vecs[k, j]`` and the L2 norm over j.
 
@@ -147,8 +148,11 @@ def thin_product(a: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:
 
 
 def _contract(t, vecs):
-    """``Σ_c t[:, c] vecs[k, c]`` with dim 1 of size k: a thin GEMM."""
-    return thin_product(t, vecs) if t.dim() == 2 else thin.channels(t, vecs.t())
+    """``Σ_c t[:, c] vecs[k, c]`` with dim 1 of size k: a thin GEMM (a matrix's in float64, rounded to float32
+    once, as the native pass does: the linear checks' tolerances count on it)."""
+    if t.dim() == 2:
+        return thin_product(t.double(), vecs.double()).to(t.dtype)
+    return thin.channels(t, vecs.t())
 
 
 def _torch(x, p0, p1, r0, r1, src_vecs, src_norm, src_abs, src_min, out_vecs, out_norm) -> Gathered:

@@ -4,7 +4,6 @@
 * ``sgd_step``: torch's SGD update (weight decay, momentum, dampening, Nesterov) applied in
   place to held tensors with held gradients (several in one message), mirroring ``torch.optim.SGD``
   op for op.
-* ``act_pool``: bias add, ReLU / LeakyReLU and max-pooling on a held or sent tensor.
 
 On CUDA, TF32 is switched off for convolutions and matmuls run by this worker: results
 must be float32-accurate for the trusted side's float error bounds.
@@ -13,7 +12,6 @@ must be float32-accurate for the trusted side's float error bounds.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .ops import instruction
 
@@ -54,39 +52,3 @@ def _sgd_step(worker, args, params):
             grad = grad.add(buf, alpha=momentum) if update.get("nesterov", False) else buf
         param.add_(grad, alpha=-update["lr"])
     return None
-
-
-@instruction("act_pool")
-def _act_pool(worker, args, params):
-    """``pool(act(A + bias))``: ``params``: ``act`` (relu|leaky_relu), ``slope``, ``pool`` (kernel
-    size or None), ``bias_dim`` (1: per column/channel).  The bias ``C`` (optional) is an
-    ``A``-shaped-broadcastable tensor.  Returns the activated (pooled) tensor."""
-    x = args["A"]
-    if "C" in args:
-        x = x + args["C"]
-    if params.get("act") == "leaky_relu":
-        x = F.leaky_relu(x, params.get("slope", 0.01))
-    else:
-        x = F.relu(x)
-    if params.get("pool"):
-        x = F.max_pool2d(x, params["pool"])
-    return x
-
-
-@instruction("bilinear_act")
-def _bilinear_act(worker, args, params):
-    """``pool(act(f(A, B) + C))`` for ``params["fn"]`` (a bilinear function or ``matmul_nt``); with
-    ``pool``, returns ``stack([values, argmax positions as floats])``."""
-    from .. import bilinear
-
-    a, b = args["A"], args["B"]
-    fn_params = {k: v for k, v in params.items() if k not in ("fn", "act", "slope", "pool")}
-    y = torch.matmul(a, b.transpose(-2, -1)) if params["fn"] == "matmul_nt" else \
-        bilinear.apply(params["fn"], a, b, **fn_params)
-    if "C" in args:
-        y = y + args["C"]
-    y = F.leaky_relu(y, params["slope"]) if params.get("act") == "leaky_relu" else F.relu(y)
-    if params.get("pool"):
-        values, index = F.max_pool2d(y, params["pool"], return_indices=True)
-        return torch.stack([values, index.to(values.dtype)])
-    return y
