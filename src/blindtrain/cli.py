@@ -99,13 +99,16 @@ def main() -> None:
 @click.option("--device", default="auto", show_default=True, help="worker device: auto, cpu, cuda")
 @click.option("--threads", type=int, help="threads of the trusted side")
 @click.option("--transport", default="inproc", show_default=True, help="inproc or process")
-@click.option("--workers", type=int, help="number of main workers (protocols that split ops)")
+@click.option("--workers", type=click.IntRange(min=1), help="number of main workers (protocols that split ops)")
+@click.option("--worker-timeout", type=float, default=600.0, show_default=True,
+              help="seconds a worker may take to answer one request before it is declared dead")
 @click.option("--adversary", help="honest, tamper, noise, zeros, replay, crash [:step=N,layer=L,op=O]")
 @click.option("--transcript", type=click.Path(dir_okay=False), help="write every tensor the worker received (.npz)")
 @click.option("--metrics", type=click.Path(dir_okay=False), help="write the ledger as JSON")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="write a sealed checkpoint at the end")
 @click.option("--checkpoint-every", type=int, help="also write it every N steps")
 @click.option("--resume", type=click.Path(dir_okay=False), help="continue from a sealed checkpoint")
+@click.option("--allow-rollback", is_flag=True, help="accept a checkpoint older than the newest one of its run")
 @click.option("--keystore", type=click.Path(dir_okay=False), help="sealing key file (default ~/.config/blindtrain)")
 @click.option("--unmask", help="otp: where unmask factors are computed: enclave or mask-worker")
 @click.option("--fuse-activations/--no-fuse-activations", default=None, help="tempo: activations on the worker")
@@ -139,20 +142,27 @@ def train(**kwargs) -> None:
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--keystore", type=click.Path(dir_okay=False))
 @click.option("--metrics", type=click.Path(dir_okay=False))
+@click.option("--allow-rollback", is_flag=True, help="accept a checkpoint older than the newest one of its run")
+@click.option("--worker-timeout", type=float, default=600.0, show_default=True,
+              help="seconds a worker may take to answer one request before it is declared dead")
 @click.option("--option", "extra", multiple=True, help="protocol option KEY=VALUE (repeatable)")
 def predict(checkpoint, protocol, dataset, data_dir, device, transport, adversary, batch_size, keystore, metrics,
-            extra) -> None:
+            allow_rollback, worker_timeout, extra) -> None:
     """Test accuracy of a sealed checkpoint, with inference under a protocol."""
+    from .files import check_writable
     from .train import run_predict, write_json
 
     try:
+        if metrics:
+            check_writable(metrics, flag="--metrics")
         result = run_predict(checkpoint=checkpoint, protocol=protocol, dataset=dataset, data_dir=data_dir,
                              device=device, keystore=keystore, transport=transport, adversary=adversary,
-                             batch_size=batch_size, protocol_options=_parse_options(extra))
+                             batch_size=batch_size, protocol_options=_parse_options(extra),
+                             allow_rollback=allow_rollback, worker_timeout=worker_timeout)
+        if metrics:
+            write_json(metrics, result)
     except BlindtrainError as exc:
         _fail(exc)
-    if metrics:
-        write_json(metrics, result)
     click.echo(f"{result['protocol']}: test accuracy {result['test_accuracy']:.4f} on {result['test_samples']} "
                f"{result['dataset']} samples ({result['messages']} messages, "
                f"{result['integrity_checks']} integrity checks)")

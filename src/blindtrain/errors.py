@@ -42,3 +42,29 @@ class WorkerCrashed(BlindtrainError):
     """The untrusted worker died or stopped answering (exit code 3)."""
 
     exit_code = 3
+
+
+class TrainingDiverged(BlindtrainError):
+    """NaN or Inf arose on the trusted side from honest results (exit code 1): the optimisation
+    diverged (learning rate too high, ...).  Not an integrity violation: no worker misbehaved."""
+
+    exit_code = 1
+
+    def __init__(self, *, step: int, detail: str = ""):
+        self.step, self.detail = step, detail
+        super().__init__(f"training diverged at step {step}" + (f": {detail}" if detail else "")
+                         + "; lower --lr or check the hyper-parameters")
+
+
+def untrusted_text(text: object, *, limit: int = 200) -> str:
+    """Text that came from an untrusted party (a worker's error message), made safe to print.
+
+    Control characters (newlines, carriage returns, escape sequences) and non-ASCII characters are
+    shown escaped (``\\n``, ``\\x1b``, ``\\u202e``), so the text stays on one line and cannot move the
+    cursor, recolour the terminal or fake blindtrain's own output; it is cut after ``limit``
+    characters."""
+    escaped = str(text).encode("ascii", "backslashreplace").decode("ascii")
+    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in escaped)
+    if len(escaped) > limit:
+        escaped = f"{escaped[:limit]}... ({len(escaped) - limit} more characters)"
+    return escaped

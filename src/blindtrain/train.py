@@ -6,8 +6,10 @@ user writes — plus data, checkpoints, metrics and a progress bar.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,11 +22,15 @@ from . import checkpoint as ckpt
 from . import data as datasets
 from . import models
 from .crypto import KeyStore
-from .files import atomic_write
-from .errors import BlindtrainError, IntegrityError, UsageError, WorkerCrashed
+from .files import atomic_write, check_writable
+from .errors import BlindtrainError, IntegrityError, TrainingDiverged, UsageError, WorkerCrashed
+from .runtime import EnclaveConfig
 from .session import Session
 
+EPC_BYTES = EnclaveConfig().epc_bytes
+
 LOSSES = ("ce", "mse")
+_MLP_DEFAULT_HIDDEN = inspect.signature(models.mlp).parameters["hidden"].default
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -55,6 +61,8 @@ class TrainConfig:
     checkpoint_every: int | None = None
     resume: str | None = None
     keystore: str | None = None
+    allow_rollback: bool = False
+    worker_timeout: float = 600.0
     eval_batch_size: int = 256
     progress: bool = True
     protocol_options: dict = field(default_factory=dict)
@@ -66,9 +74,15 @@ class TrainConfig:
             positive["--steps"] = self.steps
         if self.checkpoint_every is not None:
             positive["--checkpoint-every"] = self.checkpoint_every
+        positive["--worker-timeout"] = self.worker_timeout
         for flag, value in positive.items():
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise UsageError(f"{flag} must be positive, got {value}")
+        for flag, value in (("--momentum", self.momentum), ("--weight-decay", self.weight_decay)):
+            if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
+                raise UsageError(f"{flag} must be a finite number >= 0, got {value}")
+        if self.optimizer == "sgd" and self.momentum >= 1:
+            raise UsageError(f"--momentum must be below 1 (SGD diverges otherwise), got {self.momentum}")
         if self.model not in models.MODELS:
             raise UsageError(f"unknown model {self.model!r}; choose from {', '.join(models.MODELS)}")
         if self.dataset not in datasets.DATASETS:
@@ -83,6 +97,22 @@ class TrainConfig:
                              ("--checkpoint", self.checkpoint)):
             if target is not None and Path(target).is_dir():
                 raise UsageError(f"{flag} {target} is a directory; give a file path")
+
+    def output_paths(self) -> dict[str, str]:
+        """``{flag: path}`` of every file this run will write."""
+        paths = {"--metrics": self.metrics, "--transcript": self.transcript, "--checkpoint": self.checkpoint,
+                 "--record-ground-truth": getattr(self, "record_ground_truth", None)}
+        return {flag: path for flag, path in paths.items() if path is not None}
+
+    def binding(self) -> dict:
+        """The configuration a checkpoint is bound to: resuming under another one is exit 2."""
+        hidden = list(self.hidden) if self.hidden else None
+        if self.model == "mlp" and hidden is None:
+            hidden = list(_MLP_DEFAULT_HIDDEN)
+        return {"protocol": self.protocol, "model": self.model, "hidden": hidden, "activation": self.activation,
+                "dataset": self.dataset, "optimizer": self.optimizer, "loss": self.loss,
+                "batch_size": self.batch_size, "seed": self.seed,
+                "protocol_options": {k: self.protocol_options[k] for k in sorted(self.protocol_options)}}
 
     def model_spec(self) -> dict:
         return {"model": self.model, "hidden": list(self.hidden) if self.hidden else None,
@@ -120,23 +150,85 @@ def write_json(path: str | Path, payload: dict) -> None:
 
 
 def _resolve_spec(config: TrainConfig, payload: dict | None) -> dict:
-    spec = config.model_spec()
-    if payload is None:
-        return spec
-    saved = payload["model_spec"]
-    for key in ("model", "dataset"):
-        if spec[key] != saved[key] and spec[key] != TrainConfig.__dataclass_fields__[key].default:
-            raise UsageError(f"--{key} {spec[key]} does not match the checkpoint's {saved[key]}")
-    return saved
+    """The model spec to build: this run's, which on resume must be the checkpoint's configuration."""
+    if payload is not None:
+        differences = ckpt.binding_differences(payload["header"].binding, config.binding())
+        if differences:
+            raise UsageError("cannot resume: the configuration differs from the checkpoint's: "
+                             + "; ".join(differences) + " (give the checkpoint's settings)")
+    return config.model_spec()
+
+
+def check_outputs(config: TrainConfig, keystore: KeyStore) -> None:
+    """Before any step: every output path writable, the key store readable or creatable (exit 2)."""
+    for flag, path in config.output_paths().items():
+        check_writable(path, flag=flag)
+    if config.checkpoint or config.resume:
+        keystore.check()
+
+
+def estimated_training_bytes(model: torch.nn.Module, config: TrainConfig) -> int:
+    """Bytes the trusted side needs for the weights, their gradients and the optimizer state
+    (``model`` may live on the meta device: nothing is allocated)."""
+    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
+    states = 2 if config.optimizer == "adam" else (1 if config.momentum > 0 else 0)
+    return parameters * (2 + states)
+
+
+def _available_memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
+def check_memory(spec: dict, dataset, config: TrainConfig) -> int:
+    """Exit 2 with the estimate when the model cannot fit in memory; built on the meta device first."""
+    hidden = tuple(spec["hidden"]) if spec["hidden"] else None
+    with torch.device("meta"):
+        skeleton = models.build(spec["model"], dataset.input_shape, dataset.num_classes, hidden=hidden,
+                                activation=spec["activation"])
+    needed = estimated_training_bytes(skeleton, config)
+    available = _available_memory_bytes()
+    if available is not None and needed > available:
+        raise UsageError(f"model too large: weights, gradients and optimizer state need about "
+                         f"{needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB of memory is available "
+                         f"(the emulated EPC is {EPC_BYTES / 2**20:.0f} MiB)")
+    return needed
+
+
+def _require_finite_weights(model: torch.nn.Module, step: int) -> None:
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter.detach()).all():
+            raise TrainingDiverged(step=step, detail=f"parameter {name} is not finite")
+
+
+def _status_of(exc: BaseException) -> str:
+    for kind, status in ((IntegrityError, "integrity_violation"), (WorkerCrashed, "worker_crashed"),
+                         (TrainingDiverged, "diverged")):
+        if isinstance(exc, kind):
+            return status
+    return "error"
 
 
 def run_training(config: TrainConfig, *, echo=print) -> dict:
     """Train as configured; returns the metrics dict (also written to ``--metrics``)."""
     config.validate()
     keystore = KeyStore(config.keystore)
-    payload = ckpt.load(config.resume, keystore=keystore) if config.resume else None
+    check_outputs(config, keystore)
+    payload = ckpt.load(config.resume, keystore=keystore, allow_rollback=config.allow_rollback) \
+        if config.resume else None
     spec = _resolve_spec(config, payload)
+    run_id = payload["header"].run_id if payload is not None else ckpt.new_run_id()
     dataset = datasets.load(spec["dataset"], seed=config.seed, data_dir=config.data_dir)
+    check_memory(spec, dataset, config)
     torch.manual_seed(config.seed)
     hidden = tuple(spec["hidden"]) if spec["hidden"] else None
     model = models.build(spec["model"], dataset.input_shape, dataset.num_classes, hidden=hidden,
@@ -152,7 +244,9 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
 
     session = Session(protocol=config.protocol, device=config.device, seed=None, transport=config.transport,
                       threads=config.threads, adversary=config.adversary, transcript=config.transcript is not None,
-                      **config.protocol_options)
+                      worker_timeout=config.worker_timeout, **config.protocol_options)
+    if config.transcript is not None:  # spool the transcript beside its destination, not in RAM
+        session.boundary.transcript_spool_dir = Path(config.transcript).resolve().parent
     info = session.protocol.info
     if not info.trains:
         session.close()
@@ -166,6 +260,7 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
     status, error = "ok", None
     train_seconds, accuracy = 0.0, None
     wall_start = time.perf_counter()
+    checkpoint = _Checkpointer(config, keystore, session, optimizer, spec, run_id)
     try:
         model, optimizer = session.prepare(model, optimizer)
         session.step = start_step
@@ -183,25 +278,25 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
                     break
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(config.loss, model(x), y)
+                if not torch.isfinite(loss.detach()).all():
+                    raise TrainingDiverged(step=step, detail=f"the loss became {float(loss.detach())}")
                 loss.backward()
                 optimizer.step()
                 step += 1
                 samples += len(y)
                 losses.append(float(loss.detach()))
-                if not math.isfinite(losses[-1]):
-                    raise BlindtrainError(f"loss became {losses[-1]} at step {step}; lower --lr")
                 bar.update(1)
                 bar.set_postfix(refresh=False, loss=f"{losses[-1]:.4f}",
                                 samples_s=f"{samples / max(time.perf_counter() - bar_start, 1e-9):.0f}")
                 if config.checkpoint and config.checkpoint_every and step % config.checkpoint_every == 0:
-                    _save_checkpoint(config, keystore, session, optimizer, spec, step)
+                    checkpoint.save(step)
         bar.close()
         train_seconds = time.perf_counter() - wall_start
         accuracy = evaluate(model, dataset.x_test, dataset.y_test, batch_size=config.eval_batch_size)
         if config.checkpoint:
-            _save_checkpoint(config, keystore, session, optimizer, spec, step)
+            checkpoint.save(step)
     except BaseException as exc:
-        status = {IntegrityError: "integrity_violation", WorkerCrashed: "worker_crashed"}.get(type(exc), "error")
+        status = _status_of(exc)
         error, train_seconds = str(exc), time.perf_counter() - wall_start
         raise
     finally:
@@ -211,7 +306,7 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
             "steps": len(losses), "global_step": start_step + len(losses),
             "epochs": len(losses) / per_epoch, "batch_size": config.batch_size, "lr": config.lr,
             "seed": config.seed, "final_loss": losses[-1] if losses else None,
-            "test_accuracy": accuracy if status == "ok" else None,
+            "test_accuracy": accuracy if status == "ok" else None, "run_id": run_id,
             "wall_seconds": train_seconds, "samples_per_second": len(losses) * config.batch_size / train_seconds
             if train_seconds > 0 else None, "loss_curve": losses, "config": asdict(config),
         })
@@ -223,20 +318,37 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
     return metrics
 
 
-def _save_checkpoint(config, keystore, session, optimizer, spec, step) -> None:
-    model = session.plaintext_model()
-    ckpt.save(config.checkpoint, keystore=keystore, model_spec=spec, model_state=model.state_dict(),
-              optimizer_state=optimizer.state_dict(), step=step)
+@dataclass
+class _Checkpointer:
+    """Writes the run's sealed checkpoints: bound to its configuration and run identity, counted in
+    the key store, and only from finite weights."""
+
+    config: TrainConfig
+    keystore: KeyStore
+    session: Session
+    optimizer: torch.optim.Optimizer
+    spec: dict
+    run_id: str
+
+    def save(self, step: int) -> None:
+        model = self.session.plaintext_model()
+        _require_finite_weights(model, step)
+        ckpt.save(self.config.checkpoint, keystore=self.keystore, model_spec=self.spec,
+                  model_state=model.state_dict(), optimizer_state=self.optimizer.state_dict(), step=step,
+                  binding=self.config.binding(), run_id=self.run_id)
 
 
 def run_predict(*, checkpoint: str, protocol: str = "enclave", dataset: str | None = None,
                 data_dir: str | None = None, device: str = "auto", seed: int = 0, keystore: str | None = None,
                 transport: str = "inproc", adversary: str | None = None, batch_size: int = 256,
-                protocol_options: dict | None = None) -> dict:
+                protocol_options: dict | None = None, allow_rollback: bool = False,
+                worker_timeout: float = 600.0) -> dict:
     """Test accuracy of a checkpointed model, with inference run under ``protocol``."""
     if batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
-    payload = ckpt.load(checkpoint, keystore=KeyStore(keystore))
+    if not (worker_timeout > 0 and math.isfinite(worker_timeout)):
+        raise UsageError(f"--worker-timeout must be positive, got {worker_timeout}")
+    payload = ckpt.load(checkpoint, keystore=KeyStore(keystore), allow_rollback=allow_rollback)
     spec = payload["model_spec"]
     data = datasets.load(dataset or spec["dataset"], seed=seed, data_dir=data_dir)
     model = models.build(spec["model"], data.input_shape, data.num_classes,
@@ -247,7 +359,7 @@ def run_predict(*, checkpoint: str, protocol: str = "enclave", dataset: str | No
         raise UsageError(f"checkpoint does not fit dataset {data.name}: {str(exc).splitlines()[0]}") from None
     start = time.perf_counter()
     with Session(protocol=protocol, device=device, seed=seed, transport=transport, adversary=adversary,
-                 **(protocol_options or {})) as session:
+                 worker_timeout=worker_timeout, **(protocol_options or {})) as session:
         wrapped, _ = session.prepare(model, None)
         accuracy = evaluate(wrapped, data.x_test, data.y_test, batch_size=batch_size)
         metrics = session.metrics()
