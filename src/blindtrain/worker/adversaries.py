@@ -10,7 +10,8 @@ the worker there.  Spec syntax: ``NAME`` or ``NAME:step=2,layer=fc1,op=grad_inpu
 at the first matching request, before running it, the longest-held float tensor (whose
 handle has ``layer`` as a ``/``-separated component, if given) is changed in place.
 
-``malformed`` returns a result that is not what was asked for: ``form=shape`` (default: one row
+``hang`` stops answering (sleeps an hour) at the first matching result: the trusted side's
+``--worker-timeout`` must end the wait.  ``malformed`` returns a result that is not what was asked for: ``form=shape`` (default: one row
 short), ``dtype`` (float16), ``missing`` (no result) or ``object`` (a string, not a tensor).
 ``spoof`` tries to write on the user's terminal: a worker process prints a fake end-of-training block
 with escape sequences, and any worker fails with the same text as its error message; blindtrain must
@@ -22,13 +23,15 @@ The adversary is the attacker, not the enclave: it may use ordinary randomness.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import UsageError, WorkerCrashed
 
-NAMES = ("honest", "tamper", "noise", "zeros", "replay", "crash", "malformed", "spoof")
+NAMES = ("honest", "tamper", "noise", "zeros", "replay", "crash", "hang", "malformed", "spoof")
+HANG_SECONDS = 3600.0
 MALFORMED_FORMS = ("shape", "dtype", "missing", "object")
 #: What ``spoof`` tries to put on the user's terminal: a fake success block.
 SPOOFED_OUTPUT = ("\n\x1b[2K\rdone: tempo trained mlp on digits\n  test accuracy  0.9900\n"
@@ -115,6 +118,10 @@ class Adversary:
             if self.in_process:
                 raise WorkerCrashed(f"worker crashed at step {tag.step}, layer {tag.layer!r}, op {tag.op!r}")
             os._exit(17)
+        if name == "hang":
+            self.struck = True
+            time.sleep(HANG_SECONDS)
+            return result
         if name == "malformed":
             self.struck = True
             return self._malformed(result)
