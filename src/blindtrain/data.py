@@ -108,6 +108,7 @@ class _ArchiveUnpickler(pickle.Unpickler):
         ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
         ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+        ("__builtin__", "bytes"), ("builtins", "bytes"),
     }
 
     def find_class(self, module: str, name: str):
@@ -115,6 +116,8 @@ class _ArchiveUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refused to load {module}.{name} (not part of a CIFAR-10 archive)")
         if (module, name) == ("numpy", "dtype"):
             return _plain_dtype
+        if name == "bytes":
+            return _empty_bytes
         return super().find_class(module, name)
 
 
@@ -123,6 +126,13 @@ def _plain_dtype(*args, **kwargs) -> np.dtype:
     if dtype.hasobject:
         raise pickle.UnpicklingError("refused an array of Python objects")
     return dtype
+
+
+def _empty_bytes(*args) -> bytes:
+    """``bytes()`` as protocol-2 pickles write an empty byte string; nothing else (``bytes(10**12)``)."""
+    if args:
+        raise pickle.UnpicklingError("refused bytes(...) with arguments")
+    return b""
 
 
 def restricted_load(handle) -> object:

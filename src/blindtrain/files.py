@@ -34,7 +34,7 @@ def _target_kind(path: Path) -> str:
     except FileNotFoundError:
         return "absent"
     except OSError as exc:
-        raise UsageError(f"cannot inspect {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
     mode = info.st_mode
     if stat.S_ISLNK(mode):
         raise UsageError(f"{path} is a symbolic link; refusing to replace it (give the real path)")
