@@ -102,7 +102,8 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(min=1), help="number of main workers (protocols that split ops)")
 @click.option("--worker-timeout", type=float, default=600.0, show_default=True,
               help="seconds a worker may take to answer one request before it is declared dead")
-@click.option("--adversary", help="honest, tamper, noise, zeros, replay, crash [:step=N,layer=L,op=O]")
+@click.option("--adversary", help="honest, tamper, noise, zeros, replay, crash, hang, malformed, spoof "
+                                  "[:step=N,layer=L,op=O]")
 @click.option("--transcript", type=click.Path(dir_okay=False), help="write every tensor the worker received (.npz)")
 @click.option("--metrics", type=click.Path(dir_okay=False), help="write the ledger as JSON")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="write a sealed checkpoint at the end")

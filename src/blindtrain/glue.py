@@ -28,7 +28,7 @@ def require_finite(layer, op: str, **operands) -> None:
     for name, tensor in operands.items():
         if tensor is not None and not bool(torch.isfinite(tensor.detach()).all()):
             raise TrainingDiverged(step=layer.protocol.runtime.step,
-                                   detail=f"the {name} of layer {layer.site.name!r} ({op}) is not finite")
+                                   detail=f"the {name} of layer {layer.site.name!r} ({op}) is non-finite (NaN or Inf)")
 
 
 @dataclass

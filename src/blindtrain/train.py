@@ -109,10 +109,10 @@ class TrainConfig:
         hidden = list(self.hidden) if self.hidden else None
         if self.model == "mlp" and hidden is None:
             hidden = list(_MLP_DEFAULT_HIDDEN)
-        return {"protocol": self.protocol, "model": self.model, "hidden": hidden, "activation": self.activation,
-                "dataset": self.dataset, "optimizer": self.optimizer, "loss": self.loss,
-                "batch_size": self.batch_size, "seed": self.seed,
-                "protocol_options": {k: self.protocol_options[k] for k in sorted(self.protocol_options)}}
+        binding = {"protocol": self.protocol, "model": self.model, "hidden": hidden, "activation": self.activation,
+                   "dataset": self.dataset, "optimizer": self.optimizer, "loss": self.loss,
+                   "batch_size": self.batch_size, "seed": self.seed, "protocol_options": dict(self.protocol_options)}
+        return json.loads(json.dumps(binding, sort_keys=True, default=str))  # as it reads back from a header
 
     def model_spec(self) -> dict:
         return {"model": self.model, "hidden": list(self.hidden) if self.hidden else None,
@@ -260,7 +260,6 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
     status, error = "ok", None
     train_seconds, accuracy = 0.0, None
     wall_start = time.perf_counter()
-    checkpoint = _Checkpointer(config, keystore, session, optimizer, spec, run_id)
     try:
         model, optimizer = session.prepare(model, optimizer)
         session.step = start_step
@@ -289,12 +288,12 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
                 bar.set_postfix(refresh=False, loss=f"{losses[-1]:.4f}",
                                 samples_s=f"{samples / max(time.perf_counter() - bar_start, 1e-9):.0f}")
                 if config.checkpoint and config.checkpoint_every and step % config.checkpoint_every == 0:
-                    checkpoint.save(step)
+                    _save_checkpoint(config, keystore, session, optimizer, spec, step, run_id=run_id)
         bar.close()
         train_seconds = time.perf_counter() - wall_start
         accuracy = evaluate(model, dataset.x_test, dataset.y_test, batch_size=config.eval_batch_size)
         if config.checkpoint:
-            checkpoint.save(step)
+            _save_checkpoint(config, keystore, session, optimizer, spec, step, run_id=run_id)
     except BaseException as exc:
         status = _status_of(exc)
         error, train_seconds = str(exc), time.perf_counter() - wall_start
@@ -318,24 +317,13 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
     return metrics
 
 
-@dataclass
-class _Checkpointer:
-    """Writes the run's sealed checkpoints: bound to its configuration and run identity, counted in
-    the key store, and only from finite weights."""
-
-    config: TrainConfig
-    keystore: KeyStore
-    session: Session
-    optimizer: torch.optim.Optimizer
-    spec: dict
-    run_id: str
-
-    def save(self, step: int) -> None:
-        model = self.session.plaintext_model()
-        _require_finite_weights(model, step)
-        ckpt.save(self.config.checkpoint, keystore=self.keystore, model_spec=self.spec,
-                  model_state=model.state_dict(), optimizer_state=self.optimizer.state_dict(), step=step,
-                  binding=self.config.binding(), run_id=self.run_id)
+def _save_checkpoint(config, keystore, session, optimizer, spec, step, *, run_id: str) -> None:
+    """Seal the run's checkpoint: bound to its configuration and run identity, counted in the key
+    store, and only from finite weights."""
+    model = session.plaintext_model()
+    _require_finite_weights(model, step)
+    ckpt.save(config.checkpoint, keystore=keystore, model_spec=spec, model_state=model.state_dict(),
+              optimizer_state=optimizer.state_dict(), step=step, binding=config.binding(), run_id=run_id)
 
 
 def run_predict(*, checkpoint: str, protocol: str = "enclave", dataset: str | None = None,

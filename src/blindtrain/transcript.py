@@ -16,6 +16,7 @@ again after more messages, and :func:`load` (and ``numpy.load``) read the file a
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import tempfile
@@ -41,45 +42,60 @@ class Transcript:
 
     def __init__(self, *, spool_dir: str | os.PathLike | None = None) -> None:
         self._spool = tempfile.TemporaryFile(dir=spool_dir, prefix=".blindtrain-transcript-")
-        self._records: list[tuple[int, int]] = []  # (offset, length) of each message's .npy record
-        self._meta: list[dict] = []
+        self._offsets = array.array("q")  # where each message's .npy record starts in the spool ...
+        self._lengths = array.array("q")  # ... and its length
+        self._meta_json: list[str] = []  # each message's meta object, JSON-encoded (compact in memory)
 
     def append(self, tensor: torch.Tensor, *, step: int, layer: str, op: str, operand: str, kind: str,
                modulus: int | None, worker: str) -> None:
         if kind not in KINDS:
             raise ValueError(f"transcript kind must be one of {KINDS}, got {kind!r}")
         array = tensor.detach().cpu().numpy()
-        key = f"m{len(self._records):06d}"
+        key = f"m{len(self._offsets):06d}"
         self._spool.seek(0, os.SEEK_END)
         offset = self._spool.tell()
         np.lib.format.write_array(self._spool, np.ascontiguousarray(array), allow_pickle=False)
-        self._records.append((offset, self._spool.tell() - offset))
-        self._meta.append({"key": key, "step": step, "layer": layer, "op": op, "operand": operand,
-                           "kind": kind, "dtype": str(array.dtype), "modulus": modulus, "worker": worker})
+        self._offsets.append(offset)
+        self._lengths.append(self._spool.tell() - offset)
+        self._meta_json.append(json.dumps({"key": key, "step": step, "layer": layer, "op": op, "operand": operand,
+                                           "kind": kind, "dtype": str(array.dtype), "modulus": modulus,
+                                           "worker": worker}))
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._offsets)
 
     @property
     def meta(self) -> list[dict]:
-        return list(self._meta)
+        return [json.loads(item) for item in self._meta_json]
 
     @property
     def spooled_bytes(self) -> int:
-        return sum(length for _, length in self._records)
+        return sum(self._lengths)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the ``.npz`` atomically (:func:`blindtrain.files.atomic_file`), streaming from the spool."""
         self._spool.flush()
         with atomic_file(path) as handle:
             with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-                for meta, (offset, length) in zip(self._meta, self._records):
+                for index, (offset, length) in enumerate(zip(self._offsets, self._lengths)):
                     self._spool.seek(offset)
-                    with archive.open(f"{meta['key']}.npy", mode="w", force_zip64=True) as entry:
+                    with archive.open(f"m{index:06d}.npy", mode="w", force_zip64=True) as entry:
                         _copy_exactly(self._spool, entry, length)
                 with archive.open("meta.npy", mode="w", force_zip64=True) as entry:
-                    np.lib.format.write_array(entry, np.array(json.dumps(self._meta)), allow_pickle=False)
+                    self._write_meta(entry)
         return Path(path)
+
+    def _write_meta(self, handle) -> None:
+        """``meta`` as :func:`numpy.save` writes ``np.array(json.dumps(meta_list))`` (a 0-d ``<U`` array:
+        a header, then the text in UTF-32), streamed piece by piece instead of built in memory."""
+        pieces = self._meta_json
+        length = 2 + sum(len(piece) for piece in pieces) + 2 * max(len(pieces) - 1, 0)  # "[" ", ".join "]"
+        np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(f"<U{length}")),
+                                                      "fortran_order": False, "shape": ()})
+        handle.write(b"[\x00\x00\x00")
+        for index, piece in enumerate(pieces):
+            handle.write(((", " if index else "") + piece).encode("utf-32-le"))
+        handle.write(b"]\x00\x00\x00")
 
     def close(self) -> None:
         """Drop the spool (nothing on disk remains: it never had a name)."""
