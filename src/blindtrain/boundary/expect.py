@@ -4,12 +4,15 @@ A worker's result is untrusted: before any protocol touches it, the boundary che
 a tensor of the shape and dtype the request implies.  Shapes come from evaluating the requested
 bilinear function on PyTorch's ``meta`` device (shapes only, no data, no arithmetic), and from a
 shadow of the worker's held tensors (:class:`HeldShapes`): what was kept under which handle, with
-which shape.  Instructions this module does not know (a protocol's own) are checked for being a
-numeric tensor only; their protocol verifies the rest.
+which shape.  Any other instruction of the worker's registry is run on a *shadow* of the worker
+whose tensors live on the ``meta`` device, which yields the result's shape and dtype without
+computing anything; an instruction that cannot run there (it looks at values) is checked for
+returning a numeric tensor only, and its protocol verifies the rest.
 """
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -29,6 +32,10 @@ class TensorSpec:
     @classmethod
     def of(cls, tensor: torch.Tensor) -> "TensorSpec":
         return cls(tuple(tensor.shape), tensor.dtype)
+
+    def meta(self) -> torch.Tensor:
+        """A tensor of this shape and dtype on the ``meta`` device (no storage)."""
+        return torch.empty(self.shape, dtype=self.dtype, device="meta")
 
     def describe(self) -> str:
         return f"{list(self.shape)} {str(self.dtype).removeprefix('torch.')}"
@@ -56,6 +63,46 @@ def bilinear_spec(fn: str, a: TensorSpec, b: TensorSpec, params: dict) -> Tensor
         return _bilinear_spec(fn, a, b, tuple(sorted((k, _freeze(v)) for k, v in params.items())))
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
         raise ValueError(f"{fn} is not defined on {a.describe()} and {b.describe()}: {exc}") from None
+
+
+class _MetaState(MutableMapping):
+    """A worker's held tensors as ``meta`` tensors, made on first access from their specs (so a
+    request touching two of a hundred held tensors costs two), with changes written back."""
+
+    def __init__(self, specs: dict[str, TensorSpec]) -> None:
+        self._specs = specs
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, handle: str) -> torch.Tensor:
+        if handle not in self._tensors:
+            self._tensors[handle] = self._specs[handle].meta()
+        return self._tensors[handle]
+
+    def __setitem__(self, handle: str, tensor) -> None:
+        self._tensors[handle] = tensor
+        self._specs[handle] = TensorSpec.of(tensor) if torch.is_tensor(tensor) else None
+
+    def __delitem__(self, handle: str) -> None:
+        del self._specs[handle]
+        self._tensors.pop(handle, None)
+
+    def __iter__(self):
+        return iter(list(self._specs))
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+
+class _ShadowWorker:
+    """What a worker instruction sees of its worker, with every tensor on the ``meta`` device."""
+
+    device = "meta"
+
+    def __init__(self, state: MutableMapping) -> None:
+        self.state = state
+
+    def screen(self, result: torch.Tensor, *, op: str | None = None) -> torch.Tensor:
+        return result
 
 
 class HeldShapes:
@@ -96,11 +143,35 @@ class HeldShapes:
             elif request.instr == "free":
                 for handle in params.get("handles", ()):
                     self._specs.pop(handle, None)
+            elif request.instr != "store":
+                result = self._shadow(request)
         except (ValueError, KeyError, TypeError):
             result = None  # an ill-formed request is the protocol's bug, not the worker's: leave it to them
         if request.keep_result:
             self._set(request.keep_result, result)
         return result
+
+    def _shadow(self, request: Request) -> TensorSpec | None:
+        """Run ``request``'s instruction on meta tensors (shapes only); mirror what it keeps and drops."""
+        from ..worker.ops import INSTRUCTIONS, load_all
+
+        load_all()
+        instruction = INSTRUCTIONS.get(request.instr)
+        if instruction is None:
+            return None
+        args = {}
+        for name, arg in request.args.items():
+            spec = self.spec(arg)
+            if spec is None:
+                return None
+            args[name] = spec.meta()
+        specs = dict(self._specs)  # the shadow works on a copy: an instruction that fails changes nothing
+        try:
+            out = instruction(_ShadowWorker(_MetaState(specs)), args, request.params)
+        except Exception:  # noqa: BLE001 - it needs values: no shape claimed
+            return None
+        self._specs = {handle: spec for handle, spec in specs.items() if spec is not None}
+        return TensorSpec.of(out) if torch.is_tensor(out) else None
 
     def _products(self, args: dict, products: list[dict]) -> TensorSpec | None:
         returned = None
