@@ -100,3 +100,22 @@ def test_the_boundary_rejects_a_result_of_the_wrong_shape_before_a_protocol_sees
         boundary.call(request)
     assert ledger.integrity_failures == 1
     boundary.close()
+
+
+def test_a_worker_process_cannot_write_on_the_terminal(capfd):
+    """The process worker's stdout and stderr are captured, not inherited: what it prints is only ever
+    quoted, escaped, in an error message."""
+    from blindtrain.boundary.transport import ProcessTransport
+
+    transport = ProcessTransport(WorkerConfig(name="main0", device="cpu", adversary=AdversarySpec(name="spoof"),
+                                              in_process=False))
+    request = Request("bilinear", {"A": Sent(torch.ones(2, 3), "clear"), "B": Sent(torch.ones(3, 4), "clear")},
+                      Tag(step=1, layer="fc", op="forward"), params={"fn": "matmul"})
+    try:
+        with pytest.raises(WorkerCrashed) as failure:
+            transport.call(request)
+    finally:
+        transport.close()
+    captured = capfd.readouterr()
+    assert "done:" not in captured.out and "done:" not in captured.err  # nothing reached the terminal
+    assert "\n" not in str(failure.value) and "\\rdone: tempo" in str(failure.value)
