@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,12 +21,10 @@ from . import checkpoint as ckpt
 from . import data as datasets
 from . import models
 from .crypto import KeyStore
-from .files import atomic_write, check_writable
-from .errors import BlindtrainError, IntegrityError, TrainingDiverged, UsageError, WorkerCrashed
-from .runtime import EnclaveConfig
+from .files import atomic_write
+from .errors import IntegrityError, TrainingDiverged, UsageError, WorkerCrashed
+from .preflight import check_memory, check_outputs
 from .session import Session
-
-EPC_BYTES = EnclaveConfig().epc_bytes
 
 LOSSES = ("ce", "mse")
 _MLP_DEFAULT_HIDDEN = inspect.signature(models.mlp).parameters["hidden"].default
@@ -157,51 +154,6 @@ def _resolve_spec(config: TrainConfig, payload: dict | None) -> dict:
             raise UsageError("cannot resume: the configuration differs from the checkpoint's: "
                              + "; ".join(differences) + " (give the checkpoint's settings)")
     return config.model_spec()
-
-
-def check_outputs(config: TrainConfig, keystore: KeyStore) -> None:
-    """Before any step: every output path writable, the key store readable or creatable (exit 2)."""
-    for flag, path in config.output_paths().items():
-        check_writable(path, flag=flag)
-    if config.checkpoint or config.resume:
-        keystore.check()
-
-
-def estimated_training_bytes(model: torch.nn.Module, config: TrainConfig) -> int:
-    """Bytes the trusted side needs for the weights, their gradients and the optimizer state
-    (``model`` may live on the meta device: nothing is allocated)."""
-    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
-    states = 2 if config.optimizer == "adam" else (1 if config.momentum > 0 else 0)
-    return parameters * (2 + states)
-
-
-def _available_memory_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return None
-
-
-def check_memory(spec: dict, dataset, config: TrainConfig) -> int:
-    """Exit 2 with the estimate when the model cannot fit in memory; built on the meta device first."""
-    hidden = tuple(spec["hidden"]) if spec["hidden"] else None
-    with torch.device("meta"):
-        skeleton = models.build(spec["model"], dataset.input_shape, dataset.num_classes, hidden=hidden,
-                                activation=spec["activation"])
-    needed = estimated_training_bytes(skeleton, config)
-    available = _available_memory_bytes()
-    if available is not None and needed > available:
-        raise UsageError(f"model too large: weights, gradients and optimizer state need about "
-                         f"{needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB of memory is available "
-                         f"(the emulated EPC is {EPC_BYTES / 2**20:.0f} MiB)")
-    return needed
 
 
 def _require_finite_weights(model: torch.nn.Module, step: int) -> None:
