@@ -15,6 +15,7 @@ import torch
 
 from . import models
 from .crypto import KeyStore
+from .errors import UsageError
 from .files import check_writable
 from .runtime import EnclaveConfig
 
