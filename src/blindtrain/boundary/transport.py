@@ -41,7 +41,8 @@ STARTUP_TIMEOUT = 120.0
 
 #: Environment variables a worker process inherits (exact names, then prefixes); nothing else.
 INHERITED_ENVIRONMENT = ("PATH", "PYTHONPATH", "PYTHONHASHSEED", "LANG", "LANGUAGE", "TZ", "TMPDIR",
-                         "LD_LIBRARY_PATH", "VIRTUAL_ENV", "SYSTEMROOT", "BLINDTRAIN_NATIVE")
+                         "LD_LIBRARY_PATH", "VIRTUAL_ENV", "SYSTEMROOT", "CC", "XDG_CACHE_HOME", "BLINDTRAIN_NATIVE",
+                         "BLINDTRAIN_CACHE")
 INHERITED_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "OMP_", "MKL_", "OPENBLAS_", "TORCH_", "NCCL_")
 
 
