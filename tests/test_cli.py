@@ -44,6 +44,14 @@ BAD_INPUTS = {
     "unknown protocol option": (["--option", "frobnicate=1"], "has no option"),
     "unknown transport": (["--transport", "carrier-pigeon"], "unknown transport"),
     "plain in another process": (["--protocol", "plain", "--transport", "process"], "inproc"),
+    "zero workers": (["--workers", "0"], "--workers"),
+    "negative momentum": (["--momentum", "-5"], "--momentum must be a finite number >= 0"),
+    "NaN momentum": (["--momentum", "nan"], "--momentum must be a finite number >= 0"),
+    "NaN weight decay": (["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0"),
+    "zero worker timeout": (["--worker-timeout", "0"], "--worker-timeout must be positive"),
+    "NaN worker timeout": (["--worker-timeout", "nan"], "--worker-timeout must be positive"),
+    "model too large for memory": (["--hidden", "1000000000"], "model too large"),
+    "bad malformed form": (["--adversary", "malformed:form=teapot"], "form="),
 }
 
 
@@ -118,6 +126,7 @@ def test_a_crashing_worker_exits_3_and_leaves_only_checkpoints_from_before(cli, 
         PROTOCOLS.pop("clear-offload")
     assert result.exit_code == 3, result.output
     assert "worker" in result.output and ("died" in result.output or "crashed" in result.output)
+    assert "serving layer" in result.output and "step 3" in result.output
     from blindtrain import checkpoint
     from blindtrain.crypto import KeyStore
 

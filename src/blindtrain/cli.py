@@ -101,13 +101,18 @@ def main() -> None:
 @click.option("--threads", type=int, help="threads of the trusted side")
 @click.option("--transport", default="inproc", show_default=True, help="inproc, process or dist (torch.distributed)")
 @click.option("--rendezvous", help="dist: tcp://HOST:PORT to wait at for remote workers (default: launch local ones)")
-@click.option("--workers", type=int, help="number of main workers (protocols that split ops)")
-@click.option("--adversary", help="honest, tamper, noise, zeros, replay, crash [:step=N,layer=L,op=O]")
+@click.option("--transport", default="inproc", show_default=True, help="inproc or process")
+@click.option("--workers", type=click.IntRange(min=1), help="number of main workers (protocols that split ops)")
+@click.option("--worker-timeout", type=float, default=600.0, show_default=True,
+              help="seconds a worker may take to answer one request before it is declared dead")
+@click.option("--adversary", help="honest, tamper, noise, zeros, replay, crash, hang, malformed, spoof "
+                                  "[:step=N,layer=L,op=O]")
 @click.option("--transcript", type=click.Path(dir_okay=False), help="write every tensor the worker received (.npz)")
 @click.option("--metrics", type=click.Path(dir_okay=False), help="write the ledger as JSON")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="write a sealed checkpoint at the end")
 @click.option("--checkpoint-every", type=int, help="also write it every N steps")
 @click.option("--resume", type=click.Path(dir_okay=False), help="continue from a sealed checkpoint")
+@click.option("--allow-rollback", is_flag=True, help="accept a checkpoint older than the newest one of its run")
 @click.option("--keystore", type=click.Path(dir_okay=False), help="sealing key file (default ~/.config/blindtrain)")
 @click.option("--record-ground-truth", type=click.Path(dir_okay=False),
               help="privacy lab: write the true batches and final model, sealed, for `blindtrain attack` scoring")
@@ -151,22 +156,29 @@ def train(**kwargs) -> None:
 @click.option("--record-ground-truth", type=click.Path(dir_okay=False),
               help="privacy lab: write the true inputs and the model, sealed, for `blindtrain attack` scoring")
 @click.option("--modulus", type=int, help="slalom: the field's prime (below 2^61; default 2^61-1)")
+@click.option("--allow-rollback", is_flag=True, help="accept a checkpoint older than the newest one of its run")
+@click.option("--worker-timeout", type=float, default=600.0, show_default=True,
+              help="seconds a worker may take to answer one request before it is declared dead")
 @click.option("--option", "extra", multiple=True, help="protocol option KEY=VALUE (repeatable)")
 def predict(checkpoint, protocol, dataset, data_dir, device, transport, adversary, batch_size, keystore, metrics,
-            transcript, record_ground_truth, modulus, extra) -> None:
+            transcript, record_ground_truth, modulus, allow_rollback, worker_timeout, extra) -> None:
     """Test accuracy of a sealed checkpoint, with inference under a protocol."""
+    from .files import check_writable
     from .train import run_predict, write_json
 
     try:
+        if metrics:
+            check_writable(metrics, flag="--metrics")
         result = run_predict(checkpoint=checkpoint, protocol=protocol, dataset=dataset, data_dir=data_dir,
                              device=device, keystore=keystore, transport=transport, adversary=adversary,
                              batch_size=batch_size,
                              protocol_options={**_parse_options(extra), **({"modulus": modulus} if modulus else {})},
-                             transcript=transcript, record_ground_truth=record_ground_truth)
+                             transcript=transcript, record_ground_truth=record_ground_truth,
+                             allow_rollback=allow_rollback, worker_timeout=worker_timeout)
+        if metrics:
+            write_json(metrics, result)
     except BlindtrainError as exc:
         _fail(exc)
-    if metrics:
-        write_json(metrics, result)
     click.echo(f"{result['protocol']}: test accuracy {result['test_accuracy']:.4f} on {result['test_samples']} "
                f"{result['dataset']} samples ({result['messages']} messages, "
                f"{result['integrity_checks']} integrity checks)")

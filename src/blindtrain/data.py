@@ -98,17 +98,103 @@ def _cifar_dir(data_dir: str | os.PathLike | None) -> Path:
     raise UsageError(f"no CIFAR-10 python batches (data_batch_1..5, test_batch) under {root}")
 
 
+class _ArchiveUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR-10 python batch holds: dicts, lists, bytes, str, ints and NumPy
+    arrays and scalars of plain (non-object) dtypes.  Any other global — the way a pickle runs code
+    (``__reduce__`` to ``os.system``, ``eval``, ...) — is refused before it is looked up."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+        ("__builtin__", "bytes"), ("builtins", "bytes"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name} (not part of a CIFAR-10 archive)")
+        if (module, name) == ("numpy", "dtype"):
+            return _plain_dtype
+        if name == "bytes":
+            return _empty_bytes
+        return super().find_class(module, name)
+
+
+def _plain_dtype(*args, **kwargs) -> np.dtype:
+    dtype = np.dtype(*args, **kwargs)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("refused an array of Python objects")
+    return dtype
+
+
+def _empty_bytes(*args) -> bytes:
+    """``bytes()`` as protocol-2 pickles write an empty byte string; nothing else (``bytes(10**12)``)."""
+    if args:
+        raise pickle.UnpicklingError("refused bytes(...) with arguments")
+    return b""
+
+
+def restricted_load(handle) -> object:
+    """``pickle.load`` of an untrusted archive file, admitting only plain data (see :class:`_ArchiveUnpickler`)."""
+    return _ArchiveUnpickler(handle, encoding="bytes").load()
+
+
+def validate_arrays(x, y, *, source: str, num_classes: int | None = None,
+                    sample_shape: tuple[int, ...] | None = None, pixel_range: tuple[int, int] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Check untrusted samples ``x`` and labels ``y`` (from a file named in ``source``); exit 2 otherwise.
+
+    ``x``: a numeric array (integers, or finite floats), at least one sample, each of ``sample_shape``
+    if given, values within ``pixel_range`` if given; ``y``: integer labels in ``[0, num_classes)``
+    (any number of classes ``>= 1`` when ``num_classes`` is ``None``), one per sample.
+    Returns ``(x, y)`` as NumPy arrays, ``y`` as int64."""
+    try:
+        x = np.asarray(x)
+        y = np.asarray(y)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"{source}: not an array: {exc}") from None
+    if x.dtype.kind not in "fiub" or x.dtype.hasobject:
+        raise UsageError(f"{source}: samples must be numbers, got dtype {x.dtype}")
+    if x.ndim < 2 or len(x) == 0:
+        raise UsageError(f"{source}: expected a non-empty batch of samples (N x ...), got shape {list(x.shape)}")
+    if sample_shape is not None and tuple(x.shape[1:]) != tuple(sample_shape):
+        raise UsageError(f"{source}: each sample must have shape {list(sample_shape)}, got {list(x.shape[1:])}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise UsageError(f"{source}: {int((~np.isfinite(x)).sum())} sample values are NaN or infinite")
+    if pixel_range is not None and (x.min() < pixel_range[0] or x.max() > pixel_range[1]):
+        raise UsageError(f"{source}: sample values must lie in [{pixel_range[0]}, {pixel_range[1]}], "
+                         f"found [{x.min()}, {x.max()}]")
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise UsageError(f"{source}: labels must be a list of integers, got {y.dtype} of shape {list(y.shape)}")
+    if len(y) != len(x):
+        raise UsageError(f"{source}: {len(x)} samples but {len(y)} labels")
+    high = num_classes if num_classes is not None else int(y.max()) + 1
+    if y.min() < 0 or y.max() >= high:
+        raise UsageError(f"{source}: labels must lie in [0, {high - 1}], found [{y.min()}, {y.max()}]")
+    return x, y.astype(np.int64)
+
+
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
-        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
-        raise UsageError(f"cannot read CIFAR-10 batch {path}: {exc}") from None
-    if len(data) != len(labels):
-        raise UsageError(f"CIFAR-10 batch {path} has {len(data)} images but {len(labels)} labels")
-    return data, labels
+            batch = restricted_load(handle)
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, MemoryError) as exc:
+        raise UsageError(f"cannot read CIFAR-10 batch {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise UsageError(f"cannot read CIFAR-10 batch {path}: expected a dict with b'data' and b'labels', "
+                         f"got {type(batch).__name__}")
+    data, labels = batch[b"data"], batch[b"labels"]
+    if not isinstance(data, np.ndarray):
+        raise UsageError(f"CIFAR-10 batch {path}: b'data' must be an array, got {type(data).__name__}")
+    if not isinstance(labels, (list, np.ndarray)) or not all(isinstance(v, (int, np.integer)) for v in labels):
+        raise UsageError(f"CIFAR-10 batch {path}: b'labels' must be a list of integers")
+    if data.dtype != np.uint8:
+        raise UsageError(f"CIFAR-10 batch {path}: pixels must be uint8, got {data.dtype}")
+    data, labels = validate_arrays(data, np.asarray(labels, dtype=np.int64) if len(labels) else np.zeros(0, np.int64),
+                                   source=f"CIFAR-10 batch {path}", num_classes=10, sample_shape=(3072,))
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def load_cifar10(data_dir: str | os.PathLike | None) -> Dataset:

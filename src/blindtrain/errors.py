@@ -64,3 +64,17 @@ class TrainingDiverged(BlindtrainError):
         self.step, self.detail = step, detail
         super().__init__(f"training diverged at step {step}" + (f": {detail}" if detail else "")
                          + "; lower --lr or check the hyper-parameters")
+
+
+def untrusted_text(text: object, *, limit: int = 200) -> str:
+    """Text that came from an untrusted party (a worker's error message), made safe to print.
+
+    Control characters (newlines, carriage returns, escape sequences) and non-ASCII characters are
+    shown escaped (``\\n``, ``\\x1b``, ``\\u202e``), so the text stays on one line and cannot move the
+    cursor, recolour the terminal or fake blindtrain's own output; it is cut after ``limit``
+    characters."""
+    escaped = str(text).encode("ascii", "backslashreplace").decode("ascii")
+    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in escaped)
+    if len(escaped) > limit:
+        escaped = f"{escaped[:limit]}... ({len(escaped) - limit} more characters)"
+    return escaped

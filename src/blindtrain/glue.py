@@ -6,6 +6,10 @@ parameter objects (so an optimizer built on the original model still works and
 ``state_dict`` keys do not change).  Its ``torch.autograd.Function`` asks the
 protocol for the forward op and both gradients; the bias and everything else run
 in the enclave in plaintext.  Nothing here knows which protocol it calls.
+
+Before an op is offloaded its plaintext operands are checked to be finite: NaN or Inf there arose
+on the trusted side (divergence), and is reported as such (:class:`~blindtrain.errors.TrainingDiverged`,
+exit 1) instead of reaching a protocol whose checks would call it an integrity violation.
 """
 
 from __future__ import annotations
@@ -15,7 +19,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .errors import TrainingDiverged
 from .nn import MatMul
+
+
+def require_finite(layer, op: str, **operands) -> None:
+    """Raise :class:`TrainingDiverged` if a plaintext operand about to be offloaded is NaN or Inf."""
+    for name, tensor in operands.items():
+        if tensor is not None and not bool(torch.isfinite(tensor.detach()).all()):
+            raise TrainingDiverged(step=layer.protocol.runtime.step,
+                                   detail=f"the {name} of layer {layer.site.name!r} ({op}) is non-finite (NaN or Inf)")
 
 
 @dataclass
@@ -60,6 +73,7 @@ class _WeightedFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, layer):
         site, protocol = layer.site, layer.protocol
+        require_finite(layer, "forward", input=x, weight=weight)
         if site.kind == "linear":
             lead = x.shape[:-1]
             y = protocol.forward(site, x.reshape(-1, x.shape[-1]), weight)
@@ -78,6 +92,7 @@ class _WeightedFn(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
         site, protocol = ctx.layer.site, ctx.layer.protocol
+        require_finite(ctx.layer, "backward", output_gradient=grad_y)
         grad_y = grad_y.contiguous()
         if site.kind == "linear":
             x2, g2 = x.reshape(-1, x.shape[-1]), grad_y.reshape(-1, grad_y.shape[-1])
@@ -92,6 +107,7 @@ class _MatMulFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b, layer):
+        require_finite(layer, "forward", left_operand=a, right_operand=b)
         ctx.layer = layer
         ctx.save_for_backward(a, b)
         return layer.protocol.matmul(layer.site, a, b)
@@ -99,6 +115,7 @@ class _MatMulFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         a, b = ctx.saved_tensors
+        require_finite(ctx.layer, "backward", output_gradient=grad_y)
         grad_a, grad_b = ctx.layer.protocol.matmul_grads(ctx.layer.site, a, b, grad_y.contiguous(),
                                                          (ctx.needs_input_grad[0], ctx.needs_input_grad[1]))
         return grad_a, grad_b, None

@@ -60,7 +60,7 @@ class Session:
         enclave_key: 32 bytes to key the enclave CSPRNG (tests only); default ``os.urandom``.
         epc_bytes: the emulated enclave's page-cache budget, for the modelled paging cost.
         worker_threads: threads of a worker process.
-        worker_timeout: seconds a worker process may take to answer before it is declared dead.
+        worker_timeout: seconds a worker (any transport) may take to answer before it is declared dead.
         rendezvous: ``dist`` only: ``tcp://HOST:PORT`` to wait at for remote workers (default: launch local ones).
         dist_workers: ``dist`` only: worker ranks (default: what the protocol options ask for).
         **protocol_options: the protocol's own options (``unmask=``, ``fuse_activations=`` ...).
@@ -98,11 +98,9 @@ class Session:
             config = WorkerConfig(name=f"{role}{index}", device=self.worker_device, threads=worker_threads,
                                   adversary=self.adversary if role == "main" else AdversarySpec(),
                                   in_process=in_process)
-            if transport == "process":
-                return transport_cls(config, timeout=worker_timeout)
             if transport == "dist":
                 return hub.transport(config)
-            return transport_cls(config)
+            return transport_cls(config, timeout=worker_timeout)
 
         self.boundary = Boundary(ledger=self.ledger, transport_factory=make_transport,
                                  record_transcript=transcript)

@@ -6,6 +6,7 @@ user writes — plus data, checkpoints, metrics and a progress bar.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import time
@@ -21,10 +22,12 @@ from . import data as datasets
 from . import models
 from .crypto import KeyStore
 from .files import atomic_write
-from .errors import BlindtrainError, IntegrityError, UsageError, WorkerCrashed
+from .errors import IntegrityError, TrainingDiverged, UsageError, WorkerCrashed
+from .preflight import check_memory, check_outputs
 from .session import Session
 
 LOSSES = ("ce", "mse")
+_MLP_DEFAULT_HIDDEN = inspect.signature(models.mlp).parameters["hidden"].default
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -57,6 +60,8 @@ class TrainConfig:
     resume: str | None = None
     keystore: str | None = None
     record_ground_truth: str | None = None
+    allow_rollback: bool = False
+    worker_timeout: float = 600.0
     eval_batch_size: int = 256
     progress: bool = True
     protocol_options: dict = field(default_factory=dict)
@@ -68,9 +73,15 @@ class TrainConfig:
             positive["--steps"] = self.steps
         if self.checkpoint_every is not None:
             positive["--checkpoint-every"] = self.checkpoint_every
+        positive["--worker-timeout"] = self.worker_timeout
         for flag, value in positive.items():
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise UsageError(f"{flag} must be positive, got {value}")
+        for flag, value in (("--momentum", self.momentum), ("--weight-decay", self.weight_decay)):
+            if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
+                raise UsageError(f"{flag} must be a finite number >= 0, got {value}")
+        if self.optimizer == "sgd" and self.momentum >= 1:
+            raise UsageError(f"--momentum must be below 1 (SGD diverges otherwise), got {self.momentum}")
         if not models.known(self.model):
             raise UsageError(f"unknown model {self.model!r}; choose from {', '.join(models.MODELS)} "
                              f"or give path/to/file.py:factory")
@@ -86,6 +97,22 @@ class TrainConfig:
                              ("--checkpoint", self.checkpoint), ("--record-ground-truth", self.record_ground_truth)):
             if target is not None and Path(target).is_dir():
                 raise UsageError(f"{flag} {target} is a directory; give a file path")
+
+    def output_paths(self) -> dict[str, str]:
+        """``{flag: path}`` of every file this run will write."""
+        paths = {"--metrics": self.metrics, "--transcript": self.transcript, "--checkpoint": self.checkpoint,
+                 "--record-ground-truth": getattr(self, "record_ground_truth", None)}
+        return {flag: path for flag, path in paths.items() if path is not None}
+
+    def binding(self) -> dict:
+        """The configuration a checkpoint is bound to: resuming under another one is exit 2."""
+        hidden = list(self.hidden) if self.hidden else None
+        if self.model == "mlp" and hidden is None:
+            hidden = list(_MLP_DEFAULT_HIDDEN)
+        binding = {"protocol": self.protocol, "model": self.model, "hidden": hidden, "activation": self.activation,
+                   "dataset": self.dataset, "optimizer": self.optimizer, "loss": self.loss,
+                   "batch_size": self.batch_size, "seed": self.seed, "protocol_options": dict(self.protocol_options)}
+        return json.loads(json.dumps(binding, sort_keys=True, default=str))  # as it reads back from a header
 
     def model_spec(self) -> dict:
         return {"model": self.model, "hidden": list(self.hidden) if self.hidden else None,
@@ -123,23 +150,40 @@ def write_json(path: str | Path, payload: dict) -> None:
 
 
 def _resolve_spec(config: TrainConfig, payload: dict | None) -> dict:
-    spec = config.model_spec()
-    if payload is None:
-        return spec
-    saved = payload["model_spec"]
-    for key in ("model", "dataset"):
-        if spec[key] != saved[key] and spec[key] != TrainConfig.__dataclass_fields__[key].default:
-            raise UsageError(f"--{key} {spec[key]} does not match the checkpoint's {saved[key]}")
-    return saved
+    """The model spec to build: this run's, which on resume must be the checkpoint's configuration."""
+    if payload is not None:
+        differences = ckpt.binding_differences(payload["header"].binding, config.binding())
+        if differences:
+            raise UsageError("cannot resume: the configuration differs from the checkpoint's: "
+                             + "; ".join(differences) + " (give the checkpoint's settings)")
+    return config.model_spec()
+
+
+def _require_finite_weights(model: torch.nn.Module, step: int) -> None:
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter.detach()).all():
+            raise TrainingDiverged(step=step, detail=f"parameter {name} is not finite")
+
+
+def _status_of(exc: BaseException) -> str:
+    for kind, status in ((IntegrityError, "integrity_violation"), (WorkerCrashed, "worker_crashed"),
+                         (TrainingDiverged, "diverged")):
+        if isinstance(exc, kind):
+            return status
+    return "error"
 
 
 def run_training(config: TrainConfig, *, echo=print) -> dict:
     """Train as configured; returns the metrics dict (also written to ``--metrics``)."""
     config.validate()
     keystore = KeyStore(config.keystore)
-    payload = ckpt.load(config.resume, keystore=keystore) if config.resume else None
+    check_outputs(config, keystore)
+    payload = ckpt.load(config.resume, keystore=keystore, allow_rollback=config.allow_rollback) \
+        if config.resume else None
     spec = _resolve_spec(config, payload)
+    run_id = payload["header"].run_id if payload is not None else ckpt.new_run_id()
     dataset = datasets.load(spec["dataset"], seed=config.seed, data_dir=config.data_dir)
+    check_memory(spec, dataset, config)
     torch.manual_seed(config.seed)
     hidden = tuple(spec["hidden"]) if spec["hidden"] else None
     model = models.build(spec["model"], dataset.input_shape, dataset.num_classes, hidden=hidden,
@@ -155,8 +199,10 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
 
     session = Session(protocol=config.protocol, device=config.device, seed=None, transport=config.transport,
                       rendezvous=config.rendezvous, threads=config.threads, adversary=config.adversary,
-                      transcript=config.transcript is not None,
+                      transcript=config.transcript is not None, worker_timeout=config.worker_timeout,
                       **config.protocol_options)
+    if config.transcript is not None:  # spool the transcript beside its destination, not in RAM
+        session.boundary.transcript_spool_dir = Path(config.transcript).resolve().parent
     ground_truth = _ground_truth_recorder(config, session, model)
     info = session.protocol.info
     if not info.trains:
@@ -193,6 +239,8 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
                 if ground_truth is not None:
                     ground_truth.record_batch(session.step, x, y)
                 loss = loss_fn(config.loss, model(x), y)
+                if not torch.isfinite(loss.detach()).all():
+                    raise TrainingDiverged(step=step, detail=f"the loss became {float(loss.detach())}")
                 loss.backward()
                 if ground_truth is not None:
                     ground_truth.record_gradients(session.step)
@@ -200,22 +248,20 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
                 step += 1
                 samples += len(y)
                 losses.append(float(loss.detach()))
-                if not math.isfinite(losses[-1]):
-                    raise BlindtrainError(f"loss became {losses[-1]} at step {step}; lower --lr")
                 bar.update(1)
                 bar.set_postfix(refresh=False, loss=f"{losses[-1]:.4f}",
                                 samples_s=f"{samples / max(time.perf_counter() - bar_start, 1e-9):.0f}")
                 if config.checkpoint and config.checkpoint_every and step % config.checkpoint_every == 0:
-                    _save_checkpoint(config, keystore, session, optimizer, spec, step)
+                    _save_checkpoint(config, keystore, session, optimizer, spec, step, run_id=run_id)
         bar.close()
         train_seconds = time.perf_counter() - wall_start
         accuracy = evaluate(model, dataset.x_test, dataset.y_test, batch_size=config.eval_batch_size)
         if config.checkpoint:
-            _save_checkpoint(config, keystore, session, optimizer, spec, step)
+            _save_checkpoint(config, keystore, session, optimizer, spec, step, run_id=run_id)
         if ground_truth is not None:
             _save_ground_truth(config, keystore, session, ground_truth, spec)
     except BaseException as exc:
-        status = {IntegrityError: "integrity_violation", WorkerCrashed: "worker_crashed"}.get(type(exc), "error")
+        status = _status_of(exc)
         error, train_seconds = str(exc), time.perf_counter() - wall_start
         raise
     finally:
@@ -225,7 +271,7 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
             "steps": len(losses), "global_step": start_step + len(losses),
             "epochs": len(losses) / per_epoch, "batch_size": config.batch_size, "lr": config.lr,
             "seed": config.seed, "final_loss": losses[-1] if losses else None,
-            "test_accuracy": accuracy if status == "ok" else None,
+            "test_accuracy": accuracy if status == "ok" else None, "run_id": run_id,
             "wall_seconds": train_seconds, "samples_per_second": len(losses) * config.batch_size / train_seconds
             if train_seconds > 0 else None, "loss_curve": losses, "config": asdict(config),
         })
@@ -237,10 +283,14 @@ def run_training(config: TrainConfig, *, echo=print) -> dict:
     return metrics
 
 
-def _save_checkpoint(config, keystore, session, optimizer, spec, step) -> None:
+def _save_checkpoint(config, keystore, session, optimizer, spec, step, *, run_id: str) -> None:
+    """Seal the run's checkpoint: bound to its configuration and run identity, counted in the key
+    store, and only from finite weights."""
     model = session.plaintext_model()
+    _require_finite_weights(model, step)
     ckpt.save(config.checkpoint, keystore=keystore, model_spec=spec, model_state=model.state_dict(),
-              optimizer_state=optimizer.state_dict(), step=step, extra={"session_state": session.state_dict()})
+              optimizer_state=optimizer.state_dict(), step=step, binding=config.binding(), run_id=run_id,
+              extra={"session_state": session.state_dict()})
 
 
 def _ground_truth_recorder(config, session, model):
@@ -265,11 +315,14 @@ def run_predict(*, checkpoint: str, protocol: str = "enclave", dataset: str | No
                 data_dir: str | None = None, device: str = "auto", seed: int = 0, keystore: str | None = None,
                 transport: str = "inproc", adversary: str | None = None, batch_size: int = 256,
                 protocol_options: dict | None = None, transcript: str | None = None,
-                record_ground_truth: str | None = None) -> dict:
+                record_ground_truth: str | None = None, allow_rollback: bool = False,
+                worker_timeout: float = 600.0) -> dict:
     """Test accuracy of a checkpointed model, with inference run under ``protocol``."""
     if batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
-    payload = ckpt.load(checkpoint, keystore=KeyStore(keystore))
+    if not (worker_timeout > 0 and math.isfinite(worker_timeout)):
+        raise UsageError(f"--worker-timeout must be positive, got {worker_timeout}")
+    payload = ckpt.load(checkpoint, keystore=KeyStore(keystore), allow_rollback=allow_rollback)
     spec = payload["model_spec"]
     data = datasets.load(dataset or spec["dataset"], seed=seed, data_dir=data_dir)
     model = models.build(spec["model"], data.input_shape, data.num_classes,
@@ -280,7 +333,8 @@ def run_predict(*, checkpoint: str, protocol: str = "enclave", dataset: str | No
         raise UsageError(f"checkpoint does not fit dataset {data.name}: {str(exc).splitlines()[0]}") from None
     start = time.perf_counter()
     with Session(protocol=protocol, device=device, seed=seed, transport=transport, adversary=adversary,
-                 transcript=transcript is not None, **(protocol_options or {})) as session:
+                 transcript=transcript is not None, worker_timeout=worker_timeout,
+                 **(protocol_options or {})) as session:
         wrapped, _ = session.prepare(model, None)
         accuracy = evaluate(wrapped, data.x_test, data.y_test, batch_size=batch_size)
         metrics = session.metrics()

@@ -5,6 +5,10 @@ counts the bytes each way and the messages in the :class:`~blindtrain.ledger.Led
 times the wait, and appends every tensor sent to the worker role's transcript.
 It knows nothing of protocols: it moves :class:`Request` objects.
 
+Every result is checked for being well formed (:mod:`blindtrain.boundary.expect`: a tensor of the
+shape and dtype the request implies) before a protocol sees it; a malformed one is an
+:class:`~blindtrain.errors.IntegrityError` naming the layer, op and step.
+
 Workers are addressed by role (``"main"``, ``"mask"``, ...) and index; each role
 has its own transcript, so an auditor can check what each kind of worker saw.
 """
@@ -14,8 +18,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from ..errors import IntegrityError
 from ..ledger import Ledger
 from ..transcript import Transcript
+from .expect import HeldShapes, malformation
 from .messages import Request, Response, tensor_bytes
 from .transport import Transport
 
@@ -26,7 +32,8 @@ class Boundary:
     Args:
         ledger: where counts and times go.
         transport_factory: ``factory(role, index) -> Transport``; called lazily on first use.
-        record_transcript: keep a transcript per worker role.
+        record_transcript: keep a transcript per worker role (streamed to a spool file in
+            ``transcript_spool_dir``, default the system's temporary folder).
     """
 
     def __init__(self, *, ledger: Ledger, transport_factory: Callable[[str, int], Transport],
@@ -36,6 +43,8 @@ class Boundary:
         self._transports: dict[tuple[str, int], Transport] = {}
         self.transcripts: dict[str, Transcript] = {}
         self.record_transcript = record_transcript
+        self.transcript_spool_dir = None
+        self._held: dict[tuple[str, int], HeldShapes] = {}
 
     def transport(self, role: str = "main", index: int = 0) -> Transport:
         key = (role, index)
@@ -46,7 +55,9 @@ class Boundary:
     def _record(self, role: str, worker_name: str, tensor, tag, *, operand: str, kind: str) -> None:
         """Append a tensor the worker receives to its role's transcript (when recording)."""
         if self.record_transcript:
-            self.transcripts.setdefault(role, Transcript()).append(
+            if role not in self.transcripts:
+                self.transcripts[role] = Transcript(spool_dir=self.transcript_spool_dir)
+            self.transcripts[role].append(
                 tensor, step=tag.step, layer=tag.layer, op=tag.op, operand=operand, kind=kind,
                 modulus=tag.modulus, worker=worker_name)
 
@@ -56,12 +67,19 @@ class Boundary:
         sent = request.sent_tensors()
         for operand, arg in sent:
             self._record(role, worker_name, arg.tensor, request.tag, operand=operand, kind=arg.kind)
+        expected = self._held.setdefault((role, index), HeldShapes()).expect(request)
         start = time.perf_counter()
         response = self.transport(role, index).call(request)
         waited = time.perf_counter() - start
+        problem = malformation(response.result, expected, return_result=request.return_result)
+        received = tensor_bytes(response.result) if problem is None else 0
         self.ledger.record_crossing(worker=worker_name, sent=sum(tensor_bytes(a.tensor) for _, a in sent),
-                                    received=tensor_bytes(response.result), waited=waited,
-                                    worker_time=response.worker_seconds)
+                                    received=received, waited=waited, worker_time=response.worker_seconds)
+        if problem is not None:
+            self.ledger.record_check(passed=False)
+            tag = request.tag
+            raise IntegrityError(layer=tag.layer, op=tag.op, step=tag.step,
+                                 detail=f"malformed result from worker {worker_name!r}: {problem}")
         return response
 
     # -- crossings without a worker instruction (a model resident on an in-process worker) --

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..errors import IntegrityError, WorkerCrashed, WorkerError
+from ..errors import IntegrityError, WorkerCrashed, WorkerError, untrusted_text
 from .messages import Ref, Request, Response, Sent, Tag
 
 MAGIC = b"BTW1"
@@ -403,9 +403,9 @@ def decode(data, *, expect: tuple[str, ...] | None = None):
 # -- the trusted side's view of a worker's answer ------------------------------------------
 
 def quote_worker_text(text: str, limit: int = MAX_WORKER_TEXT) -> str:
-    """Untrusted text made safe to print: control and format characters escaped, cut to ``limit``."""
-    out = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text[:limit])
-    return out + (f"... [{len(text) - limit} more characters]" if len(text) > limit else "")
+    """Untrusted text made safe to print: control and format characters escaped, cut to ``limit``
+    (:func:`blindtrain.errors.untrusted_text`)."""
+    return untrusted_text(text, limit=limit)
 
 
 def read_reply(data, *, request: Request, worker: str) -> Response:
@@ -421,7 +421,9 @@ def read_reply(data, *, request: Request, worker: str) -> Response:
         raise IntegrityError(layer=tag.layer, op=tag.op, step=tag.step,
                              detail=f"worker {worker!r} sent a malformed reply ({exc})") from None
     if isinstance(message, Failure):
-        raise WorkerError(f"worker {worker!r} failed: {quote_worker_text(message.message)}")
+        tag = request.tag
+        raise WorkerError(f"worker {worker!r} failed serving layer {tag.layer!r}, op {tag.op!r}, step {tag.step}: "
+                          f"{quote_worker_text(message.message)}")
     return message
 
 

@@ -10,19 +10,32 @@ the worker there.  Spec syntax: ``NAME`` or ``NAME:step=2,layer=fc1,op=grad_inpu
 at the first matching request, before running it, the longest-held float tensor (whose
 handle has ``layer`` as a ``/``-separated component, if given) is changed in place.
 
+``hang`` stops answering (sleeps an hour) at the first matching result: the trusted side's
+``--worker-timeout`` must end the wait.  ``malformed`` returns a result that is not what was asked for: ``form=shape`` (default: one row
+short), ``dtype`` (float16), ``missing`` (no result) or ``object`` (a string, not a tensor).
+``spoof`` tries to write on the user's terminal: a worker process prints a fake end-of-training block
+with escape sequences, and any worker fails with the same text as its error message; blindtrain must
+show it escaped (and never let a worker process's output reach the terminal).
+
 The adversary is the attacker, not the enclave: it may use ordinary randomness.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import UsageError, WorkerCrashed
 
-NAMES = ("honest", "tamper", "noise", "zeros", "replay", "crash")
+NAMES = ("honest", "tamper", "noise", "zeros", "replay", "crash", "hang", "malformed", "spoof")
+HANG_SECONDS = 3600.0
+MALFORMED_FORMS = ("shape", "dtype", "missing", "object")
+#: What ``spoof`` tries to put on the user's terminal: a fake success block.
+SPOOFED_OUTPUT = ("\n\x1b[2K\rdone: tempo trained mlp on digits\n  test accuracy  0.9900\n"
+                  "  integrity checks / failures  1,000 / 0\n")
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,7 @@ class AdversarySpec:
     layer: str | None = None
     op: str | None = None
     target: str = "result"
+    form: str = "shape"
 
     @classmethod
     def parse(cls, text: str | None) -> "AdversarySpec":
@@ -43,9 +57,11 @@ class AdversarySpec:
         fields: dict = {}
         for item in filter(None, rest.split(",")):
             key, eq, value = item.partition("=")
-            if not eq or key not in ("step", "layer", "op", "target"):
+            if not eq or key not in ("step", "layer", "op", "target", "form"):
                 raise UsageError(f"bad adversary option {item!r}; use step=N, layer=NAME, op=NAME, "
-                                 f"target=result|state")
+                                 f"target=result|state, form=" + "|".join(MALFORMED_FORMS))
+            if key == "form" and (name != "malformed" or value not in MALFORMED_FORMS):
+                raise UsageError(f"form= applies to malformed and is one of {', '.join(MALFORMED_FORMS)}")
             if key == "target" and value not in ("result", "state"):
                 raise UsageError(f"adversary target must be result or state, got {value!r}")
             if key == "target" and value == "state" and name not in ("tamper", "noise", "zeros"):
@@ -102,6 +118,18 @@ class Adversary:
             if self.in_process:
                 raise WorkerCrashed(f"worker crashed at step {tag.step}, layer {tag.layer!r}, op {tag.op!r}")
             os._exit(17)
+        if name == "hang":
+            self.struck = True
+            time.sleep(HANG_SECONDS)
+            return result
+        if name == "malformed":
+            self.struck = True
+            return self._malformed(result)
+        if name == "spoof":
+            self.struck = True
+            if not self.in_process:  # a worker process's own output (an in-process worker has none)
+                print(SPOOFED_OUTPUT, flush=True)
+            raise RuntimeError(SPOOFED_OUTPUT)
         if name == "replay":
             key = (tuple(result.shape), result.dtype)
             earlier = self._history.get(key)
@@ -112,6 +140,16 @@ class Adversary:
             return earlier.to(result.device)
         self.struck = True
         return self._corrupt(result, modulus)
+
+    def _malformed(self, result: torch.Tensor):
+        form = self.spec.form
+        if form == "dtype":
+            return result.to(torch.float16)
+        if form == "missing":
+            return None
+        if form == "object":
+            return "a string instead of a tensor"
+        return result[:-1] if result.shape[0] > 1 else result.reshape(-1)[:-1]
 
     def _corrupt(self, result: torch.Tensor, modulus: int | None) -> torch.Tensor:
         name = self.spec.name
