@@ -133,9 +133,12 @@ class HeldShapes:
                 if params.get("modulus") is not None:
                     result = TensorSpec(result.shape, torch.float64)
             elif request.instr == "bilinear_mod" and args.get("A") and args.get("B"):
-                fn_params = {k: v for k, v in params.items() if k not in ("fn", "modulus")}
-                result = TensorSpec(bilinear_spec(params["fn"], args["A"], args["B"], fn_params).shape,
-                                    torch.float32)
+                from ..field.codec import element_dtype  # field elements: int64 (int32 when p < 2^31)
+
+                fn_params = {k: v for k, v in params.items() if k not in ("fn", "modulus", "backend")}
+                as_float = [TensorSpec(args[name].shape, torch.float64) for name in ("A", "B")]  # shapes only
+                shape = bilinear_spec(params["fn"], *as_float, fn_params).shape
+                result = TensorSpec(shape, element_dtype(int(params["modulus"])))
             elif request.instr == "bilinear_products":
                 result = self._products(args, params["products"])
             elif request.instr == "fetch":
