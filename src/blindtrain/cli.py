@@ -101,7 +101,6 @@ def main() -> None:
 @click.option("--threads", type=int, help="threads of the trusted side")
 @click.option("--transport", default="inproc", show_default=True, help="inproc, process or dist (torch.distributed)")
 @click.option("--rendezvous", help="dist: tcp://HOST:PORT to wait at for remote workers (default: launch local ones)")
-@click.option("--transport", default="inproc", show_default=True, help="inproc or process")
 @click.option("--workers", type=click.IntRange(min=1), help="number of main workers (protocols that split ops)")
 @click.option("--worker-timeout", type=float, default=600.0, show_default=True,
               help="seconds a worker may take to answer one request before it is declared dead")

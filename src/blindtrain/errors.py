@@ -44,8 +44,9 @@ class WorkerCrashed(BlindtrainError):
     exit_code = 3
 
 
-class WorkerError(BlindtrainError):
-    """A worker reported that it could not run a request (exit code 3), on every transport.
+class WorkerError(WorkerCrashed):
+    """A worker reported that it could not run a request (exit code 3), on every transport.  A kind of
+    :class:`WorkerCrashed`: the step cannot go on, and the audit files are written as for a crash.
 
     The worker is untrusted, so its text is quoted with control characters escaped and cut to a
     bounded length (:func:`blindtrain.boundary.wire.quote_worker_text`).

@@ -97,7 +97,7 @@ def test_training_requests_cross_the_wire_unchanged(wire_roundtrip, protocol, mo
     if protocol == "tempo" and options.get("workers") == 2:
         assert {"bilinear_products", "sgd_step", "store"} <= instrs
     if options.get("fuse_activations"):
-        assert "bilinear_act" in instrs
+        assert "bilinear_act" not in instrs and "bilinear" in instrs  # fused layers: only the checked product
     if protocol == "otp":
         assert "bilinear_mod" in instrs and any(r.tag.modulus for r in wire_roundtrip)
     if model_name == "lenet" and protocol == "otp":
@@ -252,7 +252,8 @@ def test_worker_text_is_escaped_and_truncated():
     with pytest.raises(bt.WorkerError) as caught:
         wire.read_reply(bytes(data), request=REQUEST, worker="main0")
     text = str(caught.value)
-    assert text.startswith("worker 'main0' failed: boom\\x1b[2J\\r\\n\\u202eevil")
+    assert text.startswith(f"worker 'main0' failed serving layer {TAG.layer!r}, op {TAG.op!r}, step {TAG.step}: "
+                           "boom\\x1b[2J\\r\\n\\u202eevil")
     assert all(ch.isprintable() for ch in text) and len(text) < 2200 and "more characters" in text
 
 
