@@ -25,5 +25,8 @@ bench-quick: $(STAMP)
 privacy: $(STAMP)   # the privacy lab's quick preset: docs/privacy/{results.json,report.md,offload_vs_attack.png}
 	$(PY) scripts/privacy_lab.py --preset quick --out docs/privacy
 
+privacy-default: $(STAMP)   # the same on the default `blindtrain train` run (5 epochs): issue #11's acceptance view
+	$(PY) scripts/privacy_lab.py --preset default --out docs/privacy/default
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -73,6 +73,8 @@ def configs() -> list[Config]:
 
 PRESETS = {
     "quick": {"model": "mlp", "dataset": "digits", "steps": 30, "batch_size": 64},
+    # the run `blindtrain train` makes by default (5 epochs of digits at batch 64): issue #11's acceptance view
+    "default": {"model": "mlp", "dataset": "digits", "steps": 115, "batch_size": 64},
 }
 
 
