@@ -88,3 +88,18 @@ def test_grouped_convolutions_stay_in_the_enclave(clear_protocol):
     metrics = _compare(model, torch.randn(1, 4, 5, 5), clear_protocol)
     assert isinstance(model[0], nn.Conv2d) and isinstance(model[1], OffloadedConv2d)
     assert metrics["messages"] == 3
+
+
+def test_the_finiteness_check_is_one_reduction_but_never_fooled_by_overflow():
+    from blindtrain.glue import all_finite
+
+    assert all_finite(torch.randn(64, 32))
+    big = torch.full((4, 4), 3e38)  # finite, but its sum overflows to inf: the elementwise test decides
+    assert all_finite(big)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t = torch.randn(8, 8)
+        t[3, 5] = bad
+        assert not all_finite(t)
+    mixed = torch.tensor([float("inf"), -float("inf"), 1.0])  # inf + -inf = nan: still caught
+    assert not all_finite(mixed)
+    assert all_finite(torch.empty(0)) and all_finite(torch.arange(5))

@@ -23,10 +23,18 @@ from .errors import TrainingDiverged
 from .nn import MatMul
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every element is finite: one reduction (a NaN or Inf element makes the sum non-finite; a finite
+    sum proves them all finite), the elementwise test only when the sum overflowed or is non-finite."""
+    if tensor.numel() == 0 or not tensor.is_floating_point():
+        return True
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def require_finite(layer, op: str, **operands) -> None:
     """Raise :class:`TrainingDiverged` if a plaintext operand about to be offloaded is NaN or Inf."""
     for name, tensor in operands.items():
-        if tensor is not None and not bool(torch.isfinite(tensor.detach()).all()):
+        if tensor is not None and not all_finite(tensor.detach()):
             raise TrainingDiverged(step=layer.protocol.runtime.step,
                                    detail=f"the {name} of layer {layer.site.name!r} ({op}) is non-finite (NaN or Inf)")
 

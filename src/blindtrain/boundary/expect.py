@@ -105,6 +105,10 @@ class _ShadowWorker:
         return result
 
 
+#: (instruction, operand specs, params, held specs) -> (result spec, held specs after): see HeldShapes._shadow
+_SHADOW_MEMO: dict = {}
+
+
 class HeldShapes:
     """The trusted side's record of the shapes of tensors a worker holds, by handle."""
 
@@ -155,26 +159,44 @@ class HeldShapes:
         return result
 
     def _shadow(self, request: Request) -> TensorSpec | None:
-        """Run ``request``'s instruction on meta tensors (shapes only); mirror what it keeps and drops."""
+        """Run ``request``'s instruction on meta tensors (shapes only); mirror what it keeps and drops.
+
+        The outcome depends only on the instruction, the operands' specs, the params and the held specs, so
+        it is memoised on exactly those (a training step repeats the same requests every step)."""
+        arg_specs = tuple((name, self.spec(arg)) for name, arg in sorted(request.args.items()))
+        try:
+            key = (request.instr, arg_specs, _freeze(request.params), frozenset(self._specs.items()))
+            hash(key)
+        except TypeError:  # unhashable params: no memo
+            key = None
+        if key is not None and key in _SHADOW_MEMO:
+            result, self._specs = _SHADOW_MEMO[key]
+            self._specs = dict(self._specs)
+            return result
+        result, specs = self._run_shadow(request, dict(arg_specs))
+        if specs is not None:
+            self._specs = specs
+        if key is not None:
+            if len(_SHADOW_MEMO) >= 4096:
+                _SHADOW_MEMO.clear()
+            _SHADOW_MEMO[key] = (result, dict(self._specs))
+        return result
+
+    def _run_shadow(self, request: Request, arg_specs: dict) -> tuple[TensorSpec | None, dict | None]:
         from ..worker.ops import INSTRUCTIONS, load_all
 
         load_all()
         instruction = INSTRUCTIONS.get(request.instr)
-        if instruction is None:
-            return None
-        args = {}
-        for name, arg in request.args.items():
-            spec = self.spec(arg)
-            if spec is None:
-                return None
-            args[name] = spec.meta()
+        if instruction is None or any(spec is None for spec in arg_specs.values()):
+            return None, None
+        args = {name: spec.meta() for name, spec in arg_specs.items()}
         specs = dict(self._specs)  # the shadow works on a copy: an instruction that fails changes nothing
         try:
             out = instruction(_ShadowWorker(_MetaState(specs)), args, request.params)
         except Exception:  # noqa: BLE001 - it needs values: no shape claimed
-            return None
-        self._specs = {handle: spec for handle, spec in specs.items() if spec is not None}
-        return TensorSpec.of(out) if torch.is_tensor(out) else None
+            return None, None
+        return (TensorSpec.of(out) if torch.is_tensor(out) else None,
+                {handle: spec for handle, spec in specs.items() if spec is not None})
 
     def _products(self, args: dict, products: list[dict]) -> TensorSpec | None:
         returned = None

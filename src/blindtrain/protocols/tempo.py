@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 from ..boundary import Ref, Request, Sent, Tag, bilinear_products
 from ..errors import IntegrityError, TrainingDiverged, UsageError
+from ..glue import all_finite
 from ..tempo import thin
 from ..tempo.gather import backend as gather_backend
 from ..tempo.gather import gather, thin_product
@@ -564,18 +565,20 @@ class Tempo(Protocol):
         residual or the tolerance's result term infinite): exit 3.
         ``kind`` names the check family for the used-fraction statistics (:meth:`tolerance_report`)."""
         for tensor in operands:
-            if not bool(torch.isfinite(tensor).all()):
+            if not all_finite(tensor):
                 raise TrainingDiverged(step=self.runtime.step,
                                        detail=f"non-finite values on the trusted side in layer {layer_name!r}, "
                                               f"op {op!r} (the operands of its check)")
-        # a tolerance with result-side terms (the result's norms) is finite only if the result is: an Inf in a
-        # result would otherwise pass against an Inf tolerance
-        ok = bool((residual <= tol).all()) and bool(torch.isfinite(tol).all())
+        # one reduction decides: the largest residual / tolerance.  A NaN anywhere makes it NaN (fails); a
+        # tolerance with result-side terms (the result's norms) is finite only if the result is, so an Inf in a
+        # result, which could pass against an Inf tolerance, is caught by the tolerance's own finiteness
+        # (a zero tolerance with a zero residual, e.g. an all-zero row, is 0, not 0/0: tol clamped to the tiniest float)
+        used = float((residual / tol.clamp_min(torch.finfo(tol.dtype).tiny)).max()) if residual.numel() else 0.0
+        ok = used <= 1.0 and all_finite(tol)
         if not ok:
             ratio = float(torch.nan_to_num(residual / tol, nan=float("inf")).max()) if residual.numel() else 0.0
             detail = f"{detail} (residual up to {ratio:.3g}x the tolerance)"
         elif residual.numel():
-            used = float((residual / tol).max())
             stats = self._used.setdefault(kind, [0.0, 0])
             stats[0], stats[1] = max(stats[0], used), stats[1] + 1
         self._fail_if(ok, layer_name, op, detail)
