@@ -1,4 +1,4 @@
-"""Transports: how a request reaches a worker.  Two implementations.
+"""Transports: how a request reaches a worker.  Three implementations.
 
 * :class:`InprocTransport` — the worker object lives in this process, on a thread of its own;
   every tensor is copied across (never shared by reference) both ways.
@@ -6,8 +6,10 @@
   environment (:func:`worker_environment`: no key store path, nothing secret) and its output
   captured, never on the user's terminal; messages travel over a socket as wire frames
   (:mod:`.wire`: a JSON header and raw tensor bytes, checked on decoding; never pickle).
+* ``dist`` (:mod:`.dist`) — workers on this or other machines, over torch.distributed (gloo), the
+  same wire frames; the enclave is rank 0.
 
-On both, a worker that dies, fails or does not answer within ``timeout`` seconds raises
+On each, a worker that dies, fails or does not answer within ``timeout`` seconds raises
 :class:`~blindtrain.errors.WorkerCrashed` naming the layer, op and step it was serving, never a
 hang.  Text that comes from a worker (an error message, its last output) is shown escaped and
 truncated (:func:`blindtrain.errors.untrusted_text`).  Whether a result is well formed is the
@@ -129,7 +131,7 @@ class InprocTransport(Transport):
                                 f"{untrusted_text(exc)}") from None
         except Exception as exc:  # noqa: BLE001 - a worker-side failure (one WorkerError on every transport)
             raise WorkerError(f"worker {self.name!r} failed {serving(request.tag)}: "
-                                f"{untrusted_text(f'{type(exc).__name__}: {exc}')}") from None
+                              f"{untrusted_text(f'{type(exc).__name__}: {exc}')}") from None
         result = response.result
         if torch.is_tensor(result):
             result = result.detach().to("cpu", copy=True)
