@@ -164,17 +164,16 @@ class Tempo(Protocol):
         name="tempo",
         source="Tempo (Xu & Fang)",
         trains=True,
-        private="model weights (permuted, signed, power-of-two scaled; kept encrypted on the worker), "
-                "activations and gradients (obfuscated under fresh batch keys)",
+        private="nothing, as measured: weights, activations and gradients are only obfuscated (permuted, signed, "
+                "power-of-two scaled), and the privacy lab recovers every training label, the training images "
+                "and the weights exactly from one worker's transcript (docs/privacy)",
         integrity="t-integrity: Freivalds over floats against a float32 error bound, incremental check "
                   "projections; miss probability <= (tol/|error|)^k per result",
-        leaks="obfuscation, not encryption: per tensor the multiset of values up to sign and power-of-two "
-              "scale, zero/sparsity patterns (ReLU), tensor shapes; the spatial layout of conv activations is "
-              "kept, so first-layer image inputs are visible up to channel permutation, sign and scale; the "
-              "weight key is fixed for a key epoch, so statistics across its steps can pin the inner "
-              "permutation; the output scales are exposed (row-norm statistics of W′; and the worker rescales G₁ into "
-              "G₂ itself, by a rank-one factor it receives in the clear: c² along the outputs, 1/(c_b c′_b) along "
-              "the batch)",
+        leaks="labels, inputs and weights (measured by `blindtrain attack`): the keys are exact float operations, so "
+              "each value keeps its mantissa and the same floats reappear across messages, linking rows and hidden "
+              "units across layers and key epochs; each row's label is the negative entry of the last layer's "
+              "output gradient; conv first layers keep the spatial layout; the worker updates (so knows) the "
+              "obfuscated weights and receives the output scales (c²) in the clear",
         summary="bilinear ops offloaded on permuted/scaled operands; weights stay encrypted on the worker and "
                 "are updated there (SGD); re-encrypted only on key rotation or read-out",
     )
