@@ -36,6 +36,18 @@ def test_a_malformed_result_is_exit_3_with_metrics_and_transcript_written(cli, t
     assert not ckpt.exists()  # no checkpoint from a run that ended in a violation
 
 
+def test_a_malformed_tensor_kept_on_the_worker_stops_tempo_cleanly(cli, tmp_path):
+    """tempo keeps the weight gradient on the worker: a malformed one breaks the worker's own update, which
+    is a worker failure (exit 3, one line naming layer, op and step, audit files written), not a traceback."""
+    metrics, ckpt = tmp_path / "m.json", tmp_path / "ck"
+    result = cli("train", "--quiet", "--steps", "4", "--adversary", "malformed:op=grad_weight", "--metrics", metrics,
+                 "--checkpoint", ckpt)
+    assert result.exit_code == 3, result.output
+    assert "failed serving layer" in result.output and "op 'update', step 1" in result.output
+    assert "Traceback" not in result.output and not ckpt.exists()
+    assert json.loads(metrics.read_text())["status"] == "worker_crashed"
+
+
 @pytest.mark.parametrize("transport", ["inproc", "process"])
 def test_a_worker_spoofing_terminal_output_is_shown_escaped(cli, transport):
     result = cli(*OTP, "--transport", transport, "--adversary", "spoof:step=1")
