@@ -11,7 +11,8 @@ import json
 import os
 from pathlib import Path
 
-TARGETS = ("labels", "inputs", "model", "gradients")
+from .registry import TARGETS
+
 #: the headline per target, in words, for the table's header
 HEADLINES = {
     "labels": "labels: per-row accuracy (resolved, else up to class permutation)",
