@@ -216,11 +216,71 @@ def load_cifar10(data_dir: str | os.PathLike | None) -> Dataset:
     return Dataset("cifar10", norm(x_tr), torch.from_numpy(y_tr), norm(x_te), torch.from_numpy(y_te), 10)
 
 
+def is_user_dataset(name: str) -> bool:
+    """``npz:path/to/file.npz`` names arrays of the user's own."""
+    return name.startswith("npz:") and len(name) > 4
+
+
+def known(name: str) -> bool:
+    return name in DATASETS or is_user_dataset(name)
+
+
+def _as_images(x: np.ndarray) -> np.ndarray:
+    """Samples as C×H×W: ``(N, D)`` features become ``1×1×D``, ``(N, H, W)`` images ``1×H×W``."""
+    if x.ndim == 2:
+        return x[:, None, None, :]
+    if x.ndim == 3:
+        return x[:, None, :, :]
+    if x.ndim == 4:
+        return x
+    raise UsageError(f"samples must be N×D, N×H×W or N×C×H×W, got shape {list(x.shape)}")
+
+
+def load_npz(name: str, seed: int = 0) -> Dataset:
+    """The user's arrays, ``npz:FILE``: ``x`` (samples) and ``y`` (integer labels from 0), and optionally
+    ``x_test`` / ``y_test``; without them an 80/20 split by ``seed`` (stratified when every class has two
+    samples).  Read with ``allow_pickle=False`` (an object array is refused, no code runs) and checked by
+    :func:`validate_arrays`; standardized per channel with the training split's statistics."""
+    path = Path(name[4:])
+    source = f"--dataset {name}"
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise UsageError(f"{source}: no such file {path}") from None
+    except (ValueError, OSError, EOFError) as exc:  # not an npz, or an object array (needs pickle)
+        raise UsageError(f"{source}: not a readable .npz of numeric arrays ({str(exc).splitlines()[0]})") from None
+    missing = [key for key in ("x", "y") if key not in arrays]
+    if missing:
+        raise UsageError(f"{source}: missing array(s) {', '.join(missing)} (found: {', '.join(sorted(arrays)) or 'none'})")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise UsageError(f"{source}: give both x_test and y_test, or neither")
+    x, y = validate_arrays(arrays["x"], arrays["y"], source=f"{source} (x, y)")
+    if "x_test" in arrays:
+        x_te, y_te = validate_arrays(arrays["x_test"], arrays["y_test"], source=f"{source} (x_test, y_test)",
+                                     sample_shape=tuple(x.shape[1:]))
+        x_tr, y_tr = x, y
+    else:
+        from sklearn.model_selection import train_test_split
+
+        if len(y) < 5:
+            raise UsageError(f"{source}: {len(y)} samples are too few to split into training and test sets")
+        counts = np.bincount(y)
+        stratify = y if counts[counts > 0].min() >= 2 else None
+        x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=stratify)
+    classes = int(max(y_tr.max(), y_te.max())) + 1
+    train, test = (torch.from_numpy(_as_images(a).astype(np.float32)) for a in (x_tr, x_te))
+    train, test = _standardize(train, test)
+    return Dataset(name, train, torch.from_numpy(y_tr).long(), test, torch.from_numpy(y_te).long(), classes)
+
+
 def load(name: str, *, seed: int = 0, data_dir: str | os.PathLike | None = None) -> Dataset:
+    if is_user_dataset(name):
+        return load_npz(name, seed)
     if name == "digits":
         return load_digits(seed)
     if name == "synthetic":
         return load_synthetic(seed)
     if name == "cifar10":
         return load_cifar10(data_dir)
-    raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)} or give npz:FILE")

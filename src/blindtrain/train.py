@@ -85,8 +85,9 @@ class TrainConfig:
         if not models.known(self.model):
             raise UsageError(f"unknown model {self.model!r}; choose from {', '.join(models.MODELS)} "
                              f"or give path/to/file.py:factory")
-        if self.dataset not in datasets.DATASETS:
-            raise UsageError(f"unknown dataset {self.dataset!r}; choose from {', '.join(datasets.DATASETS)}")
+        if not datasets.known(self.dataset):
+            raise UsageError(f"unknown dataset {self.dataset!r}; choose from {', '.join(datasets.DATASETS)} "
+                             f"or give npz:FILE")
         if self.activation not in models.ACTIVATIONS:
             raise UsageError(f"unknown activation {self.activation!r}; choose from {', '.join(models.ACTIVATIONS)}")
         if self.loss not in LOSSES:
