@@ -185,6 +185,24 @@ def predict(checkpoint, protocol, dataset, data_dir, device, transport, adversar
 
 
 @main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="a sealed checkpoint")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="where to write the plaintext model (.pt)")
+@click.option("--keystore", type=click.Path(dir_okay=False), help="sealing key file (default ~/.config/blindtrain)")
+@click.option("--allow-rollback", is_flag=True, help="accept a checkpoint older than the newest one of its run")
+def export(checkpoint, out, keystore, allow_rollback) -> None:
+    """Plaintext weights out of a sealed checkpoint (trusted side only): torch.load(OUT)["state_dict"]."""
+    from .export import export as run_export
+
+    try:
+        written = run_export(checkpoint=checkpoint, out=out, keystore=keystore, allow_rollback=allow_rollback)
+    except BlindtrainError as exc:
+        _fail(exc)
+    click.echo(f"wrote {written['out']}: {written['model_spec']['model']} at step {written['step']}, "
+               f"{written['tensors']} tensors, {written['parameters']:,} parameters (plaintext: keep it on the "
+               f"trusted side)")
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def protocols(as_json: bool) -> None:
     """What each protocol keeps private, whether it trains, and how results are verified."""
