@@ -49,7 +49,7 @@ class WorkerError(WorkerCrashed):
     :class:`WorkerCrashed`: the step cannot go on, and the audit files are written as for a crash.
 
     The worker is untrusted, so its text is quoted with control characters escaped and cut to a
-    bounded length (:func:`blindtrain.boundary.wire.quote_worker_text`).
+    bounded length (:func:`untrusted_text`).
     """
 
     exit_code = 3

@@ -19,7 +19,7 @@ and two tagged forms so that what the ops need survives the trip: ``{"tuple": [.
 
 The trusted side decodes a worker's reply with :func:`read_reply`: a malformed reply is an
 :class:`~blindtrain.errors.IntegrityError` naming layer, op and step; a worker-reported failure is a
-:class:`~blindtrain.errors.WorkerError` whose text is escaped and truncated (:func:`quote_worker_text`).
+:class:`~blindtrain.errors.WorkerError` whose text is escaped and truncated (:func:`blindtrain.errors.untrusted_text`).
 No byte a worker sends is ever unpickled or evaluated.
 """
 
@@ -402,12 +402,6 @@ def decode(data, *, expect: tuple[str, ...] | None = None):
 
 # -- the trusted side's view of a worker's answer ------------------------------------------
 
-def quote_worker_text(text: str, limit: int = MAX_WORKER_TEXT) -> str:
-    """Untrusted text made safe to print: control and format characters escaped, cut to ``limit``
-    (:func:`blindtrain.errors.untrusted_text`)."""
-    return untrusted_text(text, limit=limit)
-
-
 def read_reply(data, *, request: Request, worker: str) -> Response:
     """A worker's reply to ``request``, checked.  A malformed reply raises
     :class:`~blindtrain.errors.IntegrityError` (layer, op, step of the request); a reported failure
@@ -423,7 +417,7 @@ def read_reply(data, *, request: Request, worker: str) -> Response:
     if isinstance(message, Failure):
         tag = request.tag
         raise WorkerError(f"worker {worker!r} failed serving layer {tag.layer!r}, op {tag.op!r}, step {tag.step}: "
-                          f"{quote_worker_text(message.message)}")
+                          f"{untrusted_text(message.message, limit=MAX_WORKER_TEXT)}")
     return message
 
 
@@ -434,5 +428,5 @@ def read_ready(data, *, worker: str) -> str:
     except MalformedMessage as exc:
         raise WorkerCrashed(f"worker {worker!r} sent a malformed ready message ({exc})") from None
     if isinstance(message, Failure):
-        raise WorkerCrashed(f"worker {worker!r} failed to start: {quote_worker_text(message.message)}")
+        raise WorkerCrashed(f"worker {worker!r} failed to start: {untrusted_text(message.message, limit=MAX_WORKER_TEXT)}")
     return message.device
