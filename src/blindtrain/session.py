@@ -24,7 +24,7 @@ import torch
 
 from . import protocols as protocol_registry
 from .boundary import Boundary
-from .boundary.transport import TRANSPORTS
+from .boundary.transport import TRANSPORT_NAMES, TRANSPORTS
 from .crypto import Csprng
 from .errors import UsageError
 from .ledger import Ledger
@@ -72,8 +72,8 @@ class Session:
                  worker_threads: int | None = None, worker_timeout: float = 600.0, rendezvous: str | None = None,
                  dist_workers: int | None = None, **protocol_options) -> None:
         protocol_cls = protocol_registry.get(protocol)
-        if transport not in TRANSPORTS:
-            raise UsageError(f"unknown transport {transport!r}; choose from {', '.join(TRANSPORTS)}")
+        if transport not in TRANSPORT_NAMES:
+            raise UsageError(f"unknown transport {transport!r}; choose from {', '.join(TRANSPORT_NAMES)}")
         if threads is not None and threads < 1:
             raise UsageError("--threads must be a positive integer")
         self.protocol_name = protocol
@@ -83,7 +83,6 @@ class Session:
             torch.manual_seed(seed)
         self.seed = seed
         self.ledger = Ledger()
-        transport_cls = TRANSPORTS[transport]
         in_process = transport == "inproc"
         if (rendezvous or dist_workers) and transport != "dist":
             raise UsageError("rendezvous and dist workers apply to transport 'dist' (--transport dist)")
@@ -100,7 +99,7 @@ class Session:
                                   in_process=in_process)
             if transport == "dist":
                 return hub.transport(config)
-            return transport_cls(config, timeout=worker_timeout)
+            return TRANSPORTS[transport](config, timeout=worker_timeout)
 
         self.boundary = Boundary(ledger=self.ledger, transport_factory=make_transport,
                                  record_transcript=transcript)

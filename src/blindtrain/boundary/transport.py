@@ -248,11 +248,6 @@ class ProcessTransport(Transport):
         self._output.close()
 
 
-def _dist_transport(*args, **kwargs):
-    """``DistTransport(config, hub=..., rank=...)``; a session gets them from its ``DistHub`` (boundary/dist.py)."""
-    from .dist import DistTransport
-
-    return DistTransport(*args, **kwargs)
-
-
-TRANSPORTS = {"inproc": InprocTransport, "process": ProcessTransport, "dist": _dist_transport}
+#: the transports a session builds one per worker; ``dist``'s come from the session's own DistHub (boundary/dist.py)
+TRANSPORTS = {"inproc": InprocTransport, "process": ProcessTransport}
+TRANSPORT_NAMES = (*TRANSPORTS, "dist")
