@@ -86,7 +86,8 @@ def main() -> None:
 @click.option("--hidden", callback=_parse_hidden, help="mlp hidden widths, e.g. 128,64")
 @click.option("--activation", default="relu", show_default=True, help="mlp activation: relu, sigmoid, arctan, softplus")
 @click.option("--dataset", default="digits", show_default=True,
-              help="digits, synthetic, cifar10, or your arrays: npz:FILE (x, y[, x_test, y_test])")
+              help="digits, synthetic, cifar10, or your own: npz:FILE (x, y[, x_test, y_test]) or folder:DIR "
+                   "(one image sub-folder per class, optionally under train/ and test/)")
 @click.option("--data-dir", type=click.Path(), help="directory of the CIFAR-10 python batches")
 @click.option("--protocol", default="tempo", show_default=True, help="see `blindtrain protocols`")
 @click.option("--epochs", type=int, default=5, show_default=True)

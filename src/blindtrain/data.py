@@ -216,9 +216,12 @@ def load_cifar10(data_dir: str | os.PathLike | None) -> Dataset:
     return Dataset("cifar10", norm(x_tr), torch.from_numpy(y_tr), norm(x_te), torch.from_numpy(y_te), 10)
 
 
+USER_PREFIXES = ("npz:", "folder:")
+
+
 def is_user_dataset(name: str) -> bool:
-    """``npz:path/to/file.npz`` names arrays of the user's own."""
-    return name.startswith("npz:") and len(name) > 4
+    """``npz:path/to/file.npz`` names arrays of the user's own, ``folder:DIR`` an image folder."""
+    return any(name.startswith(prefix) and len(name) > len(prefix) for prefix in USER_PREFIXES)
 
 
 def known(name: str) -> bool:
@@ -256,10 +259,21 @@ def load_npz(name: str, seed: int = 0) -> Dataset:
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise UsageError(f"{source}: give both x_test and y_test, or neither")
     x, y = validate_arrays(arrays["x"], arrays["y"], source=f"{source} (x, y)")
+    test = None
     if "x_test" in arrays:
-        x_te, y_te = validate_arrays(arrays["x_test"], arrays["y_test"], source=f"{source} (x_test, y_test)",
-                                     sample_shape=tuple(x.shape[1:]))
-        x_tr, y_tr = x, y
+        test = validate_arrays(arrays["x_test"], arrays["y_test"], source=f"{source} (x_test, y_test)",
+                               sample_shape=tuple(x.shape[1:]))
+    return user_dataset(name, (x, y), test, source=source, seed=seed)
+
+
+def user_dataset(name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray] | None, *,
+                 source: str, seed: int) -> Dataset:
+    """A :class:`Dataset` from validated user arrays (``x``: N×D, N×H×W or N×C×H×W; ``y``: int labels from 0):
+    the given test split, or else an 80/20 split by ``seed`` (stratified when every class has two samples);
+    standardized per channel with the training split's statistics."""
+    x, y = train
+    if test is not None:
+        (x_tr, y_tr), (x_te, y_te) = train, test
     else:
         from sklearn.model_selection import train_test_split
 
@@ -269,12 +283,16 @@ def load_npz(name: str, seed: int = 0) -> Dataset:
         stratify = y if counts[counts > 0].min() >= 2 else None
         x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=stratify)
     classes = int(max(y_tr.max(), y_te.max())) + 1
-    train, test = (torch.from_numpy(_as_images(a).astype(np.float32)) for a in (x_tr, x_te))
-    train, test = _standardize(train, test)
-    return Dataset(name, train, torch.from_numpy(y_tr).long(), test, torch.from_numpy(y_te).long(), classes)
+    train_x, test_x = (torch.from_numpy(_as_images(a).astype(np.float32)) for a in (x_tr, x_te))
+    train_x, test_x = _standardize(train_x, test_x)
+    return Dataset(name, train_x, torch.from_numpy(y_tr).long(), test_x, torch.from_numpy(y_te).long(), classes)
 
 
 def load(name: str, *, seed: int = 0, data_dir: str | os.PathLike | None = None) -> Dataset:
+    if name.startswith("folder:") and is_user_dataset(name):
+        from .imagefolder import load_image_folder
+
+        return load_image_folder(name, seed)
     if is_user_dataset(name):
         return load_npz(name, seed)
     if name == "digits":
@@ -283,4 +301,4 @@ def load(name: str, *, seed: int = 0, data_dir: str | os.PathLike | None = None)
         return load_synthetic(seed)
     if name == "cifar10":
         return load_cifar10(data_dir)
-    raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)} or give npz:FILE")
+    raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}, npz:FILE or folder:DIR")

@@ -87,7 +87,7 @@ class TrainConfig:
                              f"or give path/to/file.py:factory")
         if not datasets.known(self.dataset):
             raise UsageError(f"unknown dataset {self.dataset!r}; choose from {', '.join(datasets.DATASETS)} "
-                             f"or give npz:FILE")
+                             f"or give npz:FILE or folder:DIR")
         if self.activation not in models.ACTIVATIONS:
             raise UsageError(f"unknown activation {self.activation!r}; choose from {', '.join(models.ACTIVATIONS)}")
         if self.loss not in LOSSES:
