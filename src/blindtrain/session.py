@@ -142,6 +142,10 @@ class Session:
         return wrapped, optimizer
 
     def _before_forward(self, module, args) -> None:
+        if self._closed:
+            raise UsageError("this session is closed: its workers and keys are gone, so the prepared model "
+                             "cannot run any more; evaluate before session.close(), or keep the weights with "
+                             "a checkpoint (`blindtrain export` reads one) and load them into a fresh model")
         if module.training and torch.is_grad_enabled():
             self.ledger.step_begin()
 
