@@ -58,6 +58,14 @@ class LayerSite:
     state: dict = field(default_factory=dict)
     module: nn.Module | None = field(default=None, repr=False)
 
+    def __deepcopy__(self, memo) -> "LayerSite":
+        """A copied layer's site: the same layer description with empty protocol scratch space (``state``
+        belongs to the original layer's weights and keys)."""
+        from copy import deepcopy
+
+        return LayerSite(self.name, self.kind, self.weight_shape, dict(self.conv_params), {},
+                         deepcopy(self.module, memo))
+
 
 def bilinear_gradients(site, protocol, x, grad_y, weight, *, needs, has_bias: bool, input_shape):
     """``(grad_x, grad_weight, grad_bias)`` of a weighted layer, the products from ``protocol``.

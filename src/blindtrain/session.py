@@ -220,6 +220,11 @@ class Session:
             self.boundary.close()
             self._closed = True
 
+    def __deepcopy__(self, memo) -> "Session":
+        """A deep copy of a prepared model (its hooks reach the session) stays in this session: there is
+        one enclave, one key stream and one ledger."""
+        return self
+
     def __enter__(self) -> "Session":
         return self
 

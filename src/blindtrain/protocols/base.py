@@ -65,6 +65,10 @@ class Protocol(ABC):
     options: ClassVar[Mapping[str, Any]] = {}
     #: whether the model's bilinear layers are replaced by offloaded ones (the default :meth:`wrap`)
     offloads_layers: ClassVar[bool] = True
+    #: ``None``: a deep copy of the prepared model (``copy.deepcopy``, ``AveragedModel``) shares this
+    #: protocol and session and computes with the copy's own weights.  Otherwise why it cannot: the copy
+    #: is then refused with a :class:`UsageError` saying so.
+    copy_refusal: ClassVar[str | None] = None
 
     def __init__(self, runtime: Runtime, **options: Any) -> None:
         unknown = set(options) - set(self.options)
@@ -75,6 +79,15 @@ class Protocol(ABC):
         self.runtime = runtime
         self.settings = {**self.options, **options}
         self.sites: list = []
+
+    def __deepcopy__(self, memo):
+        """A copied model's layers share the protocol (keys, workers and ledger are the session's, not the
+        model's), or the copy is refused (:attr:`copy_refusal`)."""
+        if self.copy_refusal is not None:
+            raise UsageError(f"a prepared model cannot be deep-copied under protocol {self.info.name!r}: "
+                             f"{self.copy_refusal}; copy it before session.prepare() (e.g. build the "
+                             f"AveragedModel first), or train under otp or enclave")
+        return self
 
     # -- life cycle ------------------------------------------------------------------
     def wrap(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None):
