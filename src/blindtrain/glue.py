@@ -137,6 +137,12 @@ class _MatMulFn(torch.autograd.Function):
         return grad_a, grad_b, None
 
 
+def _eager(forward):
+    """Offloaded layers run eagerly under ``torch.compile``: the compiler graph-breaks around them instead of
+    tracing protocol code (the enclave CSPRNG, worker calls, checks), which must run as written."""
+    return torch.compiler.disable(forward, recursive=True)
+
+
 class OffloadedLinear(nn.Module):
     """``nn.Linear`` whose products are computed by a protocol."""
 
@@ -146,6 +152,7 @@ class OffloadedLinear(nn.Module):
         self.weight, self.bias = original.weight, original.bias
         self.site, self.protocol = site, protocol
 
+    @_eager
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _WeightedFn.apply(x, self.weight, self.bias, self)
 
@@ -163,6 +170,7 @@ class OffloadedConv2d(nn.Module):
         self.weight, self.bias = original.weight, original.bias
         self.site, self.protocol = site, protocol
 
+    @_eager
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _WeightedFn.apply(x, self.weight, self.bias, self)
 
@@ -178,6 +186,7 @@ class OffloadedMatMul(nn.Module):
         super().__init__()
         self.site, self.protocol = site, protocol
 
+    @_eager
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return _MatMulFn.apply(a, b, self)
 
