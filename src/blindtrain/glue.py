@@ -160,18 +160,50 @@ class OffloadedLinear(nn.Module):
         return f"{self.in_features}, {self.out_features}, protocol={self.protocol.info.name}"
 
 
-class OffloadedConv2d(nn.Module):
-    """``nn.Conv2d`` (groups=1, zero padding) whose products are computed by a protocol."""
+@dataclass(frozen=True)
+class ConvPadding:
+    """How an ``nn.Conv2d``'s padding is offloaded: ``numeric`` (symmetric zero padding, per spatial dim)
+    goes to the protocol's conv as its ``padding``; ``explicit`` (``F.pad`` amounts, last dim first, as
+    ``nn.Conv2d._reversed_padding_repeated_twice``), in ``mode``, is applied in the enclave first (an
+    elementwise copy), the offloaded conv then pads nothing.  Same result as the module's own forward:
+    ``padding='same'`` / ``'valid'``, asymmetric 'same' padding of even kernels, and the ``reflect``,
+    ``replicate`` and ``circular`` padding modes."""
 
-    def __init__(self, original: nn.Conv2d, site: LayerSite, protocol) -> None:
+    numeric: tuple[int, int]
+    explicit: tuple[int, ...] | None = None
+    mode: str = "constant"
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d) -> "ConvPadding":
+        if conv.padding_mode == "zeros" and isinstance(conv.padding, tuple):
+            return cls(tuple(conv.padding))
+        left_w, right_w, top_h, bottom_h = conv._reversed_padding_repeated_twice
+        if conv.padding_mode == "zeros" and left_w == right_w and top_h == bottom_h:
+            return cls((top_h, left_w))  # 'same' with odd kernels, 'valid'
+        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        return cls((0, 0), tuple(conv._reversed_padding_repeated_twice), mode)
+
+    def describe(self) -> str:
+        if self.explicit is None:
+            return ""
+        return f" ({self.mode if self.mode != 'constant' else 'asymmetric zero'} padding applied in the enclave first)"
+
+
+class OffloadedConv2d(nn.Module):
+    """``nn.Conv2d`` (groups=1, any padding: see :class:`ConvPadding`) whose products are computed by a protocol."""
+
+    def __init__(self, original: nn.Conv2d, site: LayerSite, protocol, padding: ConvPadding) -> None:
         super().__init__()
         self.in_channels, self.out_channels = original.in_channels, original.out_channels
         self.kernel_size = original.kernel_size
         self.weight, self.bias = original.weight, original.bias
         self.site, self.protocol = site, protocol
+        self.padding = padding
 
     @_eager
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding.explicit is not None:
+            x = nn.functional.pad(x, self.padding.explicit, mode=self.padding.mode)
         return _WeightedFn.apply(x, self.weight, self.bias, self)
 
     def extra_repr(self) -> str:
@@ -193,14 +225,14 @@ class OffloadedMatMul(nn.Module):
 
 def _offloadable(module: nn.Module) -> bool:
     if isinstance(module, nn.Conv2d):
-        return module.groups == 1 and module.padding_mode == "zeros" and isinstance(module.padding, tuple)
+        return module.groups == 1
     return isinstance(module, (nn.Linear, MatMul))
 
 
 def install(model: nn.Module, protocol) -> list[LayerSite]:
     """Replace the bilinear layers of ``model`` in place; returns their sites in model order.
 
-    Conv2d layers with ``groups > 1`` or non-zero padding modes stay in the enclave.
+    Conv2d layers with ``groups > 1`` stay in the enclave.
     """
     sites: list[LayerSite] = []
     order = {name: index for index, (name, _) in enumerate(model.named_modules())}
@@ -215,9 +247,10 @@ def install(model: nn.Module, protocol) -> list[LayerSite]:
                 site = LayerSite(name, "linear", tuple(child.weight.shape))
                 replacement = OffloadedLinear(child, site, protocol)
             elif isinstance(child, nn.Conv2d):
-                params = {"stride": child.stride, "padding": child.padding, "dilation": child.dilation}
+                padding = ConvPadding.of(child)
+                params = {"stride": child.stride, "padding": padding.numeric, "dilation": child.dilation}
                 site = LayerSite(name, "conv2d", tuple(child.weight.shape), params)
-                replacement = OffloadedConv2d(child, site, protocol)
+                replacement = OffloadedConv2d(child, site, protocol, padding)
             else:
                 site = LayerSite(name, "matmul")
                 replacement = OffloadedMatMul(site, protocol)

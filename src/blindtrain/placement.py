@@ -32,6 +32,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import UsageError
+from .glue import ConvPadding
 from .nn import MatMul
 
 #: where an op runs
@@ -126,11 +127,7 @@ def _module_reason(module: nn.Module) -> tuple[bool, str, bool]:
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
             return False, f"grouped / depthwise conv (groups={module.groups}) is not offloaded yet", True
-        if module.padding_mode != "zeros":
-            return False, f"padding_mode={module.padding_mode!r} is not offloaded (zero padding only)", True
-        if not isinstance(module.padding, tuple):
-            return False, f"padding={module.padding!r} is not offloaded (numeric padding only)", True
-        return True, "bilinear: conv2d and both gradients", True
+        return True, "bilinear: conv2d and both gradients" + ConvPadding.of(module).describe(), True
     if isinstance(module, (nn.Conv1d, nn.Conv3d)):
         return False, f"{type(module).__name__} is not offloaded (Conv2d only)", True
     if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
@@ -330,6 +327,6 @@ def validate(model: nn.Module, protocol: str, *, example_input=None, strict: boo
         if stuck:
             listed = "; ".join(f"{op.name} ({op.kind}): {op.reason}" for op in stuck)
             raise UsageError(f"strict: {len(stuck)} bilinear op(s) would stay in the enclave under {protocol}: "
-                             f"{listed}. Replace them with offloadable layers (nn.Linear, nn.Conv2d with groups=1 "
-                             f"and numeric zero padding, blindtrain.nn.MatMul) or pass strict=False")
+                             f"{listed}. Replace them with offloadable layers (nn.Linear, nn.Conv2d with groups=1, "
+                             f"blindtrain.nn.MatMul) or pass strict=False")
     return placement
