@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import TrainingDiverged
+from .errors import TrainingDiverged, UsageError
 from .nn import MatMul
 
 
@@ -143,18 +143,45 @@ def _eager(forward):
     return torch.compiler.disable(forward, recursive=True)
 
 
-class OffloadedLinear(nn.Module):
+class _OffloadedWeighted(nn.Module):
+    """What offloaded Linear and Conv2d share: the original's parameter objects (so optimizers built before
+    ``prepare`` and ``state_dict`` keys are unchanged), or its ``parametrizations`` when the weight is computed
+    (``torch.nn.utils.parametrizations.weight_norm`` ...: recomputed at every forward, its gradient flows
+    to the original parameters; only under protocols with ``weights_per_call``)."""
+
+    def __init__(self, original: nn.Module, site: LayerSite, protocol) -> None:
+        super().__init__()
+        from torch.nn.utils import parametrize
+
+        if parametrize.is_parametrized(original, "weight"):
+            self.parametrizations = original.parametrizations
+        else:
+            self.weight = original.weight
+        self.bias = original.bias
+        self.site, self.protocol = site, protocol
+
+    def current_weight(self) -> torch.Tensor:
+        """The weight this forward multiplies by."""
+        if "parametrizations" in self._modules:
+            return self._modules["parametrizations"].weight()
+        return self.weight
+
+    def __getattr__(self, name: str):
+        if name == "weight" and "parametrizations" in self._modules:
+            return self._modules["parametrizations"].weight()
+        return super().__getattr__(name)
+
+
+class OffloadedLinear(_OffloadedWeighted):
     """``nn.Linear`` whose products are computed by a protocol."""
 
     def __init__(self, original: nn.Linear, site: LayerSite, protocol) -> None:
-        super().__init__()
+        super().__init__(original, site, protocol)
         self.in_features, self.out_features = original.in_features, original.out_features
-        self.weight, self.bias = original.weight, original.bias
-        self.site, self.protocol = site, protocol
 
     @_eager
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _WeightedFn.apply(x, self.weight, self.bias, self)
+        return _WeightedFn.apply(x, self.current_weight(), self.bias, self)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, protocol={self.protocol.info.name}"
@@ -189,22 +216,20 @@ class ConvPadding:
         return f" ({self.mode if self.mode != 'constant' else 'asymmetric zero'} padding applied in the enclave first)"
 
 
-class OffloadedConv2d(nn.Module):
+class OffloadedConv2d(_OffloadedWeighted):
     """``nn.Conv2d`` (groups=1, any padding: see :class:`ConvPadding`) whose products are computed by a protocol."""
 
     def __init__(self, original: nn.Conv2d, site: LayerSite, protocol, padding: ConvPadding) -> None:
-        super().__init__()
+        super().__init__(original, site, protocol)
         self.in_channels, self.out_channels = original.in_channels, original.out_channels
         self.kernel_size = original.kernel_size
-        self.weight, self.bias = original.weight, original.bias
-        self.site, self.protocol = site, protocol
         self.padding = padding
 
     @_eager
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding.explicit is not None:
             x = nn.functional.pad(x, self.padding.explicit, mode=self.padding.mode)
-        return _WeightedFn.apply(x, self.weight, self.bias, self)
+        return _WeightedFn.apply(x, self.current_weight(), self.bias, self)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, " \
@@ -223,24 +248,71 @@ class OffloadedMatMul(nn.Module):
         return _MatMulFn.apply(a, b, self)
 
 
-def _offloadable(module: nn.Module) -> bool:
-    if isinstance(module, nn.Conv2d):
-        return module.groups == 1
-    return isinstance(module, (nn.Linear, MatMul))
+#: old-style weight reparametrizations: a forward pre-hook on the module sets ``module.weight``
+_WEIGHT_HOOKS = ("WeightNorm", "SpectralNorm")
+
+
+def computed_weight(module: nn.Module) -> str | None:
+    """How ``module``'s weight is computed at each forward instead of being a parameter, or ``None``."""
+    from torch.nn.utils import parametrize
+
+    if parametrize.is_parametrized(module, "weight"):
+        names = ", ".join(type(p).__name__ for p in module.parametrizations.weight)
+        return f"its weight is computed by a parametrization ({names})"
+    for hook in module._forward_pre_hooks.values():
+        if type(hook).__name__ in _WEIGHT_HOOKS:
+            return f"its weight is computed by an old-style {type(hook).__name__} hook"
+    return None
+
+
+def stays_in_enclave(module: nn.Module, protocol_cls) -> str | None:
+    """Why a bilinear module (Linear, Conv2d, MatMul) stays in the enclave under a protocol that offloads
+    layers, or ``None`` when :func:`install` offloads it.  :mod:`blindtrain.placement` reports the same."""
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        kind = "depthwise" if module.groups == module.in_channels else "grouped"
+        return (f"{kind} conv (groups={module.groups}): each group is its own small product and the "
+                f"protocols' conv ops are dense; it stays in the enclave")
+    computed = computed_weight(module)
+    if computed is None:
+        return None
+    if "old-style" in computed:
+        return (f"{computed}, which the offloaded layer cannot run; use torch.nn.utils.parametrizations."
+                f"{'weight_norm' if 'Weight' in computed else 'spectral_norm'} instead")
+    if not protocol_cls.weights_per_call:
+        return f"{computed}, and {protocol_cls.info.name} keeps each offloaded weight on the worker as a parameter"
+    return None
+
+
+def _copy_hooks(source: nn.Module, target: nn.Module) -> None:
+    """The user's hooks on a replaced module keep firing on its replacement (same dicts, same order)."""
+    for attribute in ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+                      "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks",
+                      "_backward_hooks", "_is_full_backward_hook"):
+        if hasattr(source, attribute):
+            setattr(target, attribute, getattr(source, attribute))
+
+
+def _lazy(model: nn.Module) -> list[str]:
+    return [name for name, param in model.named_parameters() if isinstance(param, nn.parameter.UninitializedParameter)]
 
 
 def install(model: nn.Module, protocol) -> list[LayerSite]:
     """Replace the bilinear layers of ``model`` in place; returns their sites in model order.
 
-    Conv2d layers with ``groups > 1`` stay in the enclave.
+    What stays in the enclave and why: :func:`stays_in_enclave`.  The user's hooks on a replaced module
+    move to its replacement.  Lazy modules (``LazyLinear`` ...) must have run once before.
     """
+    lazy = _lazy(model)
+    if lazy:
+        raise UsageError(f"{', '.join(lazy)}: lazy parameter(s) not yet initialized; run one forward "
+                         f"(model(example_batch)) before session.prepare(), or pass example_input= to prepare()")
     sites: list[LayerSite] = []
     order = {name: index for index, (name, _) in enumerate(model.named_modules())}
     for parent_name, parent in list(model.named_modules()):
         if isinstance(parent, nn.MultiheadAttention):
             continue  # it reads its projections' weights directly (F.multi_head_attention_forward)
         for child_name, child in list(parent.named_children()):
-            if not _offloadable(child):
+            if not isinstance(child, (nn.Linear, nn.Conv2d, MatMul)) or stays_in_enclave(child, type(protocol)):
                 continue
             name = f"{parent_name}.{child_name}" if parent_name else child_name
             if isinstance(child, nn.Linear):
@@ -255,6 +327,7 @@ def install(model: nn.Module, protocol) -> list[LayerSite]:
                 site = LayerSite(name, "matmul")
                 replacement = OffloadedMatMul(site, protocol)
             site.module = replacement
+            _copy_hooks(child, replacement)
             setattr(parent, child_name, replacement)
             sites.append(site)
     sites.sort(key=lambda site: order[site.name])  # the model's own (pre-)order

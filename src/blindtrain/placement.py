@@ -32,7 +32,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import UsageError
-from .glue import ConvPadding
+from .glue import ConvPadding, computed_weight, stays_in_enclave
 from .nn import MatMul
 
 #: where an op runs
@@ -118,16 +118,21 @@ class Placement:
                 "ops": [{**vars(op), "share": self.share(op)} for op in self.ops]}
 
 
-def _module_reason(module: nn.Module) -> tuple[bool, str, bool]:
-    """``(offloaded, why, offloadable_kind)`` for a bilinear module under a protocol that offloads layers."""
+def _module_reason(module: nn.Module, protocol_cls) -> tuple[bool, str, bool]:
+    """``(offloaded, why, offloadable_kind)`` for a bilinear module under a protocol that offloads layers
+    (what :func:`blindtrain.glue.install` does: :func:`blindtrain.glue.stays_in_enclave`)."""
+    if isinstance(module, (MatMul, nn.Linear, nn.Conv2d)):
+        refusal = stays_in_enclave(module, protocol_cls)
+        if refusal is not None:
+            return False, refusal, True
     if isinstance(module, MatMul):
         return True, "both-private product (attention)", True
+    computed = computed_weight(module)
+    computed = f" ({computed}: recomputed in the enclave at each forward)" if computed else ""
     if isinstance(module, nn.Linear):
-        return True, "bilinear: x·Wᵀ and both gradients", True
+        return True, "bilinear: x·Wᵀ and both gradients" + computed, True
     if isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            return False, f"grouped / depthwise conv (groups={module.groups}) is not offloaded yet", True
-        return True, "bilinear: conv2d and both gradients" + ConvPadding.of(module).describe(), True
+        return True, "bilinear: conv2d and both gradients" + ConvPadding.of(module).describe() + computed, True
     if isinstance(module, (nn.Conv1d, nn.Conv3d)):
         return False, f"{type(module).__name__} is not offloaded (Conv2d only)", True
     if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
@@ -264,7 +269,7 @@ def plan(model: nn.Module, protocol: str, *, example_input=None) -> Placement:
             where, reason = _whole_model_placement(protocol)
             placement.ops.append(PlacedOp(name, type(module).__name__, where, reason, macs.get(name)))
             continue
-        offloaded, reason, kind_ok = _module_reason(module)
+        offloaded, reason, kind_ok = _module_reason(module, protocol_cls)
         placement.ops.append(PlacedOp(name, type(module).__name__, WORKER if offloaded else ENCLAVE, reason,
                                       macs.get(name), kind_ok))
     for index, (parent, kind, call_macs) in enumerate(calls):

@@ -130,6 +130,10 @@ class Session:
         if optimizer is not None and not self.protocol.info.trains:
             raise UsageError(f"protocol {self.protocol_name!r} is for inference only; it cannot train "
                              f"(use otp or tempo to train, then predict with {self.protocol_name})")
+        if example_input is not None and any(isinstance(p, torch.nn.parameter.UninitializedParameter)
+                                             for p in model.parameters()):
+            with torch.no_grad():  # lazy modules (LazyLinear ...) take their shapes from one forward
+                model(*example_input) if isinstance(example_input, tuple) else model(example_input)
         self.placement = validate(model, self.protocol_name, example_input=example_input, strict=strict)
         self._user_model = model
         wrapped, optimizer = self.protocol.wrap(model, optimizer)

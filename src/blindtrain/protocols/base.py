@@ -69,6 +69,10 @@ class Protocol(ABC):
     #: protocol and session and computes with the copy's own weights.  Otherwise why it cannot: the copy
     #: is then refused with a :class:`UsageError` saying so.
     copy_refusal: ClassVar[str | None] = None
+    #: whether each offloaded call's ``weight`` argument is what the protocol multiplies by (so a weight
+    #: computed at each forward, e.g. by ``weight_norm``, can be offloaded); ``False`` for protocols that
+    #: keep or encode a layer's weight parameter once (tempo, slalom): such layers stay in the enclave
+    weights_per_call: ClassVar[bool] = True
 
     def __init__(self, runtime: Runtime, **options: Any) -> None:
         unknown = set(options) - set(self.options)

@@ -57,6 +57,7 @@ class Slalom(FieldOffload, Protocol):
         summary="Slalom is an inference protocol: its unmask factors are precomputed for fixed weights, "
                 "so it cannot train",
     )
+    weights_per_call = False
     copy_refusal = ("slalom encodes each layer's weights once, at prepare(), so a copy with other weights would be computed with the original's")
     options = {"modulus": codec.DEFAULT_MODULUS, "repetitions": 2, "precompute": 8, "weight_bits": 16,
                "store_dir": None, "field_backend": "auto"}

@@ -177,6 +177,7 @@ class Tempo(Protocol):
         summary="bilinear ops offloaded on permuted/scaled operands; weights stay encrypted on the worker and "
                 "are updated there (SGD); re-encrypted only on key rotation or read-out",
     )
+    weights_per_call = False
     copy_refusal = ("tempo keeps each offloaded layer's weights on the worker under the layer's keys, so a copy would hold no weights of its own")
     options = {"fuse_activations": False, "rotate_every": 100, "workers": 1, "check_vectors": 2,
                "scale_range": 4, "update": "auto"}
