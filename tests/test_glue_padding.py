@@ -76,3 +76,18 @@ def test_validate_reports_padded_convs_on_the_worker():
     model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, padding_mode="reflect"))
     placed = bt.validate(model, "tempo", example_input=torch.randn(1, 2, 5, 5)).ops[0]
     assert placed.where == "worker" and "reflect padding applied in the enclave" in placed.reason
+
+
+def test_fused_tempo_layers_keep_their_padding():
+    """``--fuse-activations`` replaces the offloaded conv: the enclave-side padding must come along."""
+    x, y = torch.randn(4, 2, 6, 6), torch.tensor([0, 1, 2, 0])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, padding_mode="reflect"), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(144, 3))
+    reference = copy.deepcopy(model)
+    session = Session(protocol="tempo", device="cpu", seed=0, fuse_activations=True)
+    model, _ = session.prepare(model, None)
+    assert type(model[0]).__name__ == "FusedOffloaded"
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
+    session.close()

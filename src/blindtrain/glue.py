@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import TrainingDiverged, UsageError
+from .functional import install_functional, suspended
 from .nn import MatMul
 
 
@@ -88,6 +89,11 @@ class _WeightedFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, layer):
+        with suspended():
+            return _WeightedFn._forward(ctx, x, weight, bias, layer)
+
+    @staticmethod
+    def _forward(ctx, x, weight, bias, layer):
         site, protocol = layer.site, layer.protocol
         require_finite(layer, "forward", input=x, weight=weight)
         if site.kind == "linear":
@@ -126,7 +132,8 @@ class _MatMulFn(torch.autograd.Function):
         require_finite(layer, "forward", left_operand=a, right_operand=b)
         ctx.layer = layer
         ctx.save_for_backward(a, b)
-        return layer.protocol.matmul(layer.site, a, b)
+        with suspended():
+            return layer.protocol.matmul(layer.site, a, b)
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -299,6 +306,7 @@ def _lazy(model: nn.Module) -> list[str]:
 def install(model: nn.Module, protocol) -> list[LayerSite]:
     """Replace the bilinear layers of ``model`` in place; returns their sites in model order.
 
+    Products the model's ``forward`` calls as functions are offloaded too (:mod:`blindtrain.functional`).
     What stays in the enclave and why: :func:`stays_in_enclave`.  The user's hooks on a replaced module
     move to its replacement.  Lazy modules (``LazyLinear`` ...) must have run once before.
     """
@@ -331,4 +339,5 @@ def install(model: nn.Module, protocol) -> list[LayerSite]:
             setattr(parent, child_name, replacement)
             sites.append(site)
     sites.sort(key=lambda site: order[site.name])  # the model's own (pre-)order
+    protocol.functional = install_functional(model, protocol)  # F.linear, matmul, sdpa ... in forward()
     return sites

@@ -32,6 +32,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import UsageError
+from .functional import Decision, decide
 from .glue import ConvPadding, computed_weight, stays_in_enclave
 from .nn import MatMul
 
@@ -138,7 +139,10 @@ def _module_reason(module: nn.Module, protocol_cls) -> tuple[bool, str, bool]:
     if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
         return False, f"{type(module).__name__} is not offloaded (Conv2d only)", True
     if isinstance(module, nn.MultiheadAttention):
-        return False, "nn.MultiheadAttention calls its projections functionally; they are not offloaded", True
+        if protocol_cls.weights_per_call:
+            return True, "its projections (functional F.linear) and attention products offloaded", True
+        return False, (f"its projections (most of its MACs) stay in the enclave ({protocol_cls.info.name} keys each "
+                       f"offloaded weight to its module); its attention products (q·kᵀ, P·v) are offloaded"), True
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         return False, "a table lookup (gather), not a product: stays in the enclave", False
     if isinstance(module, (nn.RNN, nn.LSTM, nn.GRU)):
@@ -223,17 +227,18 @@ def _einsum_macs(args) -> int | None:
 class _CallRecorder(TorchFunctionMode):
     """Records functional bilinear calls made while the module ``stack`` is not inside a bilinear module."""
 
-    def __init__(self, stack: list[str], inside: list[int]) -> None:
+    def __init__(self, stack: list[str], inside: list[int], protocol_cls) -> None:
         super().__init__()
-        self.stack, self.inside = stack, inside
-        self.calls: list[tuple[str, str, int | None]] = []
+        self.stack, self.inside, self.protocol_cls = stack, inside, protocol_cls
+        self.calls: list[tuple[str, str, int | None, Decision | None]] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
         kind = _FUNCTIONAL.get(func)
         if kind is not None and not self.inside[0]:
-            self.calls.append((self.stack[-1] if self.stack else "", kind, _call_macs(func, args, kwargs, result)))
+            self.calls.append((self.stack[-1] if self.stack else "", kind, _call_macs(func, args, kwargs, result),
+                               decide(func, args, kwargs, self.protocol_cls)))
         return result
 
 
@@ -254,15 +259,18 @@ def plan(model: nn.Module, protocol: str, *, example_input=None) -> Placement:
     macs: dict[str, int | None] = {}
     calls: list[tuple[str, str, int | None]] = []
     if example_input is not None:
-        macs, calls = _trace(model, example_input)
+        macs, calls = _trace(model, example_input, protocol_cls)
     inside_attention = {f"{name}.{child}" for name, module in model.named_modules()
                         if isinstance(module, nn.MultiheadAttention) for child, _ in module.named_children()}
     for name, module in model.named_modules():
         if not _is_bilinear_module(module):
             continue
         if offloads and name in inside_attention:
-            placement.ops.append(PlacedOp(name, type(module).__name__, ENCLAVE,
-                                          "part of nn.MultiheadAttention, which reads its weight directly",
+            offloaded = protocol_cls.weights_per_call
+            why = ("offloaded as the functional F.linear of nn.MultiheadAttention" if offloaded else
+                   f"nn.MultiheadAttention reads this weight directly, and {protocol} keys each offloaded "
+                   f"weight to its module")
+            placement.ops.append(PlacedOp(name, type(module).__name__, WORKER if offloaded else ENCLAVE, why,
                                           macs.get(name)))
             continue
         if not offloads:
@@ -272,9 +280,15 @@ def plan(model: nn.Module, protocol: str, *, example_input=None) -> Placement:
         offloaded, reason, kind_ok = _module_reason(module, protocol_cls)
         placement.ops.append(PlacedOp(name, type(module).__name__, WORKER if offloaded else ENCLAVE, reason,
                                       macs.get(name), kind_ok))
-    for index, (parent, kind, call_macs) in enumerate(calls):
-        where, reason = (_whole_model_placement(protocol) if not offloads else
-                         (ENCLAVE, "a functional call in forward(); only modules are offloaded yet"))
+    for index, (parent, kind, call_macs, decision) in enumerate(calls):
+        if not offloads:
+            where, reason = _whole_model_placement(protocol)
+        elif decision is None:
+            where, reason = ENCLAVE, f"{kind} in forward() is not intercepted; use the nn module (nn.Conv2d ...) " \
+                                     f"or a matmul"
+        else:
+            where = WORKER if decision.kind else ENCLAVE
+            reason = f"functional call: {decision.reason}"
         placement.ops.append(PlacedOp(f"{parent or '<model>'}:{kind}#{index}", kind, where, reason, call_macs))
     return placement
 
@@ -285,7 +299,7 @@ def _whole_model_placement(protocol: str) -> tuple[str, str]:
     return WORKER, f"{protocol} runs the whole model on the worker, in the clear"
 
 
-def _trace(model: nn.Module, example_input) -> tuple[dict[str, int | None], list]:
+def _trace(model: nn.Module, example_input, protocol_cls) -> tuple[dict[str, int | None], list]:
     replica = copy.deepcopy(model).eval()
     names = {module: name for name, module in replica.named_modules()}
     macs: dict[str, int | None] = {}
@@ -308,7 +322,7 @@ def _trace(model: nn.Module, example_input) -> tuple[dict[str, int | None], list
         handles.append(module.register_forward_pre_hook(before))
         handles.append(module.register_forward_hook(after))
     args = example_input if isinstance(example_input, tuple) else (example_input,)
-    recorder = _CallRecorder(stack, inside)
+    recorder = _CallRecorder(stack, inside, protocol_cls)
     try:
         with torch.no_grad(), recorder:
             replica(*args)

@@ -18,13 +18,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..functional import suspended
 from ..glue import OffloadedConv2d, OffloadedLinear, bilinear_gradients
 
 
 class _FusedFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, module):
-        z, idx = module.protocol.fused_forward(module.site, x, weight, bias, module.spec)
+        with suspended():  # protocol code: its own products are not offloaded again
+            z, idx = module.protocol.fused_forward(module.site, x, weight, bias, module.spec)
         ctx.module, ctx.input_shape, ctx.has_bias = module, x.shape, bias is not None
         ctx.save_for_backward(x, weight, z, idx if idx is not None else torch.empty(0))
         return z
@@ -54,9 +56,12 @@ class FusedOffloaded(nn.Module):
         super().__init__()
         self.weight, self.bias = original.weight, original.bias  # same Parameters, same state_dict keys
         self.site, self.protocol, self.spec = original.site, original.protocol, spec
+        self.padding = getattr(original, "padding", None)  # a conv's ConvPadding: what the enclave pads first
         self.site.module = self
 
     def forward(self, x):
+        if self.padding is not None and self.padding.explicit is not None:
+            x = nn.functional.pad(x, self.padding.explicit, mode=self.padding.mode)
         return _FusedFn.apply(x, self.weight, self.bias, self)
 
     def extra_repr(self) -> str:
