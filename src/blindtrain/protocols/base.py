@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .. import bilinear
 from ..errors import UsageError
 from ..runtime import Runtime
 
@@ -125,22 +126,21 @@ class Protocol(ABC):
         raise NotImplementedError(f"protocol {self.info.name!r} does not offload bilinear ops")
 
     def forward(self, site, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if site.kind == "linear":
-            return self.bilinear(site, "forward", "matmul", x, weight.t(), roles=("data", "weight"), params={})
-        return self.bilinear(site, "forward", "conv2d", x, weight, roles=("data", "weight"), params=site.conv_params)
+        ops = bilinear.LAYER_OPS[site.kind]
+        b = weight.t() if ops.transposed_weight else weight
+        return self.bilinear(site, "forward", ops.forward, x, b, roles=("data", "weight"),
+                             params=bilinear.layer_params(ops.forward, site.conv_params))
 
     def grad_input(self, site, grad_y: torch.Tensor, weight: torch.Tensor, input_shape) -> torch.Tensor:
-        if site.kind == "linear":
-            return self.bilinear(site, "grad_input", "matmul", grad_y, weight, roles=("data", "weight"), params={})
-        params = {**site.conv_params, "input_size": tuple(input_shape)}
-        return self.bilinear(site, "grad_input", "conv2d_input", grad_y, weight, roles=("data", "weight"),
-                             params=params)
+        fn = bilinear.LAYER_OPS[site.kind].grad_input
+        return self.bilinear(site, "grad_input", fn, grad_y, weight, roles=("data", "weight"),
+                             params=bilinear.layer_params(fn, site.conv_params, input_shape))
 
     def grad_weight(self, site, x: torch.Tensor, grad_y: torch.Tensor, weight_shape) -> torch.Tensor:
-        if site.kind == "linear":
-            return self.bilinear(site, "grad_weight", "matmul_tn", x, grad_y, roles=("data", "data"), params={}).t()
-        params = {**site.conv_params, "weight_size": tuple(weight_shape)}
-        return self.bilinear(site, "grad_weight", "conv2d_weight", x, grad_y, roles=("data", "data"), params=params)
+        ops = bilinear.LAYER_OPS[site.kind]
+        out = self.bilinear(site, "grad_weight", ops.grad_weight, x, grad_y, roles=("data", "data"),
+                            params=bilinear.layer_params(ops.grad_weight, site.conv_params, weight_shape))
+        return out.t() if ops.transposed_weight else out
 
     def weighted_grads(self, site, x: torch.Tensor, grad_y: torch.Tensor, weight: torch.Tensor, *,
                        needs: tuple[bool, bool], input_shape) -> tuple[torch.Tensor | None, torch.Tensor | None]:
