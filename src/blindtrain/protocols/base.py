@@ -24,6 +24,7 @@ from __future__ import annotations
 from abc import ABC
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -31,6 +32,7 @@ import torch
 from .. import bilinear
 from ..errors import UsageError
 from ..runtime import Runtime
+from .options import ProtocolOptions
 
 
 @dataclass(frozen=True)
@@ -62,19 +64,30 @@ class Protocol(ABC):
     """Base class of every protocol (see the module docstring)."""
 
     info: ClassVar[ProtocolInfo]
-    #: protocol-specific options and their defaults (CLI: ``--unmask``, ``--option k=v`` ...)
-    options: ClassVar[Mapping[str, Any]] = {}
+    #: the protocol's typed options (a frozen dataclass; CLI: ``--unmask``, ``--option k=v`` ...)
+    Options: ClassVar[type[ProtocolOptions]] = ProtocolOptions
+    #: their defaults, read-only (derived from :attr:`Options`)
+    options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     #: whether the model's bilinear layers are replaced by offloaded ones (the default :meth:`wrap`)
     offloads_layers: ClassVar[bool] = True
+    #: how far this protocol's forward and gradients may be from plain PyTorch's on the conformance
+    #: suite's small models (relative to each tensor's largest magnitude)
+    tolerance: ClassVar[float] = 1e-5
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        info = cls.__dict__.get("info")
+        if info is not None and cls.Options.protocol != info.name:  # no options of its own: none, by its name
+            cls.Options = dataclass(frozen=True)(type(f"{cls.__name__}Options", (cls.Options,),
+                                                      {"protocol": info.name, "__module__": cls.__module__}))
+        cls.options = MappingProxyType(cls.Options.defaults())
 
     def __init__(self, runtime: Runtime, **options: Any) -> None:
-        unknown = set(options) - set(self.options)
-        if unknown:
-            known = ", ".join(sorted(self.options)) or "none"
-            raise UsageError(f"protocol {self.info.name!r} has no option(s) {', '.join(sorted(unknown))} "
-                             f"(its options: {known})")
         self.runtime = runtime
-        self.settings = {**self.options, **options}
+        #: the validated options, typed
+        self.opts = self.Options.parse(options)
+        #: the same as a dict (read by older code; changing it changes nothing)
+        self.settings = self.opts.as_dict()
         self.sites: list = []
 
     # -- life cycle ------------------------------------------------------------------
@@ -113,7 +126,7 @@ class Protocol(ABC):
 
     def summary(self) -> dict:
         """Protocol-specific figures for the metrics (options in use, soundness, privacy, ...)."""
-        return {"options": dict(self.settings)}
+        return {"options": self.opts.as_dict()}
 
     # -- the bilinear ops ------------------------------------------------------------
     def bilinear(self, site, op: str, fn: str, a: torch.Tensor, b: torch.Tensor, *,

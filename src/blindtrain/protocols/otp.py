@@ -43,8 +43,9 @@ from ..errors import UsageError
 from ..field import codec, freivalds
 from ._field import FieldOffload
 from .base import Protocol, ProtocolInfo, register
+from .options import OtpOptions
 
-UNMASK_MODES = ("enclave", "mask-worker")
+UNMASK_MODES = OtpOptions.choices("unmask")
 
 
 @register
@@ -61,14 +62,11 @@ class OneTimePad(FieldOffload, Protocol):
                 "factors f(r, W_t) recomputed every step in the enclave (--unmask enclave) or by a mask worker "
                 "that sees only pads (--unmask mask-worker)",
     )
-    options = {"unmask": "enclave", "modulus": codec.DEFAULT_MODULUS, "repetitions": 2, "weight_bits": 24,
-               "field_backend": "auto"}
+    Options = OtpOptions
 
     def __init__(self, runtime, **options):
         super().__init__(runtime, **options)
-        if self.settings["unmask"] not in UNMASK_MODES:
-            raise UsageError(f"--unmask must be one of {', '.join(UNMASK_MODES)}, got {self.settings['unmask']!r}")
-        self.unmask = self.settings["unmask"]
+        self.unmask = self.opts.unmask
         self._setup_field()
 
     # -- the bilinear ops --------------------------------------------------------------------

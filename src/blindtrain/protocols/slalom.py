@@ -42,6 +42,7 @@ from ..errors import IntegrityError, UsageError
 from ..field import codec, freivalds
 from ..field.store import FactorUnavailable, SealedFactorStore
 from .base import Protocol, ProtocolInfo, register
+from .options import SlalomOptions
 from ._field import FieldOffload
 
 
@@ -57,18 +58,12 @@ class Slalom(FieldOffload, Protocol):
         summary="Slalom is an inference protocol: its unmask factors are precomputed for fixed weights, "
                 "so it cannot train",
     )
-    options = {"modulus": codec.DEFAULT_MODULUS, "repetitions": 2, "precompute": 8, "weight_bits": 16,
-               "store_dir": None, "field_backend": "auto"}
+    Options = SlalomOptions
 
     def __init__(self, runtime, **options):
         super().__init__(runtime, **options)
         self._setup_field()
-        try:
-            self.precompute = int(self.settings["precompute"])
-        except (TypeError, ValueError):
-            raise UsageError("slalom option precompute must be an integer") from None
-        if self.precompute < 1:
-            raise UsageError(f"precompute must be at least 1, got {self.precompute}")
+        self.precompute = self.opts.precompute
         rng = runtime.rng
         pad_key = rng.random_bytes(32, label=("slalom", "pad-key", runtime.next_nonce()))
         self._offline_pads = Csprng(pad_key)  # offline: pads to compute U_i
