@@ -70,9 +70,13 @@ class Protocol(ABC):
     options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     #: whether the model's bilinear layers are replaced by offloaded ones (the default :meth:`wrap`)
     offloads_layers: ClassVar[bool] = True
-    #: how far this protocol's forward and gradients may be from plain PyTorch's on the conformance
-    #: suite's small models (relative to each tensor's largest magnitude)
+    #: how far this protocol's forward, input gradient and weight update may be from plain PyTorch's
+    #: (max |error| / max |reference| per tensor, on the conformance suite's small models)
     tolerance: ClassVar[float] = 1e-5
+    #: the transcript kinds each worker role receives (DESIGN.md: masked, public, obfuscated, pad, share, clear)
+    transcript_kinds: ClassVar[Mapping[str, frozenset[str]]] = MappingProxyType({})
+    #: whether every worker result is verified: every adversary must then be caught (exit 3)
+    verifies_results: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

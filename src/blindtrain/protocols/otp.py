@@ -63,6 +63,9 @@ class OneTimePad(FieldOffload, Protocol):
                 "that sees only pads (--unmask mask-worker)",
     )
     Options = OtpOptions
+    tolerance = 1e-4  # fixed point: 24-bit weights, per-tensor exponents
+    transcript_kinds = {"main": frozenset({"masked", "public"}), "mask": frozenset({"pad", "public"})}
+    verifies_results = True
 
     def __init__(self, runtime, **options):
         super().__init__(runtime, **options)

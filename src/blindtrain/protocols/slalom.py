@@ -59,6 +59,9 @@ class Slalom(FieldOffload, Protocol):
                 "so it cannot train",
     )
     Options = SlalomOptions
+    tolerance = 1e-3  # fixed point: 16-bit weights
+    transcript_kinds = {"main": frozenset({"masked", "public"})}
+    verifies_results = True
 
     def __init__(self, runtime, **options):
         super().__init__(runtime, **options)

@@ -179,6 +179,9 @@ class Tempo(Protocol):
                 "are updated there (SGD); re-encrypted only on key rotation or read-out",
     )
     Options = TempoOptions
+    tolerance = 1e-4  # float32 products in another summation order
+    transcript_kinds = {"main": frozenset({"obfuscated", "public"})}
+    verifies_results = True
 
     def __init__(self, runtime, **options):
         super().__init__(runtime, **options)
