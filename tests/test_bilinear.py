@@ -171,3 +171,27 @@ def test_conv1d_is_one_entry_viewed_as_conv2d():
 def test_unknown_ops_are_named():
     with pytest.raises(ValueError, match="unknown bilinear function 'conv3d'.*known"):
         bilinear.apply("conv3d", torch.ones(1), torch.ones(1))
+
+
+def test_a_field_protocol_offloads_and_checks_conv1d_from_its_table_entry_alone():
+    """otp has no conv1d code: its masking, fixed-point bounds, field lowering and Freivalds check all read
+    the table, so Conv1d's forward and input gradient go to the worker and are verified."""
+    import blindtrain as bt
+    from blindtrain.glue import LayerSite
+
+    torch.manual_seed(0)
+    x, w = torch.randn(4, 3, 20), torch.randn(5, 3, 3)
+    params = {"stride": 2, "padding": 1}
+    x_ref, w_ref = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y_ref = F.conv1d(x_ref, w_ref, **params)
+    dy = torch.randn(y_ref.shape)
+    (y_ref * dy).sum().backward()
+    with bt.Session(protocol="otp", device="cpu") as session:
+        otp, site = session.protocol, LayerSite("c1", "conv1d", tuple(w.shape), params)
+        y = otp.bilinear(site, "forward", "conv1d", x, w, roles=("data", "weight"), params=params)
+        dx = otp.bilinear(site, "grad_input", "conv1d_input", dy, w, roles=("data", "weight"),
+                          params={**params, "input_size": tuple(x.shape)})
+        checks = session.ledger.integrity_checks
+    torch.testing.assert_close(y, y_ref.detach(), rtol=1e-5, atol=1e-5 * float(y_ref.detach().abs().max()))
+    torch.testing.assert_close(dx, x_ref.grad, rtol=1e-5, atol=1e-5 * float(x_ref.grad.abs().max()))
+    assert checks == 2
