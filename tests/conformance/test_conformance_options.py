@@ -95,3 +95,13 @@ def test_the_cli_help_and_the_protocols_table_come_from_the_dataclasses():
     assert "repetitions (int in [1, 8], default 2)" in help_text
     text = runner.invoke(main, ["protocols"]).output
     assert "--option scale_range" in text and "int in [0, 30], default 4" in text
+
+
+def test_the_field_options_agree_with_the_field_package():
+    """options.py stays import-light (no torch): its field defaults and choices are checked here instead."""
+    from blindtrain.field import codec
+    from blindtrain.field.engine import BACKENDS
+    from blindtrain.protocols.options import FieldOptions
+
+    assert FieldOptions().modulus == codec.DEFAULT_MODULUS
+    assert set(FieldOptions.choices("field_backend")) == {"auto", *BACKENDS}

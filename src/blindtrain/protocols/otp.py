@@ -39,7 +39,6 @@ from __future__ import annotations
 import torch
 
 from ..boundary import Request, Sent, Tag
-from ..errors import UsageError
 from ..field import codec, freivalds
 from ._field import FieldOffload
 from .base import Protocol, ProtocolInfo, register
