@@ -41,7 +41,7 @@ BAD_INPUTS = {
     "bad adversary": (["--adversary", "evil"], "unknown adversary"),
     "bad hidden widths": (["--hidden", "64,0"], "positive widths"),
     "hidden for a convnet": (["--model", "lenet", "--hidden", "8"], "--hidden applies to --model mlp"),
-    "unknown protocol option": (["--option", "frobnicate=1"], "has no option"),
+    "unknown protocol option": (["--option", "frobnicate=1"], "--option frobnicate: no such option"),
     "unknown transport": (["--transport", "carrier-pigeon"], "unknown transport"),
     "plain in another process": (["--protocol", "plain", "--transport", "process"], "inproc"),
     "zero workers": (["--workers", "0"], "--workers"),

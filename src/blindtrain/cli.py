@@ -28,31 +28,68 @@ def _parse_hidden(ctx, param, value):
     return widths
 
 
-def _parse_options(pairs) -> dict:
-    options = {}
+def _parse_options(pairs) -> tuple[dict, dict]:
+    """``--option KEY=VALUE`` pairs -> (options, how each was spelled on the command line)."""
+    options, spelled = {}, {}
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq or not key:
             raise UsageError(f"--option takes KEY=VALUE, got {pair!r}")
+        name = key.replace("-", "_")
         try:
-            options[key.replace("-", "_")] = ast.literal_eval(value)
+            options[name] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            options[key.replace("-", "_")] = value
-    return options
+            options[name] = value
+        spelled[name] = f"--option {key}"
+    return options, spelled
 
 
-def _protocol_options(unmask, fuse_activations, rotate_every, workers, extra) -> dict:
-    options = _parse_options(extra)
-    for key, value in (("unmask", unmask), ("fuse_activations", fuse_activations),
-                       ("rotate_every", rotate_every), ("workers", workers)):
+def _protocol_options(extra, **flags) -> tuple[dict, dict]:
+    """The protocol options of the command line: ``--option`` pairs and the options' own flags
+    (``--unmask`` ...), with the spelling of each (errors name what the user typed)."""
+    options, spelled = _parse_options(extra)
+    for name, value in flags.items():
         if value is not None:
-            options[key] = value
-    return options
+            options[name] = value
+            spelled[name] = "--" + name.replace("_", "-")
+    return options, spelled
+
+
+def _option_flag_help(name: str) -> str:
+    """A protocol option flag's help, from the options' dataclasses (:mod:`blindtrain.protocols.options`)."""
+    from .protocols.options import OPTIONS, describe
+
+    owners = [(protocol, spec) for protocol, cls in sorted(OPTIONS.items()) for spec in describe(cls)
+              if spec.name == name and spec.flag.startswith("--") and not spec.flag.startswith("--option")]
+    protocols = "/".join(protocol for protocol, _ in owners)
+    spec = owners[0][1] if owners else None
+    return f"{protocols}: {spec.help} ({spec.allowed()})" if spec else name
+
+
+def _option_help() -> str:
+    from .protocols.options import OPTIONS, describe
+
+    parts = []
+    for protocol, cls in sorted(OPTIONS.items()):
+        specs = [f"{spec.name} ({spec.allowed()}, default {spec.default})" for spec in describe(cls)
+                 if spec.flag.startswith("--option")]
+        if specs:
+            parts.append(f"{protocol}: " + ", ".join(specs))
+    return "protocol option KEY=VALUE (repeatable); " + "; ".join(parts) + " (see `blindtrain protocols`)"
 
 
 def _fail(exc: BlindtrainError) -> None:
     click.echo(f"error: {exc}", err=True)
     sys.exit(exc.exit_code)
+
+
+def _fail_options(exc: BlindtrainError, spelled: dict) -> None:
+    """Exit with ``exc``; a protocol option's error names the flag the user typed."""
+    from .protocols.options import OptionError
+
+    if isinstance(exc, OptionError) and exc.option is not None:
+        exc = UsageError(exc.render(spelled.get(exc.option, f"--option {exc.option}")))
+    _fail(exc)
 
 
 def _summary_table(metrics: dict) -> str:
@@ -103,7 +140,7 @@ def main() -> None:
 @click.option("--threads", type=int, help="threads of the trusted side")
 @click.option("--transport", default="inproc", show_default=True, help="inproc, process or dist (torch.distributed)")
 @click.option("--rendezvous", help="dist: tcp://HOST:PORT to wait at for remote workers (default: launch local ones)")
-@click.option("--workers", type=click.IntRange(min=1), help="number of main workers (protocols that split ops)")
+@click.option("--workers", type=click.IntRange(min=1), help=_option_flag_help("workers"))
 @click.option("--worker-timeout", type=float, default=600.0, show_default=True,
               help="seconds a worker may take to answer one request before it is declared dead")
 @click.option("--adversary", help="honest, tamper, noise, zeros, replay, crash, hang, malformed, spoof "
@@ -117,27 +154,25 @@ def main() -> None:
 @click.option("--keystore", type=click.Path(dir_okay=False), help="sealing key file (default ~/.config/blindtrain)")
 @click.option("--record-ground-truth", type=click.Path(dir_okay=False),
               help="privacy lab: write the true batches and final model, sealed, for `blindtrain attack` scoring")
-@click.option("--unmask", help="otp: where unmask factors are computed: enclave or mask-worker")
-@click.option("--modulus", type=int, help="otp/slalom: the field's prime (below 2^61; default 2^61-1)")
-@click.option("--fuse-activations/--no-fuse-activations", default=None, help="tempo: Linear/Conv + activation (+ max-pool) as one module; the product is checked, the activation runs in the enclave")
-@click.option("--rotate-every", type=int, help="tempo: rotate weight keys every N steps")
-@click.option("--option", "extra", multiple=True, help="protocol option KEY=VALUE (repeatable)")
+@click.option("--unmask", help=_option_flag_help("unmask"))
+@click.option("--modulus", type=int, help=_option_flag_help("modulus"))
+@click.option("--fuse-activations/--no-fuse-activations", default=None, help=_option_flag_help("fuse_activations"))
+@click.option("--rotate-every", type=int, help=_option_flag_help("rotate_every"))
+@click.option("--option", "extra", multiple=True, help=_option_help())
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def train(**kwargs) -> None:
     """Train a model under a protocol."""
     from .train import TrainConfig, run_training
 
+    spelled: dict = {}
     try:
-        options = _protocol_options(kwargs.pop("unmask"), kwargs.pop("fuse_activations"),
-                                    kwargs.pop("rotate_every"), kwargs.pop("workers"), kwargs.pop("extra"))
-        modulus = kwargs.pop("modulus")
-        if modulus is not None:
-            options["modulus"] = modulus
+        options, spelled = _protocol_options(kwargs.pop("extra"), **{name: kwargs.pop(name) for name in (
+            "unmask", "fuse_activations", "rotate_every", "workers", "modulus")})
         quiet = kwargs.pop("quiet")
         config = TrainConfig(**kwargs, protocol_options=options, progress=not quiet)
         metrics = run_training(config, echo=click.echo)
     except BlindtrainError as exc:
-        _fail(exc)
+        _fail_options(exc, spelled)
     click.echo(f"done: {metrics['protocol']} trained {metrics['model']} on {metrics['dataset']}")
     click.echo(_summary_table(metrics))
 
@@ -156,7 +191,7 @@ def train(**kwargs) -> None:
 @click.option("--transcript", type=click.Path(dir_okay=False), help="write every tensor the worker received (.npz)")
 @click.option("--record-ground-truth", type=click.Path(dir_okay=False),
               help="privacy lab: write the true inputs and the model, sealed, for `blindtrain attack` scoring")
-@click.option("--modulus", type=int, help="slalom: the field's prime (below 2^61; default 2^61-1)")
+@click.option("--modulus", type=int, help=_option_flag_help("modulus"))
 @click.option("--allow-rollback", is_flag=True, help="accept a checkpoint older than the newest one of its run")
 @click.option("--worker-timeout", type=float, default=600.0, show_default=True,
               help="seconds a worker may take to answer one request before it is declared dead")
@@ -167,19 +202,21 @@ def predict(checkpoint, protocol, dataset, data_dir, device, transport, adversar
     from .files import check_writable
     from .train import run_predict, write_json
 
+    spelled: dict = {}
     try:
+        options, spelled = _protocol_options(extra, modulus=modulus)
         if metrics:
             check_writable(metrics, flag="--metrics")
         result = run_predict(checkpoint=checkpoint, protocol=protocol, dataset=dataset, data_dir=data_dir,
                              device=device, keystore=keystore, transport=transport, adversary=adversary,
                              batch_size=batch_size,
-                             protocol_options={**_parse_options(extra), **({"modulus": modulus} if modulus else {})},
+                             protocol_options=options,
                              transcript=transcript, record_ground_truth=record_ground_truth,
                              allow_rollback=allow_rollback, worker_timeout=worker_timeout)
         if metrics:
             write_json(metrics, result)
     except BlindtrainError as exc:
-        _fail(exc)
+        _fail_options(exc, spelled)
     click.echo(f"{result['protocol']}: test accuracy {result['test_accuracy']:.4f} on {result['test_samples']} "
                f"{result['dataset']} samples ({result['messages']} messages, "
                f"{result['integrity_checks']} integrity checks)")
@@ -207,15 +244,17 @@ def export(checkpoint, out, keystore, allow_rollback) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def protocols(as_json: bool) -> None:
     """What each protocol keeps private, whether it trains, and how results are verified."""
-    from .protocols import load_all
-
     from .attacks.report import measured, protocol_lines
+    from .protocols import load_all
+    from .protocols.options import describe
 
     registry = load_all()
     infos = [registry[name].info for name in sorted(registry)]
     lab = measured()  # the privacy lab's figures (docs/privacy/results.json), beside what each protocol asserts
+    options = {name: describe(registry[name].Options) for name in registry}
     if as_json:
-        click.echo(json.dumps([{**vars(i), "measured": lab.get(i.name)} for i in infos], indent=2))
+        click.echo(json.dumps([{**vars(i), "tolerance": registry[i.name].tolerance, "measured": lab.get(i.name),
+                                "options": [vars(spec) for spec in options[i.name]]} for i in infos], indent=2))
         return
     for info in infos:
         click.echo(f"{info.name}  ({info.source}; {'training' if info.trains else 'inference only'})")
@@ -223,6 +262,9 @@ def protocols(as_json: bool) -> None:
         click.echo(f"  integrity:           {info.integrity}")
         click.echo("\n".join(protocol_lines(info.name, lab)))
         click.echo(f"  asserted leaks:      {info.leaks}")
+        click.echo(f"  options:             {'none' if not options[info.name] else ''}")
+        for spec in options[info.name]:
+            click.echo(f"    {spec.flag.split('=')[0]:<24} {spec.allowed()}, default {spec.default}: {spec.help}")
         click.echo(f"  {info.summary}\n")
 
 

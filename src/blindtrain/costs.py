@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from . import bilinear
 from .nn import MatMul
 
 FLOAT32 = 4
@@ -69,9 +70,10 @@ class StepCost:
         return asdict(self)
 
 
-def _conv_macs(out_shape, weight_shape) -> int:
-    cout, cin, kh, kw = weight_shape
-    return math.prod(out_shape) * cin * kh * kw
+def _op(layer, kind, op, fn, a_shape, b_shape, out_shape, roles, params=None) -> OpShape:
+    """One :class:`OpShape`, its multiply-accumulates from the op table (:func:`blindtrain.bilinear.macs`)."""
+    return OpShape(layer, kind, op, fn, tuple(a_shape), tuple(b_shape), tuple(out_shape), roles,
+                   bilinear.macs(fn, a_shape, b_shape, out_shape), params or {})
 
 
 def trace_ops(model: nn.Module, input_shape, *, batch: int) -> list[OpShape]:
@@ -96,12 +98,10 @@ def trace_ops(model: nn.Module, input_shape, *, batch: int) -> list[OpShape]:
             x = inputs[0]
             b, n = math.prod(x.shape[:-1]), x.shape[-1]
             m = module.out_features
-            w = (m, n)
             records.extend([
-                OpShape(name, "linear", "forward", "matmul", (b, n), (n, m), (b, m), ("data", "weight"), b * n * m),
-                OpShape(name, "linear", "grad_input", "matmul", (b, m), w, (b, n), ("data", "weight"), b * n * m),
-                OpShape(name, "linear", "grad_weight", "matmul_tn", (b, n), (b, m), (n, m), ("data", "data"),
-                        b * n * m),
+                _op(name, "linear", "forward", "matmul", (b, n), (n, m), (b, m), ("data", "weight")),
+                _op(name, "linear", "grad_input", "matmul", (b, m), (m, n), (b, n), ("data", "weight")),
+                _op(name, "linear", "grad_weight", "matmul_tn", (b, n), (b, m), (n, m), ("data", "data")),
             ])
         return hook
 
@@ -111,14 +111,13 @@ def trace_ops(model: nn.Module, input_shape, *, batch: int) -> list[OpShape]:
                 first_layers.add(name)
             x = tuple(inputs[0].shape)
             w, y = tuple(module.weight.shape), tuple(output.shape)
-            macs = _conv_macs(y, w)
             params = {"stride": module.stride, "padding": module.padding, "dilation": module.dilation}
             records.extend([
-                OpShape(name, "conv2d", "forward", "conv2d", x, w, y, ("data", "weight"), macs, params),
-                OpShape(name, "conv2d", "grad_input", "conv2d_input", y, w, x, ("data", "weight"), macs,
-                        {**params, "input_size": x}),
-                OpShape(name, "conv2d", "grad_weight", "conv2d_weight", x, y, w, ("data", "data"), macs,
-                        {**params, "weight_size": w}),
+                _op(name, "conv2d", "forward", "conv2d", x, w, y, ("data", "weight"), params),
+                _op(name, "conv2d", "grad_input", "conv2d_input", y, w, x, ("data", "weight"),
+                    {**params, "input_size": x}),
+                _op(name, "conv2d", "grad_weight", "conv2d_weight", x, y, w, ("data", "data"),
+                    {**params, "weight_size": w}),
             ])
         return hook
 
@@ -126,13 +125,12 @@ def trace_ops(model: nn.Module, input_shape, *, batch: int) -> list[OpShape]:
         def hook(module, inputs, output):
             a, b = tuple(inputs[0].shape), tuple(inputs[1].shape)
             y = tuple(output.shape)
-            macs = math.prod(y) * a[-1]
             bt = b[:-2] + (b[-1], b[-2])
             at = a[:-2] + (a[-1], a[-2])
             records.extend([
-                OpShape(name, "matmul", "forward", "bmm", a, b, y, ("data", "data"), macs),
-                OpShape(name, "matmul", "grad_input", "bmm", y, bt, a, ("data", "data"), macs),
-                OpShape(name, "matmul", "grad_weight", "bmm", at, y, b, ("data", "data"), macs),
+                _op(name, "matmul", "forward", "bmm", a, b, y, ("data", "data")),
+                _op(name, "matmul", "grad_input", "bmm", y, bt, a, ("data", "data")),
+                _op(name, "matmul", "grad_weight", "bmm", at, y, b, ("data", "data")),
             ])
         return hook
 

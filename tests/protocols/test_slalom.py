@@ -9,7 +9,6 @@ from torch import nn
 
 from blindtrain import Session
 from blindtrain.cli import main
-from blindtrain.costs import forward_only, trace_ops
 from blindtrain.errors import IntegrityError, UsageError
 from blindtrain.models import build
 from blindtrain.train import TrainConfig, run_predict, run_training
@@ -93,30 +92,4 @@ def test_cannot_train():
     assert result.exit_code == 2 and "inference" in result.output and "predict --protocol slalom" in result.output
 
 
-def test_cost_model_bytes_equal_the_ledger_per_batch():
-    session, wrapped, ref = _lenet_session()
-    ops = forward_only(trace_ops(ref, (1, 8, 8), batch=8))
-    cost = session.protocol.cost_model(ops, batch=8, input_numel=64, classes=10, training=False)
-    before = (session.ledger.bytes_to_worker, session.ledger.bytes_from_worker, session.ledger.messages)
-    with torch.no_grad():
-        wrapped(torch.randn(8, 1, 8, 8))
-    ledger = session.ledger
-    assert ledger.bytes_to_worker - before[0] == cost.bytes_to_worker
-    assert ledger.bytes_from_worker - before[1] == cost.bytes_from_worker
-    assert ledger.messages - before[2] == cost.round_trips
-    session.close()
-
-
-LAYERS = {"conv2d": "features.0", "linear": "classifier.1"}
-
-
-@pytest.mark.parametrize("layer_type", sorted(LAYERS))
-@pytest.mark.parametrize("adversary", ["tamper", "noise", "zeros", "replay"])
-def test_adversary_detected(checkpoints, adversary, layer_type):
-    paths, keystore = checkpoints
-    layer = LAYERS[layer_type]
-    result = CliRunner().invoke(main, ["predict", "--protocol", "slalom", "--checkpoint", paths["lenet"],
-                                       "--keystore", keystore, "--device", "cpu", "--batch-size", "90",
-                                       "--adversary", f"{adversary}:layer={layer}"])
-    assert result.exit_code == 3, result.output
-    assert f"layer '{layer}'" in result.output and "op 'forward'" in result.output and "step 1" in result.output
+# (the cost model against the ledger and every adversary: tests/conformance, over every protocol)

@@ -195,8 +195,9 @@ def test_transcript_never_holds_weights_or_inputs_in_the_clear(digits):
     assert len({(m["layer"], m["step"]) for m in encrypt}) == 3 * 2
 
 
-@pytest.mark.parametrize("adversary", ["tamper", "noise", "zeros", "replay", "tamper:op=grad_input",
-                                       "tamper:op=grad_weight,step=2", "tamper:target=state,step=2",
+# every result adversary on every layer kind and op: tests/conformance; here what only tempo has (a tampered
+# resident update found at the next check, and corrupted worker-held weights)
+@pytest.mark.parametrize("adversary", ["tamper:op=grad_weight,step=2", "tamper:target=state,step=2",
                                        "noise:target=state,step=3", "zeros:target=state,step=2,layer=3"])
 def test_adversaries_are_caught_with_exit_3(adversary, tmp_path):
     runner = CliRunner()
@@ -205,16 +206,6 @@ def test_adversaries_are_caught_with_exit_3(adversary, tmp_path):
                                   "--adversary", adversary, "--metrics", str(metrics)])
     assert result.exit_code == 3, result.output
     assert "integrity violation" in result.output
-
-
-@pytest.mark.parametrize("adversary", ["tamper:layer=features.0", "tamper:op=grad_input,layer=features.3",
-                                       "noise:layer=features.3", "zeros:op=grad_input,layer=features.3"])
-def test_adversaries_on_conv_layers_are_caught_with_exit_3(adversary):
-    """The conv checks' result side (Y ρ, dX σ per pixel) comes from the decoding pass: tampering is caught."""
-    result = CliRunner().invoke(main, ["train", "--protocol", "tempo", "--model", "lenet", "--dataset", "synthetic",
-                                       "--steps", "3", "--quiet", "--device", "cpu", "--adversary", adversary])
-    assert result.exit_code == 3, result.output
-    assert "integrity violation" in result.output and "features." in result.output
 
 
 def test_honest_run_passes_and_reports_privacy_and_detection(tmp_path):
@@ -254,7 +245,7 @@ def test_fused_activations_match_plain_and_run_on_the_worker(model_name, dataset
     assert set(model.state_dict()) == set(build(model_name, dataset.input_shape, dataset.num_classes).state_dict())
 
 
-@pytest.mark.parametrize("workers,model_name", [(1, "mlp"), (2, "lenet")])
+@pytest.mark.parametrize("workers,model_name", [(2, "lenet")])  # one worker: tests/conformance
 def test_cost_model_equals_the_ledger_in_steady_state(workers, model_name, digits, synthetic):
     import math
 

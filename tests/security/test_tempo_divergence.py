@@ -45,7 +45,7 @@ def test_a_non_finite_result_from_the_worker_is_exit_3(value, op, monkeypatch):
 def test_zero_rotation_period_or_workers_is_rejected_not_coerced(flag):
     result = _train("--steps", "1", flag, "0")
     assert result.exit_code == 2, result.output
-    assert "must be >= 1" in result.output or "0 is not in the range x>=1" in result.output
+    assert "must be at least 1" in result.output or "0 is not in the range x>=1" in result.output
 
 
 @pytest.mark.parametrize("flag", ["--momentum", "--weight-decay"])

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .. import bilinear
 from ..field.engine import BACKENDS, FieldEngine
@@ -67,9 +66,7 @@ def legacy_float64(fn: str, a: torch.Tensor, b: torch.Tensor, modulus: int, para
 
 
 def _float32(shape: Shape, a, b):
-    if shape.fn == "matmul":
-        return lambda: torch.matmul(a, b)
-    return lambda: F.conv2d(a, b, **shape.params)
+    return lambda: bilinear.apply(shape.fn, a, b, **shape.params)
 
 
 def _time(fn, device: str) -> float:

@@ -159,13 +159,7 @@ def _window_sq(fn: str, a: torch.Tensor, b_shape, params: dict) -> torch.Tensor:
 def _column_sq(fn: str, b: torch.Tensor) -> torch.Tensor:
     """Squared ℓ2 norms of every column / filter of ``b`` that one output element reads."""
     b2 = b.to(torch.float64).square()
-    if fn in ("matmul", "bmm"):
-        return b2.sum(-2)
-    if fn == "conv2d":  # filters w[o]
-        return b2.sum((1, 2, 3))
-    if fn == "conv2d_input":  # w[:, c]
-        return b2.sum((0, 2, 3))
-    raise ValueError(f"no overflow bound for bilinear function {fn!r}")
+    return b2.sum(bilinear.op(fn).b_summed_axes)  # matmul: columns; conv2d: filters w[o]; conv2d_input: w[:, c]
 
 
 def _pair(v):
@@ -174,6 +168,7 @@ def _pair(v):
 
 def norm_bound(fn: str, a: torch.Tensor, b: torch.Tensor, params: dict) -> float:
     """A rigorous bound on ``max |fn(a, b)|`` (Cauchy–Schwarz over windows and columns)."""
+    fn, a, b, params, _ = bilinear.as_base(fn, a, b, params)  # a view op (conv1d) as its base op
     wa = float(_window_sq(fn, a, tuple(b.shape), params).max()) if a.numel() else 0.0
     cb = float(_column_sq(fn, b).max()) if b.numel() else 0.0
     return math.sqrt(wa) * math.sqrt(cb) * (1 + 1e-9)  # float64 sums of squares: relative error far below 1e-9

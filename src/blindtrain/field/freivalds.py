@@ -28,11 +28,13 @@ import math
 
 import torch
 
+from .. import bilinear
 from .engine import FieldEngine
 from .integers import centre
 
 S_BOUND = 2**19
-SUPPORTED = ("matmul", "conv2d", "conv2d_input")
+#: the ops with a Freivalds form: B has output channels (:attr:`blindtrain.bilinear.BilinearOp.checkable`)
+SUPPORTED = tuple(name for name, entry in bilinear.OPS.items() if entry.checkable)
 
 
 def soundness_bits(repetitions: int, bound: int = S_BOUND) -> float:
@@ -42,13 +44,7 @@ def soundness_bits(repetitions: int, bound: int = S_BOUND) -> float:
 
 def channels(fn: str, b_shape) -> int:
     """Size of the output-channel dimension of ``fn``'s result (what ``s`` contracts)."""
-    if fn == "matmul":
-        return int(b_shape[-1])
-    if fn == "conv2d":
-        return int(b_shape[0])
-    if fn == "conv2d_input":
-        return int(b_shape[1])
-    raise ValueError(f"no Freivalds form for {fn!r}")
+    return bilinear.op(fn).channels(b_shape)
 
 
 def draw(rng, fn: str, b_shape, repetitions: int, *, label: tuple) -> torch.Tensor:
@@ -59,38 +55,30 @@ def draw(rng, fn: str, b_shape, repetitions: int, *, label: tuple) -> torch.Tens
 
 def contract_weight(fn: str, b: torch.Tensor, s: torch.Tensor, engine: FieldEngine) -> torch.Tensor:
     """``B·s`` (centred mod p: the exact integer when it is below p/2) in the layout ``f`` takes as its
-    second operand (k output channels)."""
-    k, p = s.shape[1], engine.p
-    if fn == "matmul":  # (n, m) @ (m, k)
-        out = engine.bilinear("matmul", b, s)
-    elif fn == "conv2d":  # w (m, c, kh, kw) -> (k, c, kh, kw)
-        m = b.shape[0]
-        out = engine.bilinear("matmul", s.t(), b.reshape(m, -1)).reshape(k, *b.shape[1:])
-    elif fn == "conv2d_input":  # w (m, c, kh, kw) -> (m, k, kh, kw)
-        m, c, kh, kw = b.shape
-        flat = b.permute(1, 0, 2, 3).reshape(c, -1)
-        out = engine.bilinear("matmul", s.t(), flat).reshape(k, m, kh, kw).permute(1, 0, 2, 3).contiguous()
-    else:
-        raise ValueError(f"no Freivalds form for {fn!r}")
-    return centre(out, p)
+    second operand: B's output-channel axis (m) contracted with ``s`` (m×k) to k channels."""
+    axis = _checkable(fn).b_channel_axis
+    moved = b.movedim(axis, -1)  # (..., m) @ (m, k)
+    out = engine.bilinear("matmul", moved, s).movedim(-1, axis).contiguous()
+    return centre(out, engine.p)
 
 
 def contract_output(fn: str, y: torch.Tensor, s: torch.Tensor, engine: FieldEngine) -> torch.Tensor:
-    """``Σ_o s_o·Y[..o..]`` mod p over the output channels (last dim for matmul, dim 1 for convolutions)."""
-    if fn == "matmul":
-        return engine.bilinear("matmul", y, s)
-    moved = y.movedim(1, -1)
-    return engine.bilinear("matmul", moved, s).movedim(-1, 1)
+    """``Σ_o s_o·Y[..o..]`` mod p over the result's output-channel axis."""
+    axis = _checkable(fn).out_channel_axis
+    return engine.bilinear("matmul", y.movedim(axis, -1), s).movedim(-1, axis)
 
 
 def expected(fn: str, a: torch.Tensor, bs: torch.Tensor, engine: FieldEngine, params: dict) -> torch.Tensor:
     """``f(A, B·s)`` mod p."""
-    params = dict(params)
-    if fn == "conv2d_input":
-        size = list(params["input_size"])
-        size[1] = bs.shape[1]
-        params["input_size"] = tuple(size)
-    return engine.bilinear(fn, a, bs, params)
+    entry = _checkable(fn)
+    return engine.bilinear(fn, a, bs, entry.with_channels(params, bs.shape[entry.b_channel_axis]))
+
+
+def _checkable(fn: str) -> bilinear.BilinearOp:
+    entry = bilinear.op(fn)
+    if not entry.checkable:
+        raise ValueError(f"no Freivalds form for {fn!r}")
+    return entry
 
 
 def check(fn: str, a: torch.Tensor, y: torch.Tensor, bs: torch.Tensor, s: torch.Tensor, engine: FieldEngine,

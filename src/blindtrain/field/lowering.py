@@ -21,12 +21,15 @@ element (padding zeros included), which is what the accumulation bounds use.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .. import bilinear
 
 
 def _pair(v) -> tuple[int, int]:
@@ -183,22 +186,34 @@ def _conv2d_weight(a_shape, b_shape, params) -> Lowered:
                    finish=lambda out: out.reshape(o, kh, kw, c).permute(0, 3, 1, 2).contiguous())
 
 
+_LOWERINGS: dict[str, Callable[..., Lowered]] = {
+    "matmul": lambda a, b, p: _matmul(a, b) if len(b) == 2 else _bmm(a, b),
+    "bmm": lambda a, b, p: _bmm(a, b),
+    "matmul_tn": lambda a, b, p: _bmm(a, b, transpose_a=True),
+    "conv2d": _conv2d,
+    "conv2d_input": _conv2d_input,
+    "conv2d_weight": _conv2d_weight,
+}
+
+
 def lower(fn: str, a_shape, b_shape, params: dict | None = None) -> Lowered:
-    """The matrix-product form of ``fn(A, B)`` for operands of these shapes."""
+    """The matrix-product form of ``fn(A, B)`` for operands of these shapes (a view op of
+    :data:`blindtrain.bilinear.OPS` through its base op's form)."""
     params = params or {}
     a_shape, b_shape = tuple(a_shape), tuple(b_shape)
     if fn.startswith("conv") and int(params.get("groups", 1)) != 1:
         raise ValueError("the field engine supports convolutions with groups=1 only")
-    if fn == "matmul":
-        return _matmul(a_shape, b_shape) if len(b_shape) == 2 else _bmm(a_shape, b_shape)
-    if fn == "bmm":
-        return _bmm(a_shape, b_shape)
-    if fn == "matmul_tn":
-        return _bmm(a_shape, b_shape, transpose_a=True)
-    if fn == "conv2d":
-        return _conv2d(a_shape, b_shape, params)
-    if fn == "conv2d_input":
-        return _conv2d_input(a_shape, b_shape, params)
-    if fn == "conv2d_weight":
-        return _conv2d_weight(a_shape, b_shape, params)
-    raise ValueError(f"unknown bilinear function {fn!r}")
+    base_fn, base_a, base_b, base_params, finish = bilinear.as_base(fn, a_shape, b_shape, params)
+    try:
+        lowering = _LOWERINGS[base_fn]
+    except KeyError:
+        raise ValueError(f"no matrix-product form for bilinear function {fn!r}") from None
+    low = lowering(base_a, base_b, base_params)
+    if base_fn == fn:
+        return low
+    left_shape, right_shape = (base_a, base_b) if low.left_is_a else (base_b, base_a)
+    left, right, base_finish = low.left, low.right, low.finish
+    return dataclasses.replace(
+        low, left=lambda s: left(s.reshape(s.shape[0], *left_shape)),
+        right=lambda s: right(s.reshape(s.shape[0], *right_shape)),
+        finish=lambda out: finish(base_finish(out)))

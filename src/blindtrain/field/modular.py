@@ -5,26 +5,16 @@ float64 limbs, whichever the engine measured faster for the shape).
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from .. import bilinear
 from .engine import engine_for
 
 
 def contraction_length(fn: str, a_shape, b_shape, params: dict | None = None) -> int:
-    """How many products each output element of ``fn(A, B)`` sums (an upper bound for convolutions)."""
-    if fn in ("matmul", "bmm"):
-        return int(a_shape[-1])
-    if fn == "matmul_tn":
-        return int(a_shape[-2])
-    if fn == "conv2d":  # B = w (m, c, kh, kw)
-        return int(math.prod(b_shape[1:]))
-    if fn == "conv2d_input":  # A = dY (N, m, Ho, Wo), B = w (m, c, kh, kw)
-        return int(b_shape[0] * b_shape[2] * b_shape[3])
-    if fn == "conv2d_weight":  # A = x, B = dY (N, m, Ho, Wo)
-        return int(b_shape[0] * b_shape[2] * b_shape[3])
-    raise ValueError(f"unknown bilinear function {fn!r}")
+    """How many products each output element of ``fn(A, B)`` sums (an upper bound for convolutions);
+    :func:`blindtrain.bilinear.contraction_length`."""
+    return bilinear.contraction_length(fn, a_shape, b_shape, params)
 
 
 def mod_bilinear(fn: str, a: torch.Tensor, b: torch.Tensor, modulus: int, params: dict | None = None, *,

@@ -13,7 +13,7 @@ __all__ = ["PROTOCOLS", "Protocol", "ProtocolInfo", "get", "register", "load_all
 def load_all() -> dict[str, type[Protocol]]:
     """Import every protocol module in this package (each registers itself)."""
     for module in pkgutil.iter_modules(__path__):
-        if module.name != "base" and not module.name.startswith("_"):
+        if module.name not in ("base", "options") and not module.name.startswith("_"):
             importlib.import_module(f"{__name__}.{module.name}")
     return PROTOCOLS
 

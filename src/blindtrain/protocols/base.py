@@ -24,12 +24,15 @@ from __future__ import annotations
 from abc import ABC
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
 
+from .. import bilinear
 from ..errors import UsageError
 from ..runtime import Runtime
+from .options import ProtocolOptions
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,10 @@ class Protocol(ABC):
     """Base class of every protocol (see the module docstring)."""
 
     info: ClassVar[ProtocolInfo]
-    #: protocol-specific options and their defaults (CLI: ``--unmask``, ``--option k=v`` ...)
-    options: ClassVar[Mapping[str, Any]] = {}
+    #: the protocol's typed options (a frozen dataclass; CLI: ``--unmask``, ``--option k=v`` ...)
+    Options: ClassVar[type[ProtocolOptions]] = ProtocolOptions
+    #: their defaults, read-only (derived from :attr:`Options`)
+    options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     #: whether the model's bilinear layers are replaced by offloaded ones (the default :meth:`wrap`)
     offloads_layers: ClassVar[bool] = True
     #: ``None``: a deep copy of the prepared model (``copy.deepcopy``, ``AveragedModel``) shares this
@@ -73,15 +78,28 @@ class Protocol(ABC):
     #: computed at each forward, e.g. by ``weight_norm``, can be offloaded); ``False`` for protocols that
     #: keep or encode a layer's weight parameter once (tempo, slalom): such layers stay in the enclave
     weights_per_call: ClassVar[bool] = True
+    #: how far this protocol's forward, input gradient and weight update may be from plain PyTorch's
+    #: (max |error| / max |reference| per tensor, on the conformance suite's small models)
+    tolerance: ClassVar[float] = 1e-5
+    #: the transcript kinds each worker role receives (DESIGN.md: masked, public, obfuscated, pad, share, clear)
+    transcript_kinds: ClassVar[Mapping[str, frozenset[str]]] = MappingProxyType({})
+    #: whether every worker result is verified: every adversary must then be caught (exit 3)
+    verifies_results: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        info = cls.__dict__.get("info")
+        if info is not None and cls.Options.protocol != info.name:  # no options of its own: none, by its name
+            cls.Options = dataclass(frozen=True)(type(f"{cls.__name__}Options", (cls.Options,),
+                                                      {"protocol": info.name, "__module__": cls.__module__}))
+        cls.options = MappingProxyType(cls.Options.defaults())
 
     def __init__(self, runtime: Runtime, **options: Any) -> None:
-        unknown = set(options) - set(self.options)
-        if unknown:
-            known = ", ".join(sorted(self.options)) or "none"
-            raise UsageError(f"protocol {self.info.name!r} has no option(s) {', '.join(sorted(unknown))} "
-                             f"(its options: {known})")
         self.runtime = runtime
-        self.settings = {**self.options, **options}
+        #: the validated options, typed
+        self.opts = self.Options.parse(options)
+        #: the same as a dict (read by older code; changing it changes nothing)
+        self.settings = self.opts.as_dict()
         self.sites: list = []
 
     def __deepcopy__(self, memo):
@@ -129,7 +147,7 @@ class Protocol(ABC):
 
     def summary(self) -> dict:
         """Protocol-specific figures for the metrics (options in use, soundness, privacy, ...)."""
-        return {"options": dict(self.settings)}
+        return {"options": self.opts.as_dict()}
 
     # -- the bilinear ops ------------------------------------------------------------
     def bilinear(self, site, op: str, fn: str, a: torch.Tensor, b: torch.Tensor, *,
@@ -142,22 +160,21 @@ class Protocol(ABC):
         raise NotImplementedError(f"protocol {self.info.name!r} does not offload bilinear ops")
 
     def forward(self, site, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if site.kind == "linear":
-            return self.bilinear(site, "forward", "matmul", x, weight.t(), roles=("data", "weight"), params={})
-        return self.bilinear(site, "forward", "conv2d", x, weight, roles=("data", "weight"), params=site.conv_params)
+        ops = bilinear.LAYER_OPS[site.kind]
+        b = weight.t() if ops.transposed_weight else weight
+        return self.bilinear(site, "forward", ops.forward, x, b, roles=("data", "weight"),
+                             params=bilinear.layer_params(ops.forward, site.conv_params))
 
     def grad_input(self, site, grad_y: torch.Tensor, weight: torch.Tensor, input_shape) -> torch.Tensor:
-        if site.kind == "linear":
-            return self.bilinear(site, "grad_input", "matmul", grad_y, weight, roles=("data", "weight"), params={})
-        params = {**site.conv_params, "input_size": tuple(input_shape)}
-        return self.bilinear(site, "grad_input", "conv2d_input", grad_y, weight, roles=("data", "weight"),
-                             params=params)
+        fn = bilinear.LAYER_OPS[site.kind].grad_input
+        return self.bilinear(site, "grad_input", fn, grad_y, weight, roles=("data", "weight"),
+                             params=bilinear.layer_params(fn, site.conv_params, input_shape))
 
     def grad_weight(self, site, x: torch.Tensor, grad_y: torch.Tensor, weight_shape) -> torch.Tensor:
-        if site.kind == "linear":
-            return self.bilinear(site, "grad_weight", "matmul_tn", x, grad_y, roles=("data", "data"), params={}).t()
-        params = {**site.conv_params, "weight_size": tuple(weight_shape)}
-        return self.bilinear(site, "grad_weight", "conv2d_weight", x, grad_y, roles=("data", "data"), params=params)
+        ops = bilinear.LAYER_OPS[site.kind]
+        out = self.bilinear(site, "grad_weight", ops.grad_weight, x, grad_y, roles=("data", "data"),
+                            params=bilinear.layer_params(ops.grad_weight, site.conv_params, weight_shape))
+        return out.t() if ops.transposed_weight else out
 
     def weighted_grads(self, site, x: torch.Tensor, grad_y: torch.Tensor, weight: torch.Tensor, *,
                        needs: tuple[bool, bool], input_shape) -> tuple[torch.Tensor | None, torch.Tensor | None]:

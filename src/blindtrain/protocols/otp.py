@@ -39,12 +39,12 @@ from __future__ import annotations
 import torch
 
 from ..boundary import Request, Sent, Tag
-from ..errors import UsageError
 from ..field import codec, freivalds
 from ._field import FieldOffload
 from .base import Protocol, ProtocolInfo, register
+from .options import OtpOptions
 
-UNMASK_MODES = ("enclave", "mask-worker")
+UNMASK_MODES = OtpOptions.choices("unmask")
 
 
 @register
@@ -61,14 +61,14 @@ class OneTimePad(FieldOffload, Protocol):
                 "factors f(r, W_t) recomputed every step in the enclave (--unmask enclave) or by a mask worker "
                 "that sees only pads (--unmask mask-worker)",
     )
-    options = {"unmask": "enclave", "modulus": codec.DEFAULT_MODULUS, "repetitions": 2, "weight_bits": 24,
-               "field_backend": "auto"}
+    Options = OtpOptions
+    tolerance = 1e-4  # fixed point: 24-bit weights, per-tensor exponents
+    transcript_kinds = {"main": frozenset({"masked", "public"}), "mask": frozenset({"pad", "public"})}
+    verifies_results = True
 
     def __init__(self, runtime, **options):
         super().__init__(runtime, **options)
-        if self.settings["unmask"] not in UNMASK_MODES:
-            raise UsageError(f"--unmask must be one of {', '.join(UNMASK_MODES)}, got {self.settings['unmask']!r}")
-        self.unmask = self.settings["unmask"]
+        self.unmask = self.opts.unmask
         self._setup_field()
 
     # -- the bilinear ops --------------------------------------------------------------------

@@ -113,6 +113,7 @@ class Plain(Protocol):
         summary="ordinary training on the worker device; the upper bound on speed",
     )
     offloads_layers = False
+    transcript_kinds = {"main": frozenset({"clear"})}
 
     def __init__(self, runtime, **options):
         super().__init__(runtime, **options)

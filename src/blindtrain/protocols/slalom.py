@@ -42,6 +42,7 @@ from ..errors import IntegrityError, UsageError
 from ..field import codec, freivalds
 from ..field.store import FactorUnavailable, SealedFactorStore
 from .base import Protocol, ProtocolInfo, register
+from .options import SlalomOptions
 from ._field import FieldOffload
 
 
@@ -59,18 +60,15 @@ class Slalom(FieldOffload, Protocol):
     )
     weights_per_call = False
     copy_refusal = ("slalom encodes each layer's weights once, at prepare(), so a copy with other weights would be computed with the original's")
-    options = {"modulus": codec.DEFAULT_MODULUS, "repetitions": 2, "precompute": 8, "weight_bits": 16,
-               "store_dir": None, "field_backend": "auto"}
+    Options = SlalomOptions
+    tolerance = 1e-3  # fixed point: 16-bit weights
+    transcript_kinds = {"main": frozenset({"masked", "public"})}
+    verifies_results = True
 
     def __init__(self, runtime, **options):
         super().__init__(runtime, **options)
         self._setup_field()
-        try:
-            self.precompute = int(self.settings["precompute"])
-        except (TypeError, ValueError):
-            raise UsageError("slalom option precompute must be an integer") from None
-        if self.precompute < 1:
-            raise UsageError(f"precompute must be at least 1, got {self.precompute}")
+        self.precompute = self.opts.precompute
         rng = runtime.rng
         pad_key = rng.random_bytes(32, label=("slalom", "pad-key", runtime.next_nonce()))
         self._offline_pads = Csprng(pad_key)  # offline: pads to compute U_i

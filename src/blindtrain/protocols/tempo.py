@@ -56,6 +56,7 @@ from ..tempo import thin
 from ..tempo.gather import backend as gather_backend
 from ..tempo.gather import gather, thin_product
 from .base import Protocol, ProtocolInfo, register
+from .options import TempoOptions
 
 U32 = 2.0 ** -24  # float32 unit roundoff
 
@@ -179,25 +180,13 @@ class Tempo(Protocol):
     )
     weights_per_call = False
     copy_refusal = ("tempo keeps each offloaded layer's weights on the worker under the layer's keys, so a copy would hold no weights of its own")
-    options = {"fuse_activations": False, "rotate_every": 100, "workers": 1, "check_vectors": 2,
-               "scale_range": 4, "update": "auto"}
+    Options = TempoOptions
+    tolerance = 1e-4  # float32 products in another summation order
+    transcript_kinds = {"main": frozenset({"obfuscated", "public"})}
+    verifies_results = True
 
     def __init__(self, runtime, **options):
         super().__init__(runtime, **options)
-        s = self.settings
-        try:  # None means the default; 0 is a value (and rejected below), never coerced
-            s["rotate_every"] = int(self.options["rotate_every"] if s["rotate_every"] is None else s["rotate_every"])
-            s["workers"] = int(self.options["workers"] if s["workers"] is None else s["workers"])
-            s["check_vectors"] = int(s["check_vectors"])
-            s["scale_range"] = int(s["scale_range"])
-        except (TypeError, ValueError):
-            raise UsageError("tempo options rotate_every, workers, check_vectors, scale_range are integers") from None
-        if s["rotate_every"] < 1 or s["workers"] < 1 or s["check_vectors"] < 1 or not 0 <= s["scale_range"] <= 30:
-            raise UsageError("tempo: --rotate-every and --workers must be >= 1, check_vectors >= 1, "
-                             "scale_range in [0, 30]")
-        if s["update"] not in ("auto", "worker", "enclave"):
-            raise UsageError("tempo option update must be auto, worker or enclave")
-        s["fuse_activations"] = bool(s["fuse_activations"])
         self.layers: dict[str, _Layer] = {}
         self.optimizer = None
         self.rotations = 0
