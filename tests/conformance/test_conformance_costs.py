@@ -44,12 +44,7 @@ def test_cost_model_bytes_equal_the_ledger(protocol, options):
         assert measured[0] > 0 and measured[1] > 0  # the comparison is not 0 == 0
 
 
-PLAIN_ROUND_TRIPS = pytest.mark.xfail(strict=True, reason="plain's cost model counts 2 round trips per step, the "
-                                      "ledger 3 messages (input, logits back, logits' gradient)")
-
-
-@pytest.mark.parametrize("protocol", [pytest.param(name, marks=[PLAIN_ROUND_TRIPS] if name == "plain" else [])
-                                      for name in sorted(REGISTRY)])
+@pytest.mark.parametrize("protocol", sorted(REGISTRY))
 def test_cost_model_round_trips_equal_the_ledgers_messages(protocol):
     cost, measured = _steady_state(protocol, {})
     assert cost.round_trips == measured[2]

@@ -57,9 +57,7 @@ def _input_gradient_cases():
         protocol, options = param.values
         if not REGISTRY[protocol].info.trains:
             continue
-        marks = [pytest.mark.xfail(strict=True, reason="plain returns no gradient for the model's input (its input "
-                                                       "crossing's backward gives None)")] if protocol == "plain" else []
-        yield pytest.param(protocol, options, id=param.id, marks=marks)
+        yield pytest.param(protocol, options, id=param.id)
 
 
 @pytest.mark.parametrize("protocol,options", list(_input_gradient_cases()))

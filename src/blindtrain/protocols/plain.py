@@ -38,7 +38,11 @@ class _Crossing(torch.autograd.Function):
     def backward(ctx, grad):
         if ctx.to_worker:
             ctx.timer.stop()  # the worker's backward is done when it reaches the input
-            return None, torch.zeros(()), None, None, None, None, None
+            grad_input = None
+            if ctx.needs_input_grad[0]:  # the caller asked for the input's gradient: it comes back, counted
+                grad_input = ctx.boundary.hand_back(grad, tag=Tag(step=ctx.tag.step, layer="input", op="grad_input"))
+                grad_input = grad_input.to(ctx.source_device)
+            return grad_input, torch.zeros(()), None, None, None, None, None
         grad_tag = Tag(step=ctx.tag.step, layer="logits", op="grad_input")
         moved = ctx.boundary.hand_over(grad, tag=grad_tag, kind="clear", device=ctx.source_device)
         ctx.timer.start()
@@ -130,7 +134,8 @@ class Plain(Protocol):
         logits = batch * classes * FLOAT32
         return StepCost(worker_flops=sum(op.flops for op in used),
                         bytes_to_worker=batch * input_numel * FLOAT32 + (logits if training else 0),
-                        bytes_from_worker=logits, round_trips=2 if training else 1, workers=1,
+                        bytes_from_worker=logits, workers=1,
+                        round_trips=3 if training else 2,  # messages: the input, the logits, their gradient
                         setup_bytes_to_worker=self.model_bytes,
                         trust="the worker sees everything", notes=["the loss stays on the trusted side"])
 
