@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -258,10 +259,10 @@ class DistTransport(Transport):
         detail = f"died (exit code {code})" if code is not None else f"connection lost ({text})"
         return WorkerCrashed(f"worker {self.name!r} (rank {self.rank}) {detail}")
 
-    def submit(self, request: Request) -> "PendingReply":
-        """Send ``request`` now; the returned handle's ``result()`` waits for the answer.  Requests
-        submitted to different ranks before any result is awaited run on their workers at the same time
-        (:meth:`call` is ``submit(request).result()``); replies from one rank come back in order."""
+    def _send(self, request: Request) -> Callable[[], Response]:
+        """Send ``request`` now; return the function that reads its answer (:meth:`Transport.submit` wraps
+        it in a :class:`~blindtrain.boundary.transport.Pending`).  Requests submitted to different ranks
+        before any answer is read run on their workers at the same time."""
         if self.hub.group is None:
             raise WorkerCrashed(f"worker {self.name!r} (rank {self.rank}): the dist transport is closed")
         deadline = time.monotonic() + self.timeout
@@ -269,31 +270,21 @@ class DistTransport(Transport):
             gloo.send_frame(self.hub.group, self.rank, wire.encode(request), timeout=self.timeout)
         except RuntimeError as exc:
             raise self._crashed(exc, self.timeout, deadline) from None
-        return PendingReply(self, request, deadline)
+        return lambda: self._read_reply(request, deadline)
 
-    def call(self, request: Request) -> Response:
-        return self.submit(request).result()
+    def _read_reply(self, request: Request, deadline: float) -> Response:
+        if self.hub.group is None:
+            raise WorkerCrashed(f"worker {self.name!r} (rank {self.rank}): the dist transport is closed")
+        try:
+            data = gloo.recv_frame(self.hub.group, self.rank, timeout=deadline - time.monotonic())
+        except RuntimeError as exc:
+            raise self._crashed(exc, self.timeout, deadline) from None
+        except ValueError as exc:  # an impossible frame length
+            tag = request.tag
+            raise IntegrityError(layer=tag.layer, op=tag.op, step=tag.step,
+                                 detail=f"worker {self.name!r} sent a malformed reply ({exc})") from None
+        return wire.read_reply(data, request=request, worker=self.name)
 
     def close(self) -> None:
         self.hub.release(self.rank)
 
-
-class PendingReply:
-    """A request sent to a dist worker whose answer has not been read yet."""
-
-    def __init__(self, transport: DistTransport, request: Request, deadline: float) -> None:
-        self.transport, self.request, self.deadline = transport, request, deadline
-
-    def result(self) -> Response:
-        transport, request = self.transport, self.request
-        if transport.hub.group is None:
-            raise WorkerCrashed(f"worker {transport.name!r} (rank {transport.rank}): the dist transport is closed")
-        try:
-            data = gloo.recv_frame(transport.hub.group, transport.rank, timeout=self.deadline - time.monotonic())
-        except RuntimeError as exc:
-            raise transport._crashed(exc, transport.timeout, self.deadline) from None
-        except ValueError as exc:  # an impossible frame length
-            tag = request.tag
-            raise IntegrityError(layer=tag.layer, op=tag.op, step=tag.step,
-                                 detail=f"worker {transport.name!r} sent a malformed reply ({exc})") from None
-        return wire.read_reply(data, request=request, worker=transport.name)
