@@ -27,7 +27,7 @@ from ..errors import IntegrityError, UsageError, WorkerCrashed
 from ..worker.worker import WorkerConfig
 from . import gloo, wire
 from .messages import Request, Response
-from .transport import Transport
+from .transport import Transport, serving
 
 #: environment a locally launched worker inherits (nothing else: no key paths, no secrets)
 _ENV_NAMES = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "BLINDTRAIN_NATIVE", "BLINDTRAIN_CACHE"}
@@ -246,18 +246,21 @@ class DistTransport(Transport):
             raise self._crashed(exc, hub.startup_timeout, deadline) from None
         self.device = wire.read_ready(reply, worker=self.name)
 
-    def _crashed(self, exc: BaseException, timeout: float, deadline: float) -> WorkerCrashed:
+    def _crashed(self, exc: BaseException, timeout: float, deadline: float, tag=None) -> WorkerCrashed:
+        """The worker's failure as a ``WorkerCrashed``; with ``tag``, naming the layer, op and step it served."""
+        where = f" {serving(tag)}" if tag is not None else ""
         code = self.hub.exit_status(self.rank)
         if code is not None:
-            return WorkerCrashed(f"worker {self.name!r} (rank {self.rank}) died (exit code {code})")
+            return WorkerCrashed(f"worker {self.name!r} (rank {self.rank}) died (exit code {code}){where}")
         text = _first_line(exc)
         if time.monotonic() >= deadline - 0.01 or "timed out" in text.lower():
             self.hub.kill(self.rank)
-            return WorkerCrashed(f"worker {self.name!r} (rank {self.rank}) did not answer within {timeout:.0f} s")
+            return WorkerCrashed(f"worker {self.name!r} (rank {self.rank}) did not answer within {timeout:.0f} s"
+                                 f"{where}")
         time.sleep(0.2)  # a killed local process: let its exit status show
         code = self.hub.exit_status(self.rank)
         detail = f"died (exit code {code})" if code is not None else f"connection lost ({text})"
-        return WorkerCrashed(f"worker {self.name!r} (rank {self.rank}) {detail}")
+        return WorkerCrashed(f"worker {self.name!r} (rank {self.rank}) {detail}{where}")
 
     def _send(self, request: Request) -> Callable[[], Response]:
         """Send ``request`` now; return the function that reads its answer (:meth:`Transport.submit` wraps
@@ -269,7 +272,7 @@ class DistTransport(Transport):
         try:
             gloo.send_frame(self.hub.group, self.rank, wire.encode(request), timeout=self.timeout)
         except RuntimeError as exc:
-            raise self._crashed(exc, self.timeout, deadline) from None
+            raise self._crashed(exc, self.timeout, deadline, request.tag) from None
         return lambda: self._read_reply(request, deadline)
 
     def _read_reply(self, request: Request, deadline: float) -> Response:
@@ -278,7 +281,7 @@ class DistTransport(Transport):
         try:
             data = gloo.recv_frame(self.hub.group, self.rank, timeout=deadline - time.monotonic())
         except RuntimeError as exc:
-            raise self._crashed(exc, self.timeout, deadline) from None
+            raise self._crashed(exc, self.timeout, deadline, request.tag) from None
         except ValueError as exc:  # an impossible frame length
             tag = request.tag
             raise IntegrityError(layer=tag.layer, op=tag.op, step=tag.step,
