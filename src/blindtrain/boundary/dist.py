@@ -107,8 +107,9 @@ class DistHub:
                            "--device", self.device]
                 if self.threads:
                     command += ["--threads", str(self.threads)]
+                # its own session (as on its own machine): its own scheduling group under Linux autogroup
                 self.processes[rank] = subprocess.Popen(command, env=_worker_env(), stdin=subprocess.DEVNULL,
-                                                        stdout=subprocess.DEVNULL)
+                                                        stdout=subprocess.DEVNULL, start_new_session=True)
             self._finalizer = weakref.finalize(self, _reap, self.processes)
         deadline = time.monotonic() + self.startup_timeout
         keys = [gloo.UP_KEY.format(rank=r) for r in range(1, self.workers + 1)]

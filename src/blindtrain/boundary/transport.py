@@ -230,7 +230,11 @@ class ProcessTransport(Transport):
     The process starts from a fresh interpreter with :func:`worker_environment` (no key path, no
     secret), no inherited file descriptors but its socket, stdin closed, and stdout/stderr captured
     in an anonymous file: the worker can print nothing onto the user's terminal; its last output is
-    quoted, escaped, if it dies.
+    quoted, escaped, if it dies.  It runs in a session of its own, as it would on its own machine:
+    under Linux's scheduler autogroups a session shares one CPU share among all its processes, so N
+    workers in the trusted side's session could not compute faster than one; and a terminal's Ctrl-C
+    reaches the trusted side only, which closes its workers (a worker also exits when its socket
+    closes).
 
     Args:
         config: the worker's configuration.
@@ -245,7 +249,7 @@ class ProcessTransport(Transport):
             self._process = subprocess.Popen(
                 [sys.executable, "-c", _BOOTSTRAP, str(child.fileno()), json.dumps(paths)],
                 env=worker_environment(), pass_fds=(child.fileno(),), close_fds=True,
-                stdin=subprocess.DEVNULL, stdout=self._output, stderr=subprocess.STDOUT)
+                stdin=subprocess.DEVNULL, stdout=self._output, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             child.close()
         self._conn = Connection(parent.detach())
