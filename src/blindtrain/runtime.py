@@ -66,6 +66,14 @@ class Runtime:
         """Send a request to a worker through the boundary (the choke point)."""
         return self.boundary.call(request, role=role, index=index)
 
+    def submit(self, request: Request, *, role: str = "main", index: int = 0):
+        """Send a request now; its answer is collected by the returned future's ``result()``."""
+        return self.boundary.submit(request, role=role, index=index)
+
+    def call_many(self, calls) -> list[Response]:
+        """Send several requests (:class:`~blindtrain.boundary.boundary.Call`) before waiting for any."""
+        return self.boundary.call_many(calls)
+
     def next_nonce(self) -> int:
         """A number never returned before in this session (for labelling keystream draws)."""
         nonce, self._next_nonce = self._next_nonce, self._next_nonce + 1

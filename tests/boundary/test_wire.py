@@ -54,21 +54,31 @@ def wire_roundtrip(monkeypatch):
     """Every request crosses as wire bytes, and the worker runs the decoded copy (so a lost tuple, dtype
     or key breaks the protocol); returns what crossed."""
     seen: list[Request] = []
-    original = Boundary.call
+    original = Boundary.submit
 
-    def call(self, request, *, role="main", index=0):
+    class RoundTrip:
+        def __init__(self, pending, request):
+            self.pending, self.request = pending, request
+
+        def done(self):
+            return self.pending.done()
+
+        def result(self):
+            response = self.pending.result()
+            back = wire.read_reply(bytes(wire.encode(response)), request=self.request, worker="test")
+            assert back.worker_seconds == response.worker_seconds
+            assert (back.result is None) == (response.result is None)
+            if back.result is not None:
+                assert back.result.dtype == response.result.dtype and torch.equal(back.result, response.result)
+            return back
+
+    def submit(self, request, *, role="main", index=0):  # every crossing (call, call_many) is one submit
         decoded = wire.decode(bytes(wire.encode(request)), expect=("request",))
         assert_same_request(decoded, request)
         seen.append(decoded)
-        response = original(self, decoded, role=role, index=index)
-        back = wire.read_reply(bytes(wire.encode(response)), request=request, worker="test")
-        assert back.worker_seconds == response.worker_seconds
-        assert (back.result is None) == (response.result is None)
-        if back.result is not None:
-            assert back.result.dtype == response.result.dtype and torch.equal(back.result, response.result)
-        return back
+        return RoundTrip(original(self, decoded, role=role, index=index), request)
 
-    monkeypatch.setattr(Boundary, "call", call)
+    monkeypatch.setattr(Boundary, "submit", submit)
     return seen
 
 

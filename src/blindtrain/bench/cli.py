@@ -36,6 +36,9 @@ def run_bench(*, preset: str = "quick", models=None, protocols=None, batch_sizes
         results["field_engine"] = field_engine.measure(
             device=results["worker_device"], echo=echo,
             shapes=field_engine.TINY_SHAPES if chosen.name == "tiny" else field_engine.SHAPES)
+    if "tempo" in names and chosen.name != "tiny":  # concurrent workers: --workers 2 against 1 (issue 15)
+        from . import concurrency
+        results["concurrency"] = concurrency.measure(echo=echo)
     written = report.write(results, out, command=command or sys.argv)
     failed = [c for c in results["cells"] if c["status"] != "ok"]
     bad_bytes = [c for c in results["cells"] if c["status"] == "ok" and c["checks"].get("bytes_ok") is False]

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..ledger import CATEGORIES
-from . import field_engine, plots
+from . import concurrency, field_engine, plots
 from .harness import ALL_CATEGORIES
 
 NOISE_TIE = 0.20  # projected step times within 20% count as a modelled tie
@@ -457,6 +457,7 @@ def render(results: dict) -> str:
     lines += [_table(["protocol", "cells", "measured / modelled enclave time, median [min–max]",
                       "rank correlation (Spearman)", "verdict"], rows), ""]
     lines += field_engine.markdown(results.get("field_engine"))
+    lines += concurrency.markdown(results.get("concurrency"))
     lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots.PLOTS] + [""]
     lines += ["## Privacy and integrity, per protocol", ""]
     from ..attacks.report import measured, protocol_lines

@@ -2,12 +2,12 @@
 
 from .messages import Ref, Request, Response, Sent, Tag, bilinear_products
 
-__all__ = ["Boundary", "Ref", "Request", "Response", "Sent", "Tag", "bilinear_products"]
+__all__ = ["Boundary", "Call", "PendingCall", "Ref", "Request", "Response", "Sent", "Tag", "bilinear_products"]
 
 
 def __getattr__(name: str):  # the choke point (trusted side) loads on first use; workers import messages only
-    if name == "Boundary":
-        from .boundary import Boundary
+    if name in ("Boundary", "Call", "PendingCall"):
+        from . import boundary
 
-        return Boundary
+        return getattr(boundary, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from ..errors import IntegrityError, UsageError, WorkerCrashed
 from ..worker.worker import WorkerConfig
 from . import gloo, wire
 from .messages import Request, Response
-from .transport import Transport
+from .transport import Transport, serving
 
 #: environment a locally launched worker inherits (nothing else: no key paths, no secrets)
 _ENV_NAMES = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "BLINDTRAIN_NATIVE", "BLINDTRAIN_CACHE"}
@@ -106,8 +107,9 @@ class DistHub:
                            "--device", self.device]
                 if self.threads:
                     command += ["--threads", str(self.threads)]
+                # its own session (as on its own machine): its own scheduling group under Linux autogroup
                 self.processes[rank] = subprocess.Popen(command, env=_worker_env(), stdin=subprocess.DEVNULL,
-                                                        stdout=subprocess.DEVNULL)
+                                                        stdout=subprocess.DEVNULL, start_new_session=True)
             self._finalizer = weakref.finalize(self, _reap, self.processes)
         deadline = time.monotonic() + self.startup_timeout
         keys = [gloo.UP_KEY.format(rank=r) for r in range(1, self.workers + 1)]
@@ -245,55 +247,48 @@ class DistTransport(Transport):
             raise self._crashed(exc, hub.startup_timeout, deadline) from None
         self.device = wire.read_ready(reply, worker=self.name)
 
-    def _crashed(self, exc: BaseException, timeout: float, deadline: float) -> WorkerCrashed:
+    def _crashed(self, exc: BaseException, timeout: float, deadline: float, tag=None) -> WorkerCrashed:
+        """The worker's failure as a ``WorkerCrashed``; with ``tag``, naming the layer, op and step it served."""
+        where = f" {serving(tag)}" if tag is not None else ""
         code = self.hub.exit_status(self.rank)
         if code is not None:
-            return WorkerCrashed(f"worker {self.name!r} (rank {self.rank}) died (exit code {code})")
+            return WorkerCrashed(f"worker {self.name!r} (rank {self.rank}) died (exit code {code}){where}")
         text = _first_line(exc)
         if time.monotonic() >= deadline - 0.01 or "timed out" in text.lower():
             self.hub.kill(self.rank)
-            return WorkerCrashed(f"worker {self.name!r} (rank {self.rank}) did not answer within {timeout:.0f} s")
+            return WorkerCrashed(f"worker {self.name!r} (rank {self.rank}) did not answer within {timeout:.0f} s"
+                                 f"{where}")
         time.sleep(0.2)  # a killed local process: let its exit status show
         code = self.hub.exit_status(self.rank)
         detail = f"died (exit code {code})" if code is not None else f"connection lost ({text})"
-        return WorkerCrashed(f"worker {self.name!r} (rank {self.rank}) {detail}")
+        return WorkerCrashed(f"worker {self.name!r} (rank {self.rank}) {detail}{where}")
 
-    def submit(self, request: Request) -> "PendingReply":
-        """Send ``request`` now; the returned handle's ``result()`` waits for the answer.  Requests
-        submitted to different ranks before any result is awaited run on their workers at the same time
-        (:meth:`call` is ``submit(request).result()``); replies from one rank come back in order."""
+    def _send(self, request: Request) -> Callable[[], Response]:
+        """Send ``request`` now; return the function that reads its answer (:meth:`Transport.submit` wraps
+        it in a :class:`~blindtrain.boundary.transport.Pending`).  Requests submitted to different ranks
+        before any answer is read run on their workers at the same time."""
         if self.hub.group is None:
             raise WorkerCrashed(f"worker {self.name!r} (rank {self.rank}): the dist transport is closed")
         deadline = time.monotonic() + self.timeout
         try:
             gloo.send_frame(self.hub.group, self.rank, wire.encode(request), timeout=self.timeout)
         except RuntimeError as exc:
-            raise self._crashed(exc, self.timeout, deadline) from None
-        return PendingReply(self, request, deadline)
+            raise self._crashed(exc, self.timeout, deadline, request.tag) from None
+        return lambda: self._read_reply(request, deadline)
 
-    def call(self, request: Request) -> Response:
-        return self.submit(request).result()
+    def _read_reply(self, request: Request, deadline: float) -> Response:
+        if self.hub.group is None:
+            raise WorkerCrashed(f"worker {self.name!r} (rank {self.rank}): the dist transport is closed")
+        try:
+            data = gloo.recv_frame(self.hub.group, self.rank, timeout=deadline - time.monotonic())
+        except RuntimeError as exc:
+            raise self._crashed(exc, self.timeout, deadline, request.tag) from None
+        except ValueError as exc:  # an impossible frame length
+            tag = request.tag
+            raise IntegrityError(layer=tag.layer, op=tag.op, step=tag.step,
+                                 detail=f"worker {self.name!r} sent a malformed reply ({exc})") from None
+        return wire.read_reply(data, request=request, worker=self.name)
 
     def close(self) -> None:
         self.hub.release(self.rank)
 
-
-class PendingReply:
-    """A request sent to a dist worker whose answer has not been read yet."""
-
-    def __init__(self, transport: DistTransport, request: Request, deadline: float) -> None:
-        self.transport, self.request, self.deadline = transport, request, deadline
-
-    def result(self) -> Response:
-        transport, request = self.transport, self.request
-        if transport.hub.group is None:
-            raise WorkerCrashed(f"worker {transport.name!r} (rank {transport.rank}): the dist transport is closed")
-        try:
-            data = gloo.recv_frame(transport.hub.group, transport.rank, timeout=self.deadline - time.monotonic())
-        except RuntimeError as exc:
-            raise transport._crashed(exc, transport.timeout, self.deadline) from None
-        except ValueError as exc:  # an impossible frame length
-            tag = request.tag
-            raise IntegrityError(layer=tag.layer, op=tag.op, step=tag.step,
-                                 detail=f"worker {transport.name!r} sent a malformed reply ({exc})") from None
-        return wire.read_reply(data, request=request, worker=transport.name)

@@ -9,6 +9,13 @@
 * ``dist`` (:mod:`.dist`) — workers on this or other machines, over torch.distributed (gloo), the
   same wire frames; the enclave is rank 0.
 
+Every transport is asynchronous: :meth:`Transport.submit` hands a request to its worker and returns a
+:class:`Pending` at once; its :meth:`Pending.result` waits for the answer.  Requests submitted to
+different workers before any answer is awaited run on those workers at the same time
+(:meth:`Transport.call` is ``submit(request).result()``).  One worker has at most one request in
+flight: submitting a second collects the first's answer (kept for its own ``result()``) before sending,
+so a large answer can never stall a large request on the same connection.
+
 On each, a worker that dies, fails or does not answer within ``timeout`` seconds raises
 :class:`~blindtrain.errors.WorkerCrashed` naming the layer, op and step it was serving, never a
 hang.  Text that comes from a worker (an error message, its last output) is shown escaped and
@@ -28,6 +35,7 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
 from multiprocessing.connection import Connection
@@ -64,13 +72,66 @@ def serving(tag: Tag) -> str:
     return f"serving layer {tag.layer!r}, op {tag.op!r}, step {tag.step}"
 
 
+class Pending:
+    """A request handed to one worker whose answer has not been collected yet (a transport's future).
+
+    ``collect()`` (given by the transport) waits for the answer until the request's deadline and returns
+    the :class:`Response` or raises (``WorkerCrashed`` at the deadline, ``WorkerError`` ...).  It runs at
+    most once: :meth:`result` returns, or raises again, what it gave."""
+
+    def __init__(self, transport: "Transport", request: Request, collect: Callable[[], Response]) -> None:
+        self.transport, self.request = transport, request
+        self._collect: Callable[[], Response] | None = collect
+        self._response: Response | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        """Whether the answer (or the failure) has been collected."""
+        return self._collect is None
+
+    def wait(self) -> None:
+        """Collect the answer (or the failure) now, without raising."""
+        if self._collect is None:
+            return
+        collect, self._collect = self._collect, None
+        try:
+            self._response = collect()
+        except BaseException as exc:  # noqa: BLE001 - kept for result()
+            self._error = exc
+        finally:
+            if self.transport._in_flight is self:
+                self.transport._in_flight = None
+
+    def result(self) -> Response:
+        """The worker's answer (waits for it); raises what collecting it raised."""
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._response is not None
+        return self._response
+
+
 class Transport(ABC):
-    """Delivers requests to one worker."""
+    """Delivers requests to one worker (see the module docstring: asynchronous, one request in flight)."""
 
     device: str
+    _in_flight: Pending | None = None
 
     @abstractmethod
-    def call(self, request: Request) -> Response: ...
+    def _send(self, request: Request) -> Callable[[], Response]:
+        """Hand ``request`` to the worker now; return the function that waits for its answer."""
+
+    def submit(self, request: Request) -> Pending:
+        """Send ``request`` now; the returned :class:`Pending`'s ``result()`` waits for the answer."""
+        previous = self._in_flight
+        if previous is not None:
+            previous.wait()  # one request in flight per worker; its answer stays with its Pending
+        pending = Pending(self, request, self._send(request))
+        self._in_flight = pending
+        return pending
+
+    def call(self, request: Request) -> Response:
+        return self.submit(request).result()
 
     @abstractmethod
     def close(self) -> None: ...
@@ -112,15 +173,19 @@ class InprocTransport(Transport):
             except BaseException as exc:  # noqa: BLE001 - everything goes back to the caller
                 future.set_exception(exc)
 
-    def call(self, request: Request) -> Response:
+    def _send(self, request: Request) -> Callable[[], Response]:
         if self._dead:
             raise WorkerCrashed(f"worker {self.name!r} is gone ({self._dead}); cannot serve "
                                 f"{serving(request.tag).removeprefix('serving ')}")
         future: Future = Future()
         modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
         self._inbox.put((_copy_request(request), modes, future))
+        deadline = time.monotonic() + self.timeout
+        return lambda: self._collect(request, future, deadline)
+
+    def _collect(self, request: Request, future: Future, deadline: float) -> Response:
         try:
-            response = future.result(timeout=self.timeout)
+            response = future.result(timeout=max(deadline - time.monotonic(), 0.0))
         except TimeoutError:
             self._dead = f"no answer within {self.timeout:g} s"
             raise WorkerCrashed(f"worker {self.name!r} did not answer within {self.timeout:g} s "
@@ -165,7 +230,11 @@ class ProcessTransport(Transport):
     The process starts from a fresh interpreter with :func:`worker_environment` (no key path, no
     secret), no inherited file descriptors but its socket, stdin closed, and stdout/stderr captured
     in an anonymous file: the worker can print nothing onto the user's terminal; its last output is
-    quoted, escaped, if it dies.
+    quoted, escaped, if it dies.  It runs in a session of its own, as it would on its own machine:
+    under Linux's scheduler autogroups a session shares one CPU share among all its processes, so N
+    workers in the trusted side's session could not compute faster than one; and a terminal's Ctrl-C
+    reaches the trusted side only, which closes its workers (a worker also exits when its socket
+    closes).
 
     Args:
         config: the worker's configuration.
@@ -180,7 +249,7 @@ class ProcessTransport(Transport):
             self._process = subprocess.Popen(
                 [sys.executable, "-c", _BOOTSTRAP, str(child.fileno()), json.dumps(paths)],
                 env=worker_environment(), pass_fds=(child.fileno(),), close_fds=True,
-                stdin=subprocess.DEVNULL, stdout=self._output, stderr=subprocess.STDOUT)
+                stdin=subprocess.DEVNULL, stdout=self._output, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             child.close()
         self._conn = Connection(parent.detach())
@@ -209,9 +278,9 @@ class ProcessTransport(Transport):
         return WorkerCrashed(f"worker {self.name!r} died (exit code {self._process.returncode}){where}"
                              f"{self._last_output()}")
 
-    def _receive(self, tag: Tag | None, startup: bool = False):
+    def _receive(self, tag: Tag | None, startup: bool = False, deadline: float | None = None):
         limit = STARTUP_TIMEOUT if startup else self.timeout
-        deadline = time.monotonic() + limit
+        deadline = time.monotonic() + limit if deadline is None else deadline
         while not self._conn.poll(0.05):
             if self._process.poll() is not None:
                 raise self._died(tag)
@@ -226,12 +295,14 @@ class ProcessTransport(Transport):
             self._process.wait(1.0)
             raise self._died(tag) from None
 
-    def call(self, request: Request) -> Response:
+    def _send(self, request: Request) -> Callable[[], Response]:
         try:
             self._conn.send_bytes(wire.encode(request))
         except (BrokenPipeError, ConnectionError, OSError):
             raise self._died(request.tag) from None
-        return wire.read_reply(self._receive(request.tag), request=request, worker=self.name)
+        deadline = time.monotonic() + self.timeout
+        return lambda: wire.read_reply(self._receive(request.tag, deadline=deadline), request=request,
+                                       worker=self.name)
 
     def close(self) -> None:
         if self._process.poll() is None:

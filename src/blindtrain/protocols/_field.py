@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import torch
 
 from .. import bilinear as bilinear_fns
-from ..errors import IntegrityError, UsageError
+from ..errors import UsageError
 from ..field import codec, freivalds
 from ..field.engine import BACKENDS, FieldEngine
 from ..field.masks import PadStream
 from ..field.modular import contraction_length
+from ..pipeline import Check, Pipeline
 
 FIELD_BACKENDS = ("auto", *BACKENDS)
 
@@ -71,6 +72,7 @@ class FieldOffload:
         self.element_dtype = codec.element_dtype(self.p)
         self.weight_wire_dtype = codec.weight_dtype(self.weight_bits)
         self.pads = PadStream(self.runtime.rng, self.p)
+        self.pipeline = Pipeline(self.runtime)
         self.runtime.ledger.integrity_soundness_bits = freivalds.soundness_bits(self.k)
         self.both_private_ops = 0
         self.both_private_flops = 0
@@ -105,12 +107,11 @@ class FieldOffload:
         self.both_private_flops += 2 * out.numel() * contraction_length(fn, a.shape, b.shape, params)
         return out
 
-    def _verify(self, site, op, fn, a_field, y, bs, s, params, *, who: str) -> None:
+    def freivalds_check(self, fn, a_field, y, bs, s, params, *, who: str) -> Check:
+        """Freivalds over F_p on ``y = f(a_field, B) mod p`` given ``B·s`` (``bs``) and ``s``: the
+        pipeline counts it and, if it fails, raises an ``IntegrityError`` naming the layer, op and step."""
         ok = freivalds.check(fn, a_field, y, bs, s, self.engine, params)
-        self.runtime.ledger.record_check(passed=ok)
-        if not ok:
-            raise IntegrityError(layer=site.name, op=op, step=self.runtime.step,
-                                 detail=f"Freivalds check failed on the {who}'s result ({fn} mod {self.p})")
+        return Check(passed=ok, detail="" if ok else f"Freivalds check failed on the {who}'s result ({fn} mod {self.p})")
 
     def wire_bytes(self) -> tuple[int, int]:
         """Bytes per element of field elements and of weights on the wire."""

@@ -36,15 +36,98 @@ gradients of each message are hidden, information-theoretically.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import torch
 
-from ..boundary import Request, Sent, Tag
+from ..boundary import Request, Sent
 from ..field import codec, freivalds
+from ..pipeline import Check, Encoded, OffloadOp, Phases, Replies, Scheme, WorkerId
 from ._field import FieldOffload
 from .base import Protocol, ProtocolInfo, register
 from .options import OtpOptions
 
 UNMASK_MODES = OtpOptions.choices("unmask")
+MAIN, MASK = WorkerId("main"), WorkerId("mask")
+
+
+@dataclass
+class MaskedContext:
+    """What the enclave keeps of one masked op (never sent).
+
+    Attributes:
+        encoded: the fixed-point operands ``Ã = round(2^l_a·A)``, ``W̃ = round(2^l_w·W)`` and exponents.
+        weights: ``W̃`` as sent (the weight wire dtype).
+        masked: ``Ã + R mod p`` as sent to the main worker.
+        pad: the one-time pad ``R``, uniform in F_p, ``Ã``'s shape.
+        factor: ``U = f(R, W̃) mod p`` when the enclave computed it (``unmask=enclave``); else ``None``
+            (the mask worker's answer).
+        nonce: the op's session-unique nonce (labels of its Freivalds draw).
+    """
+
+    encoded: codec.Encoded
+    weights: torch.Tensor
+    masked: torch.Tensor
+    pad: torch.Tensor
+    factor: torch.Tensor | None
+    nonce: int
+
+
+class MaskedScheme(Scheme[MaskedContext]):
+    """otp's scheme for ``Y = f(X, W)`` (``X`` private data, ``W`` a weight the worker may see).
+
+    encode: ``X̃ + R mod p`` to the main worker (kind ``masked``) and ``W̃`` (``public``); with
+    ``unmask=mask-worker`` also ``R`` (``pad``) and ``W̃`` to the mask worker — both requests in flight
+    together.  verify: Freivalds on ``f(X̃+R, W̃)`` and, from a mask worker, on ``U = f(R, W̃)``.
+    decode: ``Y = centred(f(X̃+R, W̃) − U)·2^-(l_x+l_w)`` (``Y``: ``f``'s output shape, e.g. ``(b, m)``)."""
+
+    def __init__(self, protocol: "OneTimePad") -> None:
+        self.protocol = protocol
+        self.modulus = protocol.p
+
+    def encode(self, op: OffloadOp, phases: Phases) -> Encoded[MaskedContext]:
+        otp, runtime = self.protocol, self.protocol.runtime
+        p, engine, fn, params = otp.p, otp.engine, op.fn, op.params
+        nonce = runtime.next_nonce()
+        uniforms = None
+        if op.op != "forward":  # stochastic rounding of gradients, from the enclave CSPRNG
+            uniforms = torch.from_numpy(runtime.rng.uniform_float(tuple(op.a.shape),
+                                                                 label=("sround", op.layer, op.op, op.step, nonce)))
+        encoded = codec.encode_pair(fn, op.a, op.b, params, p, uniforms=uniforms, b_bits=otp.weight_bits)
+        otp._record_bits(f"{op.layer}.{op.op}", encoded)
+        weights = encoded.qb.to(otp.weight_wire_dtype)
+        with phases.use("masking"):
+            pad = otp.pads.draw(encoded.qa.shape, layer=op.layer, op=op.op, operand="A", step=op.step, nonce=nonce)
+            masked = torch.remainder(encoded.qa + pad, p)  # |qa| ≤ (p−1)/2, pad < p: no int64 overflow
+        factor = None
+        if otp.unmask == "enclave":
+            with phases.use("unmask_factor"):
+                factor = engine.bilinear(fn, pad, weights, params)
+        wparams = otp._worker_params(fn, otp._worker_backend(fn, pad, weights, params), params)
+        tag, wire = op.tag(p), otp.element_dtype
+        requests = {}
+        if factor is None:
+            requests[MASK] = Request("bilinear_mod", {"A": Sent(pad.to(wire), "pad"), "B": Sent(weights, "public")},
+                                     tag, wparams)
+        requests[MAIN] = Request("bilinear_mod", {"A": Sent(masked.to(wire), "masked"),
+                                                  "B": Sent(weights, "public")}, tag, wparams)
+        return Encoded(requests, MaskedContext(encoded, weights, masked, pad, factor, nonce))
+
+    def verify(self, op: OffloadOp, replies: Replies, context: MaskedContext, phases: Phases) -> Iterator[Check]:
+        otp = self.protocol
+        s = freivalds.draw(otp.runtime.rng, op.fn, context.weights.shape, otp.k,
+                           label=("freivalds", op.layer, op.op, op.step, context.nonce))
+        bs = freivalds.contract_weight(op.fn, context.weights, s, otp.engine)
+        yield otp.freivalds_check(op.fn, context.masked, replies.result(MAIN), bs, s, op.params, who="worker")
+        if context.factor is None:
+            yield otp.freivalds_check(op.fn, context.pad, replies.result(MASK), bs, s, op.params, who="mask worker")
+
+    def decode(self, op: OffloadOp, replies: Replies, context: MaskedContext, phases: Phases) -> torch.Tensor:
+        factor = context.factor if context.factor is not None else replies.result(MASK)
+        result = replies.result(MAIN)
+        return codec.decode(result.to(torch.int64) - factor.to(torch.int64),
+                            context.encoded.la + context.encoded.lb, self.protocol.p)
 
 
 @register
@@ -70,6 +153,7 @@ class OneTimePad(FieldOffload, Protocol):
         super().__init__(runtime, **options)
         self.unmask = self.opts.unmask
         self._setup_field()
+        self.scheme = MaskedScheme(self)
 
     # -- the bilinear ops --------------------------------------------------------------------
     def bilinear(self, site, op, fn, a, b, *, roles, params):
@@ -78,44 +162,8 @@ class OneTimePad(FieldOffload, Protocol):
         return self._masked(site, op, fn, a, b, params)
 
     def _masked(self, site, op, fn, a, b, params) -> torch.Tensor:
-        runtime, ledger, p, engine = self.runtime, self.runtime.ledger, self.p, self.engine
-        step, nonce = runtime.step, runtime.next_nonce()
-        gradient = op != "forward"
-        with ledger.timed("encode"):
-            uniforms = None
-            if gradient:  # stochastic rounding of gradients, from the enclave CSPRNG
-                uniforms = torch.from_numpy(runtime.rng.uniform_float(tuple(a.shape),
-                                                                     label=("sround", site.name, op, step, nonce)))
-            encoded = codec.encode_pair(fn, a, b, params, p, uniforms=uniforms, b_bits=self.weight_bits)
-            self._record_bits(f"{site.name}.{op}", encoded)
-            weights = encoded.qb.to(self.weight_wire_dtype)
-        with ledger.timed("masking"):
-            pad = self.pads.draw(encoded.qa.shape, layer=site.name, op=op, operand="A", step=step, nonce=nonce)
-            masked = torch.remainder(encoded.qa + pad, p)  # |qa| ≤ (p−1)/2, pad < p: no int64 overflow
-        tag = Tag(step=step, layer=site.name, op=op, modulus=p)
-        factor = None
-        if self.unmask == "enclave":
-            with ledger.timed("unmask_factor"):
-                factor = engine.bilinear(fn, pad, weights, params)
-        with ledger.timed("encode"):
-            wparams = self._worker_params(fn, self._worker_backend(fn, pad, weights, params), params)
-        wire = self.element_dtype
-        factor_reply = None
-        if factor is None:
-            factor_reply = runtime.call(Request("bilinear_mod", {"A": Sent(pad.to(wire), "pad"),
-                                                                 "B": Sent(weights, "public")}, tag, wparams),
-                                        role="mask")
-        reply = runtime.call(Request("bilinear_mod", {"A": Sent(masked.to(wire), "masked"),
-                                                      "B": Sent(weights, "public")}, tag, wparams))
-        with ledger.timed("decode_verify"):
-            s = freivalds.draw(runtime.rng, fn, weights.shape, self.k, label=("freivalds", site.name, op, step, nonce))
-            bs = freivalds.contract_weight(fn, weights, s, engine)
-            result = reply.result
-            self._verify(site, op, fn, masked, result, bs, s, params, who="worker")
-            if factor_reply is not None:
-                factor = factor_reply.result
-                self._verify(site, op, fn, pad, factor, bs, s, params, who="mask worker")
-            out = codec.decode(result.to(torch.int64) - factor.to(torch.int64), encoded.la + encoded.lb, p)
+        out = self.pipeline.run(self.scheme, OffloadOp(layer=site.name, op=op, fn=fn, a=a, b=b, params=params,
+                                                       step=self.runtime.step, site=site))
         self.offloaded_ops += 1
         return out.to(a.dtype)
 

@@ -33,17 +33,88 @@ sealed as int64.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
 from ..boundary import Ref, Request, Sent, Tag
 from ..crypto import Csprng
-from ..errors import IntegrityError, UsageError
+from ..errors import UsageError
 from ..field import codec, freivalds
 from ..field.store import FactorUnavailable, SealedFactorStore
+from ..pipeline import Check, Encoded, OffloadOp, Phases, Rejected, Replies, Scheme, WorkerId
 from .base import Protocol, ProtocolInfo, register
 from .options import SlalomOptions
 from ._field import FieldOffload
+
+MAIN = WorkerId("main")
+
+
+@dataclass
+class PrecomputedContext:
+    """What the enclave keeps of one online slalom op.
+
+    Attributes:
+        batch: the true batch size ``b`` (the operand is zero-padded to the pool's batch ``b_pool ≥ b``).
+        masked: ``X̃ + R_i mod p`` as sent, ``(b_pool, ...)``.
+        exponent: ``l_x + l_w``, the decoded result's fixed-point exponent.
+        index: ``i``, the pool entry whose pad ``R_i`` masked ``X̃`` and whose sealed ``U_i`` unmasks it.
+        out_shape: ``U_i``'s shape (``f``'s output on the pool's batch).
+    """
+
+    batch: int
+    masked: torch.Tensor
+    exponent: int
+    index: int
+    out_shape: tuple
+
+
+class PrecomputedScheme(Scheme[PrecomputedContext]):
+    """slalom's online scheme for ``Y = f(X, W̃)`` with ``W̃`` held by the worker (handle) and ``U_i =
+    f(R_i, W̃)`` precomputed and sealed outside the enclave.
+
+    encode: ``X̃ + R_i mod p`` (kind ``masked``), ``R_i`` regenerated from the keyed stream.  verify:
+    Freivalds with the precomputed ``W̃·s``.  decode: unseal ``U_i`` (once; a missing, modified or replayed
+    one is :class:`Rejected`), ``Y = centred(Y' − U_i)·2^-(l_x+l_w)``, the first ``b`` rows."""
+
+    def __init__(self, protocol: "Slalom") -> None:
+        self.protocol = protocol
+        self.modulus = protocol.p
+
+    def encode(self, op: OffloadOp, phases: Phases) -> Encoded[PrecomputedContext]:
+        slalom, site, p, a = self.protocol, op.site, self.protocol.p, op.a
+        st = site.state
+        shape, batch = st["pool_shape"], a.shape[0]
+        if batch < shape[0]:
+            a = torch.cat([a, a.new_zeros((shape[0] - batch, *a.shape[1:]))])
+        encoded = codec.encode_pair(op.fn, a, st["qb"], op.params, p, b_exponent=st["lb"])
+        slalom._record_bits(op.layer, encoded)
+        index, out_shape = st["queue"].pop(0)
+        with phases.use("masking"):
+            pad_np = slalom._online_pads.uniform_mod(shape, p, label=("slalom-pad", op.layer, index))
+            slalom.pads.record(pad_np)
+            pad = torch.from_numpy(pad_np)
+            masked = torch.remainder(encoded.qa + pad, p)
+        wparams = slalom._worker_params(op.fn, slalom._worker_backend(op.fn, pad, st["qb"], op.params), op.params)
+        request = Request("bilinear_mod", {"A": Sent(masked.to(slalom.element_dtype), "masked"),
+                                           "B": Ref(st["handle"])}, op.tag(p), wparams)
+        return Encoded({MAIN: request}, PrecomputedContext(batch, masked, encoded.la + encoded.lb, index, out_shape))
+
+    def verify(self, op: OffloadOp, replies: Replies, context: PrecomputedContext,
+               phases: Phases) -> Iterator[Check]:
+        st = op.site.state
+        yield self.protocol.freivalds_check(op.fn, context.masked, replies.result(MAIN), st["bs"], st["s"],
+                                            op.params, who="worker")
+
+    def decode(self, op: OffloadOp, replies: Replies, context: PrecomputedContext, phases: Phases) -> torch.Tensor:
+        with phases.use("unmask_factor"):
+            try:
+                factor = self.protocol.store.take(context.index, op.layer, context.out_shape)
+            except FactorUnavailable as exc:
+                raise Rejected(str(exc)) from None
+        result = replies.result(MAIN)
+        return codec.decode(result.to(torch.int64) - factor, context.exponent, self.protocol.p)[:context.batch]
 
 
 @register
@@ -68,6 +139,7 @@ class Slalom(FieldOffload, Protocol):
     def __init__(self, runtime, **options):
         super().__init__(runtime, **options)
         self._setup_field()
+        self.scheme = PrecomputedScheme(self)
         self.precompute = self.opts.precompute
         rng = runtime.rng
         pad_key = rng.random_bytes(32, label=("slalom", "pad-key", runtime.next_nonce()))
@@ -132,7 +204,7 @@ class Slalom(FieldOffload, Protocol):
             return self._both_private(site, fn, a, b, params)
         if op != "forward":
             raise UsageError("slalom is an inference protocol: it has no backward pass")
-        st, runtime, ledger, p = site.state, self.runtime, self.runtime.ledger, self.p
+        st, runtime = site.state, self.runtime
         if site.module.weight._version != st["version"]:
             raise UsageError(f"the weights of layer {site.name!r} changed after slalom quantized them")
         batch = a.shape[0]
@@ -142,33 +214,8 @@ class Slalom(FieldOffload, Protocol):
             st["queue"].clear()
         if not st["queue"]:
             self._refill(site, shape)
-        with ledger.timed("encode"):
-            if batch < shape[0]:
-                a = torch.cat([a, a.new_zeros((shape[0] - batch, *a.shape[1:]))])
-            encoded = codec.encode_pair(fn, a, st["qb"], params, p, b_exponent=st["lb"])
-            self._record_bits(site.name, encoded)
-            la, lb = encoded.la, encoded.lb
-        index, out_shape = st["queue"].pop(0)
-        with ledger.timed("masking"):
-            pad_np = self._online_pads.uniform_mod(shape, p, label=("slalom-pad", site.name, index))
-            self.pads.record(pad_np)
-            pad = torch.from_numpy(pad_np)
-            masked = torch.remainder(encoded.qa + pad, p)
-        with ledger.timed("encode"):
-            wparams = self._worker_params(fn, self._worker_backend(fn, pad, st["qb"], params), params)
-        tag = Tag(step=runtime.step, layer=site.name, op=op, modulus=p)
-        reply = runtime.call(Request("bilinear_mod", {"A": Sent(masked.to(self.element_dtype), "masked"),
-                                                      "B": Ref(st["handle"])}, tag, wparams))
-        with ledger.timed("decode_verify"):
-            result = reply.result
-            self._verify(site, op, fn, masked, result, st["bs"], st["s"], params, who="worker")
-        with ledger.timed("unmask_factor"):
-            try:
-                factor = self.store.take(index, site.name, out_shape)
-            except FactorUnavailable as exc:
-                raise IntegrityError(layer=site.name, op=op, step=runtime.step, detail=str(exc)) from None
-        with ledger.timed("decode_verify"):
-            out = codec.decode(result.to(torch.int64) - factor, la + lb, p)[:batch]
+        out = self.pipeline.run(self.scheme, OffloadOp(layer=site.name, op=op, fn=fn, a=a, b=st["qb"], params=params,
+                                                       step=runtime.step, site=site))
         self.offloaded_ops += 1
         return out.to(torch.float32)
 

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..boundary import Ref, Request, Sent, Tag, bilinear_products
+from ..boundary import Call, Ref, Request, Sent, Tag, bilinear_products
 from ..errors import IntegrityError, TrainingDiverged, UsageError
 from ..glue import all_finite
 from ..tempo import thin
@@ -331,8 +331,10 @@ class Tempo(Protocol):
         return None
 
     # ------------------------------------------------------- weight epochs ------
-    def _call(self, request, index=0):
-        return self.runtime.call(request, index=index)
+    def _call_each(self, requests):
+        """``[(worker index, request), ...]`` all sent before any answer is awaited: the blocks' workers
+        compute at the same time.  The answers, in order."""
+        return self.runtime.call_many([Call(request, index=k) for k, request in requests])
 
     def _blocks(self, m):
         n = min(self.settings["workers"], m)
@@ -391,17 +393,19 @@ class Tempo(Protocol):
         with rt.ledger.timed("encode"):
             enc_w = self._enc(w.float(), key["pm"], key["pn"], key["c"], key["s"])
             enc_b = None if buf is None else self._enc(buf.float(), key["pm"], key["pn"], key["c"], key["s"])
+        stores, frees = [], []
         for k, (lo, hi) in enumerate(layer.blocks):
             args = {"W": Sent(enc_w[lo:hi].contiguous(), "obfuscated")}
             keep = {"W": f"{layer.h}/w"}
             if enc_b is not None:
                 args["M"] = Sent(enc_b[lo:hi].contiguous(), "obfuscated")
                 keep["M"] = f"{layer.h}/buf"
-            self._call(Request("store", args, Tag(rt.step, layer.site.name, "encrypt"), keep=keep,
-                               return_result=False), k)
+            stores.append((k, Request("store", args, Tag(rt.step, layer.site.name, "encrypt"), keep=keep,
+                                      return_result=False)))
             if enc_b is None:
-                self._call(Request("free", {}, Tag(rt.step, layer.site.name, "encrypt"),
-                                   params={"handles": [f"{layer.h}/buf"]}, return_result=False), k)
+                frees.append((k, Request("free", {}, Tag(rt.step, layer.site.name, "encrypt"),
+                                         params={"handles": [f"{layer.h}/buf"]}, return_result=False)))
+        self._call_each(stores + frees)
         layer.has_buf = enc_b is not None
         rt.ledger.weight_encryptions += 1
         layer.encrypted_version = layer.param._version
@@ -412,13 +416,11 @@ class Tempo(Protocol):
     def _fetch(self, layer: _Layer):
         """Fetch W′ (and buffer) from the workers, decode, and check them against the projections."""
         rt = self.runtime
-        parts_w, parts_b = [], []
-        for k, (lo, hi) in enumerate(layer.blocks):
-            parts_w.append(self._call(Request("fetch", {"X": Ref(f"{layer.h}/w")}, Tag(rt.step, layer.site.name, "fetch")),
-                                      k).result)
-            if layer.has_buf:
-                parts_b.append(self._call(Request("fetch", {"X": Ref(f"{layer.h}/buf")},
-                                                  Tag(rt.step, layer.site.name, "fetch")), k).result)
+        handles = [f"{layer.h}/w"] + ([f"{layer.h}/buf"] if layer.has_buf else [])
+        replies = self._call_each([(k, Request("fetch", {"X": Ref(handle)}, Tag(rt.step, layer.site.name, "fetch")))
+                                   for handle in handles for k in range(len(layer.blocks))])
+        parts = [reply.result for reply in replies]
+        parts_w, parts_b = parts[:len(layer.blocks)], parts[len(layer.blocks):]
         key = layer.key
         with rt.ledger.timed("decode_verify"):
             w = self._dec(torch.cat(parts_w), key["pm"], key["pn"], key["c"], key["s"])
@@ -588,7 +590,7 @@ class Tempo(Protocol):
             rt.ground_truth.row_order(rt.step, site.name, pb)
         xe, expected = self._encode_forward(layer, xf, pb, cb)
         layer.batch = (pb, cb) if training else None
-        parts = []
+        requests = []
         for k, (lo, hi) in enumerate(layer.blocks):
             if layer.conv:
                 req = Request("bilinear", {"A": Sent(xe, "obfuscated"), "B": Ref(f"{layer.h}/w")},
@@ -598,7 +600,8 @@ class Tempo(Protocol):
                               Tag(rt.step, site.name, "forward"))
             if training:
                 req.keep = {"A": f"{layer.h}/x"}
-            parts.append(self._call(req, k).result)
+            requests.append((k, req))
+        parts = [reply.result for reply in self._call_each(requests)]
         with rt.ledger.timed("decode_verify"):
             ye = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
             y, lhs, y_norm = self._decode_result(layer, ye, (pb, cb), "rho")
@@ -794,8 +797,9 @@ class Tempo(Protocol):
     def grad_input(self, site, grad_y, weight, input_shape):
         layer = site.state["tempo"]
         g1, batch_key, expected = self._encode_grad_input(layer, grad_y.float(), input_shape)
-        parts = [self._call(self._request(layer, self._grad_input_product(layer, g1, lo, hi, input_shape)), k).result
-                 for k, (lo, hi) in enumerate(layer.blocks)]
+        parts = [reply.result for reply in self._call_each(
+            [(k, self._request(layer, self._grad_input_product(layer, g1, lo, hi, input_shape)))
+             for k, (lo, hi) in enumerate(layer.blocks)])]
         return self._finish_grad_input(layer, parts, batch_key, expected, grad_y.dtype)
 
     def weighted_grads(self, site, x, grad_y, weight, *, needs, input_shape):
@@ -810,12 +814,13 @@ class Tempo(Protocol):
         g2 = None if shared else self._encode_grad_weight(layer, grad_y)
         self._hold_grad_projections(layer, x, grad_y)
         tag = Tag(self.runtime.step, site.name, "backward")
-        parts = []
+        requests = []
         for k, (lo, hi) in enumerate(layer.blocks):
             grad_input = self._grad_input_product(layer, g1, lo, hi, input_shape)
             g = grad_input["A"] if shared else self._block(layer, g2, lo, hi)
             grad_weight = self._grad_weight_product(layer, g, lo, hi, keep=True, factors=factors)
-            parts.append(self._call(bilinear_products(tag, [grad_input, grad_weight]), k).result)
+            requests.append((k, bilinear_products(tag, [grad_input, grad_weight])))
+        parts = [reply.result for reply in self._call_each(requests)]
         return self._finish_grad_input(layer, parts, batch_key, expected, grad_y.dtype), None
 
     def _hold_grad_projections(self, layer, x, grad_y):
@@ -899,15 +904,14 @@ class Tempo(Protocol):
         g2 = self._encode_grad_weight(layer, grad_y)
         if layer.resident:
             self._hold_grad_projections(layer, x, grad_y)
-            for k, (lo, hi) in enumerate(layer.blocks):
-                product = self._grad_weight_product(layer, self._block(layer, g2, lo, hi), lo, hi, keep=True)
-                self._call(self._request(layer, product), k)
+            self._call_each([(k, self._request(layer, self._grad_weight_product(
+                layer, self._block(layer, g2, lo, hi), lo, hi, keep=True))) for k, (lo, hi) in enumerate(layer.blocks)])
             return None
         # enclave-side update: the obfuscated gradient comes back, is decoded and checked
-        parts = []
-        for k, (lo, hi) in enumerate(layer.blocks):
-            product = self._grad_weight_product(layer, self._block(layer, g2, lo, hi), lo, hi, keep=False)
-            parts.append(self._call(self._request(layer, product), k).result)
+        parts = [reply.result for reply in self._call_each(
+            [(k, self._request(layer, self._grad_weight_product(layer, self._block(layer, g2, lo, hi), lo, hi,
+                                                                keep=False)))
+             for k, (lo, hi) in enumerate(layer.blocks)])]
         with rt.ledger.timed("decode_verify"):
             dw = self._dec(torch.cat(parts), key["pm"], key["pn"], key["c"], key["s"])
             proj = self._grad_projections(layer, x.detach().float(), grad_y.float())
@@ -942,18 +946,20 @@ class Tempo(Protocol):
                 cohorts.setdefault((hyper, layer.has_buf), []).append((layer, P))
             for (hyper, has_buf), members in cohorts.items():
                 self._advance(members, *hyper, has_buf=has_buf)
+        requests = []
         for k in range(self.settings["workers"]):
             steps = [{"target": f"{layer.h}/w", "grad": f"{layer.h}/g", "buffer": f"{layer.h}/buf",
                       **dict(zip(("lr", "momentum", "dampening", "weight_decay", "nesterov"), hyper))}
                      for layer, _, hyper in updates if k < len(layer.blocks)]
             if steps:
-                self._call(Request("sgd_step", {}, Tag(rt.step, "*", "update"), params={"updates": steps},
-                                   return_result=False), k)
+                requests.append((k, Request("sgd_step", {}, Tag(rt.step, "*", "update"), params={"updates": steps},
+                                            return_result=False)))
+        self._call_each(requests)
 
     def _drop_grad(self, layer):
-        for k in range(len(layer.blocks)):
-            self._call(Request("free", {}, Tag(self.runtime.step, layer.site.name, "update"),
-                               params={"handles": [f"{layer.h}/g"]}, return_result=False), k)
+        self._call_each([(k, Request("free", {}, Tag(self.runtime.step, layer.site.name, "update"),
+                                     params={"handles": [f"{layer.h}/g"]}, return_result=False))
+                         for k in range(len(layer.blocks))])
 
     def _advance(self, members, lr, mu, damp, wd, nesterov, *, has_buf):
         """The SGD recurrences on the projections (exact, float64), their abs bounds and rounding drift.
@@ -1041,12 +1047,12 @@ class Tempo(Protocol):
             be = b3.index_select(0, pl).index_select(1, pq).index_select(2, pr)
             be.mul_(sq[pq].view(1, -1, 1) * cr[pr].view(1, 1, -1))
         blocks = self._blocks(p)
-        parts = []
+        requests = []
         for k, (lo, hi) in enumerate(blocks):
             part = ae if len(blocks) == 1 else ae[:, lo:hi].contiguous()
-            req = Request("bilinear", {"A": Sent(part, "obfuscated"), "B": Sent(be, "obfuscated")},
-                          Tag(rt.step, site.name, op), params={"fn": "bmm"})
-            parts.append(self._call(req, k).result)
+            requests.append((k, Request("bilinear", {"A": Sent(part, "obfuscated"), "B": Sent(be, "obfuscated")},
+                                        Tag(rt.step, site.name, op), params={"fn": "bmm"})))
+        parts = [reply.result for reply in self._call_each(requests)]
         with rt.ledger.timed("decode_verify"):
             ye = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
             y = ye.index_select(0, self._inverse(pl)).index_select(1, self._inverse(pp)).index_select(
