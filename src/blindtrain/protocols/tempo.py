@@ -549,8 +549,8 @@ class Tempo(Protocol):
             K, Kv = layer.n * layer.ksz, layer.m * layer.ksz
             qf = _rounding_bound((K, 1.0), (K, 1.0), (layer.m, 1.0))
             vf = _rounding_bound((Kv, 1.0), (Kv, 1.0), (layer.n, 1.0))
-            t["qtol"] = (t["qwa"] * (qf + 2 * U32) + t["qwe"]).float()
-            t["vtol"] = (t["vwa"] * (vf + 2 * U32) + t["vwe"]).float()
+            t["qtol"] = (t["qwa"] * (qf + 2 * U32) + LAMBDA * t["qwe"]).float()
+            t["vtol"] = (t["vwa"] * (vf + 2 * U32) + LAMBDA * t["vwe"]).float()
         else:
             # the checks' vectors (k×cols, rows of one matrix), several per read of an activation (see
             # _encode_forward, _encode_grad_input)
@@ -562,7 +562,7 @@ class Tempo(Protocol):
             #   Σ_k |x_ik||W_jk| ≤ ‖x_i‖‖W_j‖, Σ_t c_t² ≤ n·that² per product (Azuma, see LAMBDA):
             #   λ √n u ‖x_i‖ (Σ_j ρ_j² ‖W_j‖²)^½ ; the check's own products (double accumulation in the
             #   encode / decode pass, see _dot64; with q's rounding to float32): ‖x_i‖‖q‖ + ‖y_i‖‖ρ‖ times a few u ;
-            #   drift ‖x_i‖‖e‖.
+            #   drift λ ‖x_i‖‖e‖ (e in σ units, see _advance).
             if "rho2t" not in t:  # ρ and σ are drawn once per layer: their squares and norms are constants
                 t["rho2t"] = (t["rho"].double() ** 2).t()
                 t["sigma2t"] = (t["sigma"].double() ** 2).t()
@@ -571,9 +571,9 @@ class Tempo(Protocol):
             rq = (t["rho2t"] @ t["Nw"] ** 2).sqrt()
             rv = (t["sigma2t"] @ t["Mw"] ** 2).sqrt()
             t["ftol_x"] = (_azuma(layer.n) * rq + _dot64(layer.n) * t["qw"].norm(dim=0)
-                           + t["qwe"].norm(dim=0)).float()
+                           + LAMBDA * t["qwe"].norm(dim=0)).float()
             t["btol_g"] = (_azuma(layer.m) * rv + _dot64(layer.m) * t["vw"].norm(dim=0)
-                           + t["vwe"].norm(dim=0)).float()
+                           + LAMBDA * t["vwe"].norm(dim=0)).float()
 
     def _verify_held(self, layer, w, which, op):
         t = layer.t
@@ -581,7 +581,9 @@ class Tempo(Protocol):
         for d, proj, vec in (("q", self._proj_q, t["rho"]), ("v", self._proj_v, t["sigma"])):
             got = proj(layer, w.double(), vec.double())
             want, bound = t[d + which], t[d + which + "a"]
-            tol = 2 * (t[d + which + "e"] + bound * (4 * _gamma(layer.m + layer.n) + 1e-12)) + 1e-30
+            # the tracked drift (σ units: λ·e, see _advance) + this projection's own double rounding
+            # (and the tracker's at its reset: both ≤ 2^-50·K·bound, K the longest sum)
+            tol = LAMBDA * t[d + which + "e"] + bound * (2.0 ** -49 * max(layer.m, layer.n * layer.ksz)) + 1e-30
             self._verdict(layer.site.name, op, (got - want).abs(), tol, operands=(want, tol), kind="held",
                           detail=f"worker-held {'weights' if which == 'w' else 'momentum'} do not match "
                                  f"the tracked check projections")
@@ -932,7 +934,10 @@ class Tempo(Protocol):
             qa, va = qm[:, :k], vn[:, :k]
             rows = x.shape[0]
             norms = {"N": vn[:, k].double(), "M": qm[:, k].double()}
-        err = 3 * _gamma(rows) + _gamma(max(layer.m, layer.n)) + 4 * U32
+        # the gradient projections' rounding drift in σ units (see LAMBDA, _advance): the worker's product
+        # (rows terms), the tracker's two thin products (rows terms) and dY ρ / X σ (max(m, n) terms), and four
+        # single roundings, all on partial sums ≤ the abs bound: one martingale, Σ c² ≤ (3 rows + max(m, n) + 4)·bound²
+        err = U32 * math.sqrt(3 * rows + max(layer.m, layer.n) + 4)
         out = {"q": q.double(), "qa": qa.double(), "qe": qa.double() * err,
                "v": v.double(), "va": va.double(), "ve": va.double() * err}
         if not layer.conv:
@@ -960,7 +965,7 @@ class Tempo(Protocol):
             proj = self._grad_projections(layer, x.detach().float(), grad_y.float())
             t = layer.t
             got = self._proj_q(layer, dw.double(), t["rho"].double())
-            tol = 2 * (proj["qe"] + proj["qa"] * 2 * _gamma(layer.m)) + 1e-30
+            tol = 2 * (LAMBDA * proj["qe"] + proj["qa"] * 2 * _gamma(layer.m)) + 1e-30
             self._verdict(site.name, "grad_weight", (got - proj["q"]).abs(), tol, operands=(proj["q"], tol),
                           kind="grad_weight", detail="weight gradient fails the Freivalds check")
         return dw.to(x.dtype)
@@ -1009,8 +1014,15 @@ class Tempo(Protocol):
         batched ``torch._foreach_*`` op over all their projections.  Per projection (value x, abs bound xa,
         rounding drift xe; P gives the gradient's g, ga, ge):
         ``d = g + wd·w``, ``b = mu·b + (1−damp)·d`` (``b = d`` on the first step), ``s = d + mu·b`` (Nesterov)
-        or ``b``, ``w ← w − lr·s``; the bounds take absolute coefficients, and each rounding adds
-        a few ``u`` of the bound to the drift."""
+        or ``b``, ``w ← w − lr·s``; the bounds take absolute coefficients.
+
+        The drift ``xe`` is in σ units (see :data:`LAMBDA`): an upper bound of ``u·√(Σ_t α_t² c_t²)`` over every
+        rounding ``t`` so far (``α_t``: its coefficient in the tracked quantity), so the drift itself is at most
+        ``λ·xe`` under the model.  Errors from earlier steps ("old") propagate through the recurrence with
+        absolute coefficients (triangle inequality on the coefficient vectors); this step's roundings ("fresh":
+        the gradient's ``ge``, and per rounded operation a few ``u`` of its abs bound, ℓ2 ≤ ℓ1 over the
+        projected coordinates) are independent of all earlier ones, so ``xe' = √(old² + fresh²)``: the drift
+        grows as √steps, not as steps."""
         u, fe = U32, torch._foreach_add
         tracks = [(layer.t, P, d) for layer, P in members for d in ("q", "v")]
 
@@ -1019,31 +1031,34 @@ class Tempo(Protocol):
 
         G, GA, GE = (terms(lambda t, P: P, s) for s in ("", "a", "e"))
         W, WA, WE = (terms(lambda t, P: t, "w" + s) for s in ("", "a", "e"))
-        if wd != 0:
-            D, DA, DE = fe(G, W, alpha=wd), fe(GA, WA, alpha=abs(wd)), fe(GE, WE, alpha=abs(wd))
-            torch._foreach_add_(DE, DA, alpha=2 * u)
+        zero = [torch.zeros_like(x) for x in WE]
+        if wd != 0:  # (old, fresh) drift of d: old from w's drift, fresh from the gradient and d's 2 roundings
+            D, DA = fe(G, W, alpha=wd), fe(GA, WA, alpha=abs(wd))
+            DO, DF = torch._foreach_mul(WE, abs(wd)), [torch.hypot(ge, 2 * u * da) for ge, da in zip(GE, DA)]
         else:
-            D, DA, DE = G, GA, GE
-        S, SA, SE = D, DA, DE
+            D, DA, DO, DF = G, GA, zero, GE
+        S, SA, SO, SF = D, DA, DO, DF
         if mu != 0:
             if has_buf:
-                B, BA, BE = (torch._foreach_mul(terms(lambda t, P: t, "b" + s), c)
+                B, BA, BO = (torch._foreach_mul(terms(lambda t, P: t, "b" + s), c)
                              for s, c in (("", mu), ("a", abs(mu)), ("e", abs(mu))))
                 torch._foreach_add_(B, D, alpha=1 - damp)
                 torch._foreach_add_(BA, DA, alpha=abs(1 - damp))
-                torch._foreach_add_(BE, DE, alpha=abs(1 - damp))
-                torch._foreach_add_(BE, BA, alpha=3 * u)
-            else:
-                B, BA, BE = ([x.clone() for x in X] for X in (D, DA, DE))
+                torch._foreach_add_(BO, DO, alpha=abs(1 - damp))
+                BF = [torch.hypot(abs(1 - damp) * df, 3 * u * ba) for df, ba in zip(DF, BA)]
+            else:  # b = d, copied: no rounding
+                B, BA, BO, BF = ([x.clone() for x in X] for X in (D, DA, DO, DF))
             for i, (t, _, d) in enumerate(tracks):
-                t[d + "b"], t[d + "ba"], t[d + "be"] = B[i], BA[i], BE[i]
-            if nesterov:
-                S, SA, SE = fe(D, B, alpha=mu), fe(DA, BA, alpha=abs(mu)), fe(DE, BE, alpha=abs(mu))
-                torch._foreach_add_(SE, SA, alpha=2 * u)
+                t[d + "b"], t[d + "ba"], t[d + "be"] = B[i], BA[i], torch.hypot(BO[i], BF[i])
+            if nesterov:  # (d's and b's fresh roundings are correlated: triangle)
+                S, SA, SO = fe(D, B, alpha=mu), fe(DA, BA, alpha=abs(mu)), fe(DO, BO, alpha=abs(mu))
+                SF = [torch.hypot(df + abs(mu) * bf, 2 * u * sa) for df, bf, sa in zip(DF, BF, SA)]
             else:
-                S, SA, SE = B, BA, BE
-        W, WA, WE = fe(W, S, alpha=-lr), fe(WA, SA, alpha=abs(lr)), fe(WE, SE, alpha=abs(lr))
-        torch._foreach_add_(WE, fe(WA, SA, alpha=abs(lr)), alpha=3 * u)
+                S, SA, SO, SF = B, BA, BO, BF
+        W, WA = fe(W, S, alpha=-lr), fe(WA, SA, alpha=abs(lr))
+        WO = fe(WE, SO, alpha=abs(lr))
+        WF = [torch.hypot(abs(lr) * sf, 3 * u * wa) for sf, wa in zip(SF, WA)]  # w − lr·s: 2 roundings (+ slack)
+        WE = [torch.hypot(wo, wf) for wo, wf in zip(WO, WF)]
         for i, (t, _, d) in enumerate(tracks):
             t[d + "w"], t[d + "wa"], t[d + "we"] = W[i], WA[i], WE[i]
         linear = [(layer.t, P, d) for layer, P in members if not layer.conv for d in ("N", "M")]
