@@ -1007,6 +1007,24 @@ class Tempo(Protocol):
             self._call(Request("free", {}, Tag(self.runtime.step, layer.site.name, "update"),
                                params={"handles": [f"{layer.h}/g"]}, return_result=False), k)
 
+    @staticmethod
+    def _rounding_caps(t, P, d, lr, mu, damp, wd, nesterov, has_buf):
+        """Linear layers: upper bounds of the norms ``‖c_{:,n}‖`` (track ``q``, over the m outputs) or
+        ``‖c_{m,:}‖`` (track ``v``) of what each SGD operation rounds (``d``, ``b``, ``s``, the new ``w``), from
+        the tracked norm bounds (the same triangle recurrences as :meth:`_advance`'s norm block).  A fresh
+        rounding of a projection, ``Σ_m ρ_m δ_m c_m``, has ℓ2 coefficient norm ``≤ ‖c‖`` (|ρ| ≤ 1), up to √m
+        below the abs projection ``Σ_m |ρ_m||c_m|``.  None for conv layers (abs bounds only)."""
+        key = {"q": "M", "v": "N"}[d]
+        if key not in P:
+            return None
+        wn = t[key + "w"]
+        dn = P[key] + abs(wd) * wn
+        bn = sn = dn
+        if mu != 0:
+            bn = abs(mu) * t[key + "b"] + abs(1 - damp) * dn if has_buf else dn
+            sn = dn + abs(mu) * bn if nesterov else bn
+        return {"d": dn, "b": bn, "s": sn, "w": (wn + abs(lr) * sn) * (1 + 4 * U32)}
+
     def _advance(self, members, lr, mu, damp, wd, nesterov, *, has_buf):
         """The SGD recurrences on the projections (exact, float64), their abs bounds and rounding drift.
 
@@ -1026,15 +1044,20 @@ class Tempo(Protocol):
         u, fe = U32, torch._foreach_add
         tracks = [(layer.t, P, d) for layer, P in members for d in ("q", "v")]
 
+        def cap(abs_bound, caps, stage):  # the ℓ2 coefficient norm of a fresh rounding: min(abs, norm)
+            return abs_bound if caps is None else torch.minimum(abs_bound, caps[stage].unsqueeze(1))
+
         def terms(source, suffix):
             return [source(t, P)[d + suffix] for t, P, d in tracks]
 
         G, GA, GE = (terms(lambda t, P: P, s) for s in ("", "a", "e"))
         W, WA, WE = (terms(lambda t, P: t, "w" + s) for s in ("", "a", "e"))
+        caps = [self._rounding_caps(t, P, d, lr, mu, damp, wd, nesterov, has_buf) for t, P, d in tracks]
         zero = [torch.zeros_like(x) for x in WE]
         if wd != 0:  # (old, fresh) drift of d: old from w's drift, fresh from the gradient and d's 2 roundings
             D, DA = fe(G, W, alpha=wd), fe(GA, WA, alpha=abs(wd))
-            DO, DF = torch._foreach_mul(WE, abs(wd)), [torch.hypot(ge, 2 * u * da) for ge, da in zip(GE, DA)]
+            DO = torch._foreach_mul(WE, abs(wd))
+            DF = [torch.hypot(ge, 2 * u * cap(da, c, "d")) for ge, da, c in zip(GE, DA, caps)]
         else:
             D, DA, DO, DF = G, GA, zero, GE
         S, SA, SO, SF = D, DA, DO, DF
@@ -1045,19 +1068,20 @@ class Tempo(Protocol):
                 torch._foreach_add_(B, D, alpha=1 - damp)
                 torch._foreach_add_(BA, DA, alpha=abs(1 - damp))
                 torch._foreach_add_(BO, DO, alpha=abs(1 - damp))
-                BF = [torch.hypot(abs(1 - damp) * df, 3 * u * ba) for df, ba in zip(DF, BA)]
+                BF = [torch.hypot(abs(1 - damp) * df, 3 * u * cap(ba, c, "b")) for df, ba, c in zip(DF, BA, caps)]
             else:  # b = d, copied: no rounding
                 B, BA, BO, BF = ([x.clone() for x in X] for X in (D, DA, DO, DF))
             for i, (t, _, d) in enumerate(tracks):
                 t[d + "b"], t[d + "ba"], t[d + "be"] = B[i], BA[i], torch.hypot(BO[i], BF[i])
             if nesterov:  # (d's and b's fresh roundings are correlated: triangle)
                 S, SA, SO = fe(D, B, alpha=mu), fe(DA, BA, alpha=abs(mu)), fe(DO, BO, alpha=abs(mu))
-                SF = [torch.hypot(df + abs(mu) * bf, 2 * u * sa) for df, bf, sa in zip(DF, BF, SA)]
+                SF = [torch.hypot(df + abs(mu) * bf, 2 * u * cap(sa, c, "s")) for df, bf, sa, c in zip(DF, BF, SA, caps)]
             else:
                 S, SA, SO, SF = B, BA, BO, BF
         W, WA = fe(W, S, alpha=-lr), fe(WA, SA, alpha=abs(lr))
         WO = fe(WE, SO, alpha=abs(lr))
-        WF = [torch.hypot(abs(lr) * sf, 3 * u * wa) for sf, wa in zip(SF, WA)]  # w − lr·s: 2 roundings (+ slack)
+        # w − lr·s: 2 roundings (+ slack)
+        WF = [torch.hypot(abs(lr) * sf, 3 * u * cap(wa, c, "w")) for sf, wa, c in zip(SF, WA, caps)]
         WE = [torch.hypot(wo, wf) for wo, wf in zip(WO, WF)]
         for i, (t, _, d) in enumerate(tracks):
             t[d + "w"], t[d + "wa"], t[d + "we"] = W[i], WA[i], WE[i]
