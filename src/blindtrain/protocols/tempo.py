@@ -965,7 +965,9 @@ class Tempo(Protocol):
             proj = self._grad_projections(layer, x.detach().float(), grad_y.float())
             t = layer.t
             got = self._proj_q(layer, dw.double(), t["rho"].double())
-            tol = 2 * (LAMBDA * proj["qe"] + proj["qa"] * 2 * _gamma(layer.m)) + 1e-30
+            # the gradient's rounding (worker product and tracker, σ units: λ·qe, see _grad_projections) + this
+            # projection's own double rounding (≤ 2^-50·m·|dW|ᵀ|ρ|)
+            tol = LAMBDA * proj["qe"] + proj["qa"] * (2.0 ** -49 * layer.m * layer.ksz) + 1e-30
             self._verdict(site.name, "grad_weight", (got - proj["q"]).abs(), tol, operands=(proj["q"], tol),
                           kind="grad_weight", detail="weight gradient fails the Freivalds check")
         return dw.to(x.dtype)
