@@ -28,8 +28,9 @@ current incrementally from the plaintext activations and gradients it has anyway
 (``Δq = −lr·xᵀ(dY ρ)`` ...), in O(b(n+m)k).  Every result R is checked as
 ``|Rρ − X q| ≤ τ`` with τ a float32 error bound: per check one Azuma–Hoeffding bound on all its
 roundings under the probabilistic model of rounding errors (see :data:`LAMBDA`: false alarm ≤
-2·exp(−λ²/2) per compared number), or the worst-case γ_K = K·u/(1−K·u) where smaller, times tracked
-upper bounds of ``|W||ρ|`` (or row norms), plus the worker's update-rounding drift.  The used fraction
+2^-40 per check, λ = 9.2), or the worst-case γ_K = K·u/(1−K·u) where smaller, times tracked
+upper bounds of ``|W||ρ|`` (or row norms), plus the worker's update-rounding drift (accumulated in
+quadrature: √steps, see :meth:`Tempo._advance`).  The used fraction
 of τ per check family is reported (:meth:`Tempo.tolerance_report`).  A wrong update of W′ on the worker
 (or a tampered held tensor) fails the next check; a fetched W′ is checked too.  Miss probability of an
 error e in an entry: ≤ (τ/|e|)^k (ρ uniform in [−1, 1], k vectors).  NaN / Inf in a check's operand
