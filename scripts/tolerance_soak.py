@@ -1,10 +1,11 @@
 """Long honest tempo runs: zero false alarms, and how much of the check tolerance honest results use.
 
     PYTHONPATH=src python scripts/tolerance_soak.py [--steps 20000] [--model mlp] [--dataset digits]
-        [--batch 64] [--lr 0.05] [--rotate-every 100] [--out soak.json] [--every 500]
+        [--batch 64] [--lr 0.05] [--rotate-every 100] [--out soak.json] [--every 500] [--optimizer sgd|adam]
 
-An honest worker, SGD with momentum and weight decay (the worker-side update), key rotation every
-``--rotate-every`` steps.  Every check of every step is judged as in training; the protocol keeps, per check
+An honest worker, SGD with momentum and weight decay (the worker-side update; ``--optimizer adam``: the
+enclave-side update, whose returned weight gradients are checked too: the ``grad_weight`` family), key
+rotation every ``--rotate-every`` steps.  Every check of every step is judged as in training; the protocol keeps, per check
 family (forward, grad_input, held = fetched weights at a rotation, grad_weight, attention), the largest
 fraction of its tolerance a passing check used.  A false alarm (an integrity violation on this honest
 worker) ends the run with exit 3 and is recorded.  ``--out`` is rewritten every ``--every`` steps, so a run
@@ -29,6 +30,7 @@ import blindtrain as bt
 from blindtrain import data as datasets
 from blindtrain.errors import IntegrityError, TrainingDiverged
 from blindtrain.models import build
+from blindtrain.protocols import tempo
 
 
 def _batches(dataset, batch: int, seed: int):
@@ -41,10 +43,11 @@ def _batches(dataset, batch: int, seed: int):
 def _report(args, session, done: int, started: float, alarm: str | None) -> dict:
     ledger = session.ledger
     tolerance = session.protocol.tolerance_report()
-    return {"model": args.model, "dataset": args.dataset, "batch": args.batch, "lr": args.lr,
+    return {"model": args.model, "dataset": args.dataset, "optimizer": args.optimizer, "batch": args.batch, "lr": args.lr,
             "rotate_every": args.rotate_every, "steps_requested": args.steps, "steps_done": done,
             "seconds": time.perf_counter() - started, "integrity_checks": ledger.integrity_checks,
             "false_alarms": ledger.integrity_failures, "false_alarm": alarm,
+            "lambda": tempo.LAMBDA, "false_alarm_per_check": tempo.FALSE_ALARM_PER_CHECK,
             "max_used_fraction": tolerance["max_used_fraction"], "headroom": tolerance["headroom"],
             "per_check": tolerance["per_check"]}
 
@@ -60,13 +63,17 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     parser.add_argument("--every", type=int, default=500)
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     parser.add_argument("--model-kwargs", default="{}", help='JSON, e.g. {"depth": 2, "dim": 32, "heads": 2}')
     args = parser.parse_args(argv)
 
     dataset = datasets.load(args.dataset, seed=args.seed)
     torch.manual_seed(args.seed)
     model = build(args.model, dataset.input_shape, dataset.num_classes, **json.loads(args.model_kwargs))
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    if args.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
     session = bt.Session(protocol="tempo", device="cpu", seed=None, rotate_every=args.rotate_every)
     model, optimizer = session.prepare(model, optimizer)
     model.train()

@@ -28,8 +28,9 @@ current incrementally from the plaintext activations and gradients it has anyway
 (``Δq = −lr·xᵀ(dY ρ)`` ...), in O(b(n+m)k).  Every result R is checked as
 ``|Rρ − X q| ≤ τ`` with τ a float32 error bound: per check one Azuma–Hoeffding bound on all its
 roundings under the probabilistic model of rounding errors (see :data:`LAMBDA`: false alarm ≤
-2·exp(−λ²/2) per compared number), or the worst-case γ_K = K·u/(1−K·u) where smaller, times tracked
-upper bounds of ``|W||ρ|`` (or row norms), plus the worker's update-rounding drift.  The used fraction
+2^-40 per check, λ = 9.2), or the worst-case γ_K = K·u/(1−K·u) where smaller, times tracked
+upper bounds of ``|W||ρ|`` (or row norms), plus the worker's update-rounding drift (accumulated in
+quadrature: √steps, see :meth:`Tempo._advance`).  The used fraction
 of τ per check family is reported (:meth:`Tempo.tolerance_report`).  A wrong update of W′ on the worker
 (or a tampered held tensor) fails the next check; a fetched W′ is checked too.  Miss probability of an
 error e in an entry: ≤ (τ/|e|)^k (ρ uniform in [−1, 1], k vectors).  NaN / Inf in a check's operand
@@ -61,16 +62,34 @@ from .options import TempoOptions
 U32 = 2.0 ** -24  # float32 unit roundoff
 
 
-#: λ of the probabilistic rounding-error model (Higham & Mary, SIAM J. Sci. Comput. 2019): rounding errors
-#: ``δ`` are independent and mean zero, ``|δ| ≤ u``.  A computed sum of products then errs by a sum of terms
-#: ``δ_t · c_t`` (``c_t``: the partial result the rounding ``t`` applies to), and by Azuma–Hoeffding it
-#: exceeds ``λ · u · √(Σ_t c_t²)`` with probability at most ``2·exp(−λ²/2)`` — 3.9e-22 for λ = 10.  A length-K
-#: inner product has at most 2K roundings, each on a partial sum ``≤ Σ|x_k||w_k|`` in any summation order
-#: (blocked, pairwise, split-K, FMA), so it errs by at most ``λ·√(2K)·u·Σ|x_k||w_k|``.  Every check compares
-#: k·rows numbers per result (k·pixels for a conv); a run of 10^12 comparisons (20,000 resnet steps) meets
-#: a false alarm with probability below 6·10^12·exp(−50) ≈ 10^-9 (three such sums per check: the worker's
-#: product and the check's two sides).  This is a model, not a theorem, for round-to-nearest.
-LAMBDA = 10.0
+#: The stated false-alarm probability of one check (one result compared with its operands): 2^-40.
+FALSE_ALARM_PER_CHECK = 2.0 ** -40
+#: The most numbers one check compares (rows · pixels · k check vectors; resnet18 on CIFAR at batch 512
+#: compares 2·512·32·32 = 2^20 in its first layer).  A larger check's false-alarm probability is
+#: ``N·2·exp(−λ²/2)``, i.e. ``2^-40 · N / 2^20``.
+MAX_COMPARED = 2 ** 20
+
+#: λ of the probabilistic rounding-error model (Higham & Mary, SIAM J. Sci. Comput. 41(5), 2019): rounding
+#: errors ``δ`` are independent and mean zero, ``|δ| ≤ u``.  The error of a computed sum of products is then
+#: a sum of martingale differences ``δ_t · c_t`` (``c_t``: the computed partial result the rounding ``t``
+#: applies to, known before ``δ_t`` is drawn), and by Azuma–Hoeffding it exceeds ``λ · u · √(Σ_t c_t²)``
+#: with probability at most ``2·exp(−λ²/2)``.  A length-K inner product ``Σ_k a_k`` (``a_k = x_k w_k``) has
+#: at most K product roundings (``c = |a_k|``, ``Σ a_k² ≤ S²``, ``S = Σ_k |a_k|``) and K−1 addition roundings
+#: (each on a partial sum of a subset: ``c ≤ S`` in any summation order: blocked, pairwise, split-K), or K
+#: fused multiply-adds (``c ≤ S``): ``Σ_t c_t² ≤ K·S²`` in every case, so it errs by at most
+#: ``λ·√K·u·S`` (Higham & Mary's γ̃_K(λ) = λ√K·u to first order; ``(1 + K·u)`` covers the partial sums'
+#: own rounding).  A check's comparison adds up several such sums (the worker's product, the check's
+#: float32 products): their roundings are one martingale, so ONE bound covers all of them,
+#: ``λ·u·√(Σ_sums K_s·S_s²)`` (:func:`_rounding_bound`), not the sum of one bound per product.
+#:
+#: λ follows from the stated probability, not from observed residuals: one check compares at most
+#: :data:`MAX_COMPARED` numbers, each fails with probability ``≤ 2·exp(−λ²/2)``, so a check raises a false
+#: alarm with probability ``≤ MAX_COMPARED · 2·exp(−λ²/2) = FALSE_ALARM_PER_CHECK`` for
+#: ``λ = √(2·ln(2·MAX_COMPARED / FALSE_ALARM_PER_CHECK))`` = 9.20.  A 20,000-step resnet18 run makes about
+#: 10^6 ≈ 2^20 checks: a false alarm with probability ≤ 2^-20 under the model.  This is a model, not a
+#: theorem, for round-to-nearest (its errors are deterministic functions of the data); the soak
+#: (``scripts/tolerance_soak.py``) measures it.
+LAMBDA = math.sqrt(2 * math.log(2 * MAX_COMPARED / FALSE_ALARM_PER_CHECK))
 
 #: What ``--fuse-activations`` verifies (the summary's ``fused_integrity``).
 FUSED_INTEGRITY = (
@@ -84,10 +103,10 @@ CHECK_MARGIN = 1.0
 
 
 def _gamma(k: int) -> float:
-    """Rounding-error factor of a length-``k`` float32 inner product: the smaller of the worst-case
-    γ_k = k·u/(1−k·u) and the probabilistic λ·√(2k)·u (see :data:`LAMBDA`)."""
+    """Rounding-error factor of a length-``k`` float32 inner product relative to ``Σ|x_k||w_k|``: the smaller
+    of the worst-case γ_k = k·u/(1−k·u) and the probabilistic λ·√k·u·(1 + k·u) (see :data:`LAMBDA`)."""
     worst = k * U32 / (1 - k * U32)
-    return min(worst, LAMBDA * math.sqrt(2 * k) * U32)
+    return min(worst, _azuma(k))
 
 
 def _dot64(k: int) -> float:
@@ -98,9 +117,24 @@ def _dot64(k: int) -> float:
 
 
 def _azuma(k: int) -> float:
-    """The probabilistic factor λ·√(2k)·u alone (see :data:`LAMBDA`): for sums of *independent* inner products
-    weighted by check vectors, where one Azuma bound covers the roundings of all of them together."""
-    return LAMBDA * math.sqrt(2 * k) * U32 * (1 + k * U32)
+    """The probabilistic factor λ·√k·u·(1 + k·u) alone (see :data:`LAMBDA`): ``Σ_t c_t² ≤ k·S²`` for the at
+    most k roundings of products and k−1 of partial sums (or k FMAs) of a length-k sum; also for sums of
+    *independent* inner products weighted by check vectors, where one Azuma bound covers the roundings of
+    all of them together."""
+    return LAMBDA * math.sqrt(k) * U32 * (1 + k * U32)
+
+
+def _rounding_bound(*sums):
+    """One bound on the rounding errors of several float32 sums that add up in one compared number:
+    ``sums`` are ``(K, S)`` pairs (length K, ``S`` an upper bound of ``Σ|terms|`` of every rounding in it,
+    a float or a tensor).  All their roundings are one martingale (see :data:`LAMBDA`), so the bound is
+    ``λ·u·(1 + K_max·u)·√(Σ K·S²)``, or the worst case ``Σ γ_K·S`` where that is smaller (short sums)."""
+    kmax = max(k for k, _ in sums)
+    worst = sum(k * U32 / (1 - k * U32) * b for k, b in sums)
+    prob = LAMBDA * U32 * (1 + kmax * U32) * sum(k * b * b for k, b in sums) ** 0.5
+    if isinstance(worst, torch.Tensor) or isinstance(prob, torch.Tensor):
+        return torch.minimum(torch.as_tensor(worst), torch.as_tensor(prob))
+    return min(worst, prob)
 
 
 def _thin(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -502,10 +536,15 @@ class Tempo(Protocol):
         if "rho_t" not in t:  # the check vectors as rows (k×m, k×n): the decoding pass contracts results with them
             t["rho_t"], t["sigma_t"] = t["rho"].t().contiguous(), t["sigma"].t().contiguous()
         if layer.conv:
-            # |Yρ - X q| ≤ 2γ_K |X||W|ᵀ|ρ| (the product and the check) + γ_m |Y||ρ| (≤ γ_m |X||W|ᵀ|ρ|) + drift
+            # |Yρ - X q|: the worker's product and the check's X q (float32, K terms each, both on partial sums
+            # ≤ |X||W|ᵀ|ρ| after weighting by ρ: Σ_m ρ_m² K S_m² ≤ K (Σ_m |ρ_m| S_m)²) and Y ρ (m terms, on
+            # |Y||ρ| ≤ |X||W|ᵀ|ρ|): one Azuma bound on all their roundings (_rounding_bound), + 2u for q's
+            # rounding to float32 + drift
             K, Kv = layer.n * layer.ksz, layer.m * layer.ksz
-            t["qtol"] = (t["qwa"] * (2 * _gamma(K) + _gamma(layer.m) + 2 * U32) + t["qwe"]).float()
-            t["vtol"] = (t["vwa"] * (2 * _gamma(Kv) + _gamma(layer.n) + 2 * U32) + t["vwe"]).float()
+            qf = _rounding_bound((K, 1.0), (K, 1.0), (layer.m, 1.0))
+            vf = _rounding_bound((Kv, 1.0), (Kv, 1.0), (layer.n, 1.0))
+            t["qtol"] = (t["qwa"] * (qf + 2 * U32) + LAMBDA * t["qwe"]).float()
+            t["vtol"] = (t["vwa"] * (vf + 2 * U32) + LAMBDA * t["vwe"]).float()
         else:
             # the checks' vectors (k×cols, rows of one matrix), several per read of an activation (see
             # _encode_forward, _encode_grad_input)
@@ -514,10 +553,10 @@ class Tempo(Protocol):
             t["v_rho_t"] = torch.cat([t["v32"].t(), t["rho_t"]])
             # Linear: per-row tolerances (all O(k) per row given the rows' norms):
             #   Σ_j ρ_j err_ij: all roundings of row i's products together, each on a partial sum of
-            #   Σ_k |x_ik||W_jk| ≤ ‖x_i‖‖W_j‖, at most 2n per product (Azuma, see LAMBDA):
-            #   λ √(2n) u ‖x_i‖ (Σ_j ρ_j² ‖W_j‖²)^½ ; the check's own products (double accumulation in the
+            #   Σ_k |x_ik||W_jk| ≤ ‖x_i‖‖W_j‖, Σ_t c_t² ≤ n·that² per product (Azuma, see LAMBDA):
+            #   λ √n u ‖x_i‖ (Σ_j ρ_j² ‖W_j‖²)^½ ; the check's own products (double accumulation in the
             #   encode / decode pass, see _dot64; with q's rounding to float32): ‖x_i‖‖q‖ + ‖y_i‖‖ρ‖ times a few u ;
-            #   drift ‖x_i‖‖e‖.
+            #   drift λ ‖x_i‖‖e‖ (e in σ units, see _advance).
             if "rho2t" not in t:  # ρ and σ are drawn once per layer: their squares and norms are constants
                 t["rho2t"] = (t["rho"].double() ** 2).t()
                 t["sigma2t"] = (t["sigma"].double() ** 2).t()
@@ -526,9 +565,9 @@ class Tempo(Protocol):
             rq = (t["rho2t"] @ t["Nw"] ** 2).sqrt()
             rv = (t["sigma2t"] @ t["Mw"] ** 2).sqrt()
             t["ftol_x"] = (_azuma(layer.n) * rq + _dot64(layer.n) * t["qw"].norm(dim=0)
-                           + t["qwe"].norm(dim=0)).float()
+                           + LAMBDA * t["qwe"].norm(dim=0)).float()
             t["btol_g"] = (_azuma(layer.m) * rv + _dot64(layer.m) * t["vw"].norm(dim=0)
-                           + t["vwe"].norm(dim=0)).float()
+                           + LAMBDA * t["vwe"].norm(dim=0)).float()
 
     def _verify_held(self, layer, w, which, op):
         t = layer.t
@@ -536,7 +575,9 @@ class Tempo(Protocol):
         for d, proj, vec in (("q", self._proj_q, t["rho"]), ("v", self._proj_v, t["sigma"])):
             got = proj(layer, w.double(), vec.double())
             want, bound = t[d + which], t[d + which + "a"]
-            tol = 2 * (t[d + which + "e"] + bound * (4 * _gamma(layer.m + layer.n) + 1e-12)) + 1e-30
+            # the tracked drift (σ units: λ·e, see _advance) + this projection's own double rounding
+            # (and the tracker's at its reset: both ≤ 2^-50·K·bound, K the longest sum)
+            tol = LAMBDA * t[d + which + "e"] + bound * (2.0 ** -49 * max(layer.m, layer.n * layer.ksz)) + 1e-30
             self._verdict(layer.site.name, op, (got - want).abs(), tol, operands=(want, tol), kind="held",
                           detail=f"worker-held {'weights' if which == 'w' else 'momentum'} do not match "
                                  f"the tracked check projections")
@@ -890,7 +931,10 @@ class Tempo(Protocol):
             qa, va = qm[:, :k], vn[:, :k]
             rows = x.shape[0]
             norms = {"N": vn[:, k].double(), "M": qm[:, k].double()}
-        err = 3 * _gamma(rows) + _gamma(max(layer.m, layer.n)) + 4 * U32
+        # the gradient projections' rounding drift in σ units (see LAMBDA, _advance): the worker's product
+        # (rows terms), the tracker's two thin products (rows terms) and dY ρ / X σ (max(m, n) terms), and four
+        # single roundings, all on partial sums ≤ the abs bound: one martingale, Σ c² ≤ (3 rows + max(m, n) + 4)·bound²
+        err = U32 * math.sqrt(3 * rows + max(layer.m, layer.n) + 4)
         out = {"q": q.double(), "qa": qa.double(), "qe": qa.double() * err,
                "v": v.double(), "va": va.double(), "ve": va.double() * err}
         if not layer.conv:
@@ -917,7 +961,9 @@ class Tempo(Protocol):
             proj = self._grad_projections(layer, x.detach().float(), grad_y.float())
             t = layer.t
             got = self._proj_q(layer, dw.double(), t["rho"].double())
-            tol = 2 * (proj["qe"] + proj["qa"] * 2 * _gamma(layer.m)) + 1e-30
+            # the gradient's rounding (worker product and tracker, σ units: λ·qe, see _grad_projections) + this
+            # projection's own double rounding (≤ 2^-50·m·|dW|ᵀ|ρ|)
+            tol = LAMBDA * proj["qe"] + proj["qa"] * (2.0 ** -49 * layer.m * layer.ksz) + 1e-30
             self._verdict(site.name, "grad_weight", (got - proj["q"]).abs(), tol, operands=(proj["q"], tol),
                           kind="grad_weight", detail="weight gradient fails the Freivalds check")
         return dw.to(x.dtype)
@@ -961,6 +1007,24 @@ class Tempo(Protocol):
                                      params={"handles": [f"{layer.h}/g"]}, return_result=False))
                          for k in range(len(layer.blocks))])
 
+    @staticmethod
+    def _rounding_caps(t, P, d, lr, mu, damp, wd, nesterov, has_buf):
+        """Linear layers: upper bounds of the norms ``‖c_{:,n}‖`` (track ``q``, over the m outputs) or
+        ``‖c_{m,:}‖`` (track ``v``) of what each SGD operation rounds (``d``, ``b``, ``s``, the new ``w``), from
+        the tracked norm bounds (the same triangle recurrences as :meth:`_advance`'s norm block).  A fresh
+        rounding of a projection, ``Σ_m ρ_m δ_m c_m``, has ℓ2 coefficient norm ``≤ ‖c‖`` (|ρ| ≤ 1), up to √m
+        below the abs projection ``Σ_m |ρ_m||c_m|``.  None for conv layers (abs bounds only)."""
+        key = {"q": "M", "v": "N"}[d]
+        if key not in P:
+            return None
+        wn = t[key + "w"]
+        dn = P[key] + abs(wd) * wn
+        bn = sn = dn
+        if mu != 0:
+            bn = abs(mu) * t[key + "b"] + abs(1 - damp) * dn if has_buf else dn
+            sn = dn + abs(mu) * bn if nesterov else bn
+        return {"d": dn, "b": bn, "s": sn, "w": (wn + abs(lr) * sn) * (1 + 4 * U32)}
+
     def _advance(self, members, lr, mu, damp, wd, nesterov, *, has_buf):
         """The SGD recurrences on the projections (exact, float64), their abs bounds and rounding drift.
 
@@ -968,41 +1032,57 @@ class Tempo(Protocol):
         batched ``torch._foreach_*`` op over all their projections.  Per projection (value x, abs bound xa,
         rounding drift xe; P gives the gradient's g, ga, ge):
         ``d = g + wd·w``, ``b = mu·b + (1−damp)·d`` (``b = d`` on the first step), ``s = d + mu·b`` (Nesterov)
-        or ``b``, ``w ← w − lr·s``; the bounds take absolute coefficients, and each rounding adds
-        a few ``u`` of the bound to the drift."""
+        or ``b``, ``w ← w − lr·s``; the bounds take absolute coefficients.
+
+        The drift ``xe`` is in σ units (see :data:`LAMBDA`): an upper bound of ``u·√(Σ_t α_t² c_t²)`` over every
+        rounding ``t`` so far (``α_t``: its coefficient in the tracked quantity), so the drift itself is at most
+        ``λ·xe`` under the model.  Errors from earlier steps ("old") propagate through the recurrence with
+        absolute coefficients (triangle inequality on the coefficient vectors); this step's roundings ("fresh":
+        the gradient's ``ge``, and per rounded operation a few ``u`` of its abs bound, ℓ2 ≤ ℓ1 over the
+        projected coordinates) are independent of all earlier ones, so ``xe' = √(old² + fresh²)``: the drift
+        grows as √steps, not as steps."""
         u, fe = U32, torch._foreach_add
         tracks = [(layer.t, P, d) for layer, P in members for d in ("q", "v")]
+
+        def cap(abs_bound, caps, stage):  # the ℓ2 coefficient norm of a fresh rounding: min(abs, norm)
+            return abs_bound if caps is None else torch.minimum(abs_bound, caps[stage].unsqueeze(1))
 
         def terms(source, suffix):
             return [source(t, P)[d + suffix] for t, P, d in tracks]
 
         G, GA, GE = (terms(lambda t, P: P, s) for s in ("", "a", "e"))
         W, WA, WE = (terms(lambda t, P: t, "w" + s) for s in ("", "a", "e"))
-        if wd != 0:
-            D, DA, DE = fe(G, W, alpha=wd), fe(GA, WA, alpha=abs(wd)), fe(GE, WE, alpha=abs(wd))
-            torch._foreach_add_(DE, DA, alpha=2 * u)
+        caps = [self._rounding_caps(t, P, d, lr, mu, damp, wd, nesterov, has_buf) for t, P, d in tracks]
+        zero = [torch.zeros_like(x) for x in WE]
+        if wd != 0:  # (old, fresh) drift of d: old from w's drift, fresh from the gradient and d's 2 roundings
+            D, DA = fe(G, W, alpha=wd), fe(GA, WA, alpha=abs(wd))
+            DO = torch._foreach_mul(WE, abs(wd))
+            DF = [torch.hypot(ge, 2 * u * cap(da, c, "d")) for ge, da, c in zip(GE, DA, caps)]
         else:
-            D, DA, DE = G, GA, GE
-        S, SA, SE = D, DA, DE
+            D, DA, DO, DF = G, GA, zero, GE
+        S, SA, SO, SF = D, DA, DO, DF
         if mu != 0:
             if has_buf:
-                B, BA, BE = (torch._foreach_mul(terms(lambda t, P: t, "b" + s), c)
+                B, BA, BO = (torch._foreach_mul(terms(lambda t, P: t, "b" + s), c)
                              for s, c in (("", mu), ("a", abs(mu)), ("e", abs(mu))))
                 torch._foreach_add_(B, D, alpha=1 - damp)
                 torch._foreach_add_(BA, DA, alpha=abs(1 - damp))
-                torch._foreach_add_(BE, DE, alpha=abs(1 - damp))
-                torch._foreach_add_(BE, BA, alpha=3 * u)
-            else:
-                B, BA, BE = ([x.clone() for x in X] for X in (D, DA, DE))
+                torch._foreach_add_(BO, DO, alpha=abs(1 - damp))
+                BF = [torch.hypot(abs(1 - damp) * df, 3 * u * cap(ba, c, "b")) for df, ba, c in zip(DF, BA, caps)]
+            else:  # b = d, copied: no rounding
+                B, BA, BO, BF = ([x.clone() for x in X] for X in (D, DA, DO, DF))
             for i, (t, _, d) in enumerate(tracks):
-                t[d + "b"], t[d + "ba"], t[d + "be"] = B[i], BA[i], BE[i]
-            if nesterov:
-                S, SA, SE = fe(D, B, alpha=mu), fe(DA, BA, alpha=abs(mu)), fe(DE, BE, alpha=abs(mu))
-                torch._foreach_add_(SE, SA, alpha=2 * u)
+                t[d + "b"], t[d + "ba"], t[d + "be"] = B[i], BA[i], torch.hypot(BO[i], BF[i])
+            if nesterov:  # (d's and b's fresh roundings are correlated: triangle)
+                S, SA, SO = fe(D, B, alpha=mu), fe(DA, BA, alpha=abs(mu)), fe(DO, BO, alpha=abs(mu))
+                SF = [torch.hypot(df + abs(mu) * bf, 2 * u * cap(sa, c, "s")) for df, bf, sa, c in zip(DF, BF, SA, caps)]
             else:
-                S, SA, SE = B, BA, BE
-        W, WA, WE = fe(W, S, alpha=-lr), fe(WA, SA, alpha=abs(lr)), fe(WE, SE, alpha=abs(lr))
-        torch._foreach_add_(WE, fe(WA, SA, alpha=abs(lr)), alpha=3 * u)
+                S, SA, SO, SF = B, BA, BO, BF
+        W, WA = fe(W, S, alpha=-lr), fe(WA, SA, alpha=abs(lr))
+        WO = fe(WE, SO, alpha=abs(lr))
+        # w − lr·s: 2 roundings (+ slack)
+        WF = [torch.hypot(abs(lr) * sf, 3 * u * cap(wa, c, "w")) for sf, wa, c in zip(SF, WA, caps)]
+        WE = [torch.hypot(wo, wf) for wo, wf in zip(WO, WF)]
         for i, (t, _, d) in enumerate(tracks):
             t[d + "w"], t[d + "wa"], t[d + "we"] = W[i], WA[i], WE[i]
         linear = [(layer.t, P, d) for layer, P in members if not layer.conv for d in ("N", "M")]
@@ -1062,9 +1142,15 @@ class Tempo(Protocol):
             rho = self._uniform((r, k), keys)
             lhs = y @ rho
             rhs = a3 @ (b3 @ rho)
-            operand_tol = 2 * _gamma(q) * (a3.abs() @ (b3.abs() @ rho.abs())) + _gamma(q + r) * (a3.abs() @ (b3 @ rho).abs())
-            tol = operand_tol + _gamma(r) * (y.abs() @ rho.abs())
-            self._verdict(site.name, op, (lhs - rhs).abs(), 2 * tol + 1e-30, operands=(rhs, operand_tol),
+            # every rounding in |Yρ − A(Bρ)| under one Azuma bound (_rounding_bound): the worker's A B (q terms,
+            # weighted by ρ: Σ_j ρ_j² q S_ij² ≤ q T1², T1 = |A|(|B||ρ|)), the check's Bρ (r terms, ≤ |B||ρ|,
+            # carried through A: ≤ r T1²), A(Bρ) (q terms, ≤ T2 = |A||Bρ|) and Yρ (r terms, ≤ T3 = |Y||ρ|)
+            t1 = a3.abs() @ (b3.abs() @ rho.abs())
+            t2 = a3.abs() @ (b3 @ rho).abs()
+            t3 = y.abs() @ rho.abs()
+            operand_tol = t1 + t2  # (finite iff the enclave's operands are)
+            tol = _rounding_bound((q, t1), (r, t1), (q, t2), (r, t3))
+            self._verdict(site.name, op, (lhs - rhs).abs(), CHECK_MARGIN * tol + 1e-30, operands=(rhs, operand_tol),
                           kind="attention", detail="attention product fails the Freivalds check")
         return y.reshape(*lead, p, r).to(a.dtype)
 
