@@ -194,3 +194,40 @@ def test_links_are_counted_per_role_and_relayed_through_the_boundary(digits):
     to_workers = sum(row["bytes_to"] for row in metrics["per_worker"].values())
     logical_to = sum(v for k, v in links["bytes"].items() if k.startswith("enclave->")) + relayed
     assert to_workers == logical_to
+
+
+@pytest.mark.parametrize("model_name,momentum", [("mlp", 0.0), ("mlp", 0.9), ("lenet", 0.0)])
+def test_cost_model_bytes_equal_the_ledger_every_step(model_name, momentum, digits, synthetic):
+    from blindtrain.costs import trace_ops
+
+    dataset = digits if model_name == "mlp" else synthetic
+    torch.manual_seed(0)
+    model = build(model_name, dataset.input_shape, dataset.num_classes)
+    ops = trace_ops(model, dataset.input_shape, batch=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=momentum)
+    session = bt.Session(protocol="shares", device="cpu", seed=None, enclave_key=bytes(32))
+    model, opt = session.prepare(model, opt)
+    cost = session.protocol.cost_model(ops, batch=4, input_numel=0, classes=10)
+    ledger = session.ledger
+    for index, (x, y) in enumerate(dataset.batches(batch_size=4, epoch=0, seed=0)):
+        if index == 3:
+            break
+        before = (ledger.bytes_to_worker, ledger.bytes_from_worker)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if index > 0:  # step 0 also shares the weights (setup)
+            assert (ledger.bytes_to_worker - before[0], ledger.bytes_from_worker - before[1]) == \
+                (cost.bytes_to_worker, cost.bytes_from_worker)
+    session.close()
+
+
+@pytest.mark.slow
+def test_process_transport_runs_four_processes(digits):
+    losses, session, _ = _curve("shares", "mlp", digits, steps=2, transport="process")
+    pids = {role: session.boundary.transport(role).pid for role in ("s0", "s1", "dealer")}
+    session.close()
+    inproc, s2, _ = _curve("shares", "mlp", digits, steps=2)
+    s2.close()
+    assert len(set(pids.values())) == 3 and all(np.isfinite(losses))
+    assert _max_rel(losses, inproc) < 1e-3

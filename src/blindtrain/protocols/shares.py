@@ -445,6 +445,12 @@ class Shares(Protocol):
             layer.version = layer.param._version
 
     # -- reporting -----------------------------------------------------------------------------
+    def cost_model(self, ops, *, batch, input_numel, classes, training=True):
+        from .shares_cost import step_cost, weight_numels
+
+        resident = {name: layer.resident for name, layer in self.layers.items()}
+        return step_cost(ops, resident=resident, weight_numel=weight_numels(self.layers), training=training)
+
     def summary(self) -> dict:
         return {
             "options": dict(self.settings), "modulus": self.p, "freivalds_repetitions": self.k,
