@@ -141,7 +141,7 @@ def test_every_role_receives_only_uniform_field_elements_and_seeds(digits, tmp_p
         assert _chi2_uniform(seeds, 256) > 1e-4, role
     # the pixels that are always zero in digits look uniform in S1's share of the input
     meta, arrays = load_transcript(roles["s1"])
-    x_share = [arrays[m["key"]] for m in meta if m["layer"] == "1" and m["op"] == "forward" and m["operand"] == "X"]
+    x_share = [arrays[m["key"]] for m in meta if m["layer"] == "1" and m["op"] == "forward" and m["operand"] == "A"]
     images = torch.cat([x for x, _ in digits.batches(batch_size=256, epoch=0, seed=0)]).reshape(-1, 64)
     zero_pixels = np.flatnonzero((images == images[0]).all(0).numpy())
     assert zero_pixels.size > 0

@@ -106,7 +106,7 @@ def beaver_product(channel: PeerChannel, rng, tag: Tag, op: BeaverOp, x, b, *, n
     for party in (0, 1):
         seeds = [a_seeds[party], b_seeds[party]] + ([c_seed] if party == 0 else [])
         b_layout = b.layout if isinstance(b, HeldOperand) else ""
-        request = Request("beaver_open", {"X": x.arg(party), "B": b.arg(party),
+        request = Request("beaver_open", {"A": x.arg(party), "B": b.arg(party),
                                           "seeds": Sent(torch.stack(seeds), "share")}, tag,
                           {**common, "b_layout": b_layout, "handle": handle})
         reply = channel.call(SHARE_ROLES[party], request, result_to=SHARE_ROLES[1 - party])

@@ -51,12 +51,12 @@ def _fn_params(params: dict) -> dict:
 def _beaver_open(worker, args, params):
     """``E_i = [X]_i − [A]_i`` and ``F_i = [B]_i − [Bt]_i``, flattened and concatenated (int64, mod p).
 
-    ``args``: ``X`` and ``B`` (shares, seeds or held handles), ``seeds`` (uint8, 2 or 3 × 32: A, Bt[, C]).
+    ``args``: ``A`` (the share of X) and ``B`` (shares, seeds or held handles), ``seeds`` (uint8, 2 or 3 × 32: A, Bt[, C]).
     ``params``: ``modulus``, ``a_shape``, ``b_shape``, ``b_layout`` (``"t"``: B is the transpose of what is
     held), ``handle`` (prefix under which A, Bt, C, E_i, F_i stay until ``beaver_close``)."""
     p = int(params["modulus"])
     a_shape, b_shape = tuple(params["a_shape"]), tuple(params["b_shape"])
-    x = _operand(worker, args, "X", a_shape, p, "")
+    x = _operand(worker, args, "A", a_shape, p, "")
     b = _operand(worker, args, "B", b_shape, p, params.get("b_layout", ""))
     seeds = args["seeds"].to("cpu")
     a_share = expand(seeds[0], a_shape, p).to(worker.device)
