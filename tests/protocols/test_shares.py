@@ -231,3 +231,17 @@ def test_process_transport_runs_four_processes(digits):
     s2.close()
     assert len(set(pids.values())) == 3 and all(np.isfinite(losses))
     assert _max_rel(losses, inproc) < 1e-3
+
+
+@pytest.mark.parametrize("adversary", ["tamper:role=s0,layer=features.0", "noise:role=dealer,op=grad_input,layer=features.3",
+                                       "tamper:role=s1,op=grad_weight,layer=features.3"])
+def test_adversaries_on_conv_layers_are_caught(adversary, synthetic):
+    with pytest.raises(IntegrityError, match="features"):
+        _curve("shares", "lenet", synthetic, steps=3, batch=4, lr=0.02, adversary=adversary)
+
+
+def test_tampered_attention_product_is_caught(synthetic):
+    kwargs = {"depth": 1, "dim": 32, "heads": 2}
+    with pytest.raises(IntegrityError, match="bmm"):
+        _curve("shares", "vit-tiny", synthetic, steps=2, batch=4, lr=0.02, model_kwargs=kwargs,
+               adversary="tamper:role=s0,op=forward,layer=blocks.0.attn.scores")

@@ -468,6 +468,10 @@ class Shares(Protocol):
             "weight_exponents": {name: layer.exponent for name, layer in self.layers.items()},
             "weight_norm_bounds_bits": {name: round(_log2(layer.norm_bound), 2) for name, layer in self.layers.items()},
             "min_data_bits": dict(self.counters.min_data_bits),
+            "enclave_state_bytes": {name: sum(t.numel() * t.element_size() for t in vars(layer.projections).values())
+                                    for name, layer in self.layers.items() if layer.projections is not None},
+            "enclave_memory_note": "per layer: check vectors and projections, 8·2k·(n+m) bytes (k = repetitions); "
+                                   "the enclave model also keeps its (stale, between read-outs) plaintext weight",
             "offloaded_ops": self.counters.offloaded_ops, "weight_sharings": self.counters.reshares,
             "updates_on_shares": self.counters.resident_updates,
             "privacy": self.info.leaks,
