@@ -245,3 +245,12 @@ def test_tampered_attention_product_is_caught(synthetic):
     with pytest.raises(IntegrityError, match="bmm"):
         _curve("shares", "vit-tiny", synthetic, steps=2, batch=4, lr=0.02, model_kwargs=kwargs,
                adversary="tamper:role=s0,op=forward,layer=blocks.0.attn.scores")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", ["resnet18", "resnet50"])
+def test_resnets_run_a_training_step(model_name, synthetic):
+    losses, session, _ = _curve("shares", model_name, synthetic, steps=1, batch=2, lr=0.01)
+    metrics = session.metrics()
+    session.close()
+    assert np.isfinite(losses[0]) and metrics["integrity_failures"] == 0 and metrics["integrity_checks"] > 0
