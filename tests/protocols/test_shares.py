@@ -199,6 +199,7 @@ def test_links_are_counted_per_role_and_relayed_through_the_boundary(digits):
 @pytest.mark.parametrize("model_name,momentum", [("mlp", 0.0), ("mlp", 0.9), ("lenet", 0.0)])
 def test_cost_model_bytes_equal_the_ledger_every_step(model_name, momentum, digits, synthetic):
     from blindtrain.costs import trace_ops
+    from blindtrain.protocols.shares_cost import link_bytes, weight_numels
 
     dataset = digits if model_name == "mlp" else synthetic
     torch.manual_seed(0)
@@ -208,17 +209,23 @@ def test_cost_model_bytes_equal_the_ledger_every_step(model_name, momentum, digi
     session = bt.Session(protocol="shares", device="cpu", seed=None, enclave_key=bytes(32))
     model, opt = session.prepare(model, opt)
     cost = session.protocol.cost_model(ops, batch=4, input_numel=0, classes=10)
-    ledger = session.ledger
+    protocol = session.protocol
+    per_link = link_bytes(ops, resident={n: layer.resident for n, layer in protocol.layers.items()},
+                          weight_numel=weight_numels(protocol.layers))
+    ledger, links = session.ledger, protocol.channel.links
     for index, (x, y) in enumerate(dataset.batches(batch_size=4, epoch=0, seed=0)):
         if index == 3:
             break
         before = (ledger.bytes_to_worker, ledger.bytes_from_worker)
+        links_before = dict(links.bytes)
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
         if index > 0:  # step 0 also shares the weights (setup)
             assert (ledger.bytes_to_worker - before[0], ledger.bytes_from_worker - before[1]) == \
                 (cost.bytes_to_worker, cost.bytes_from_worker)
+            measured = {k: v - links_before.get(k, 0) for k, v in links.bytes.items() if v - links_before.get(k, 0)}
+            assert measured == dict(per_link)
     session.close()
 
 

@@ -23,6 +23,7 @@ a layer updated in the enclave is re-shared every step: 32 B to S0 (a seed), 8·
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from ..costs import StepCost
 
@@ -69,3 +70,28 @@ def step_cost(ops, *, resident: dict[str, bool], weight_numel: dict[str, int], t
 
 def weight_numels(layers) -> dict[str, int]:
     return {name: math.prod(layer.site.weight_shape) for name, layer in layers.items()}
+
+
+def link_bytes(ops, *, resident: dict[str, bool], weight_numel: dict[str, int], training: bool = True) -> Counter:
+    """Modelled bytes per logical link of one steady-state step, as :class:`~blindtrain.boundary.peer.Links`
+    counts them (a relayed tensor once, on its sender → receiver link)."""
+    links: Counter = Counter()
+    used = ops if training else [op for op in ops if op.op == "forward"]
+    for op in used:
+        a, b, out = op.numel("A"), op.numel("B"), op.numel("out")
+        held = op.roles == ("data", "weight")
+        kept = op.op == "grad_weight" and op.kind != "matmul" and resident.get(op.layer, False)
+        links["enclave->dealer"] += 5 * SEED
+        links["dealer->s1"] += ELEMENT * out
+        links["enclave->s0"] += SEED * (1 + (0 if held else 1) + 3)
+        links["enclave->s1"] += ELEMENT * a + (0 if held else ELEMENT * b) + 2 * SEED
+        links["s0->s1"] += ELEMENT * (a + b)
+        links["s1->s0"] += ELEMENT * (a + b)
+        if not kept:
+            links["s0->enclave"] += ELEMENT * out
+            links["s1->enclave"] += ELEMENT * out
+    for layer, numel in weight_numel.items():
+        if training and not resident.get(layer, False):
+            links["enclave->s0"] += SEED
+            links["enclave->s1"] += ELEMENT * numel
+    return links
