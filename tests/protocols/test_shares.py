@@ -261,3 +261,24 @@ def test_resnets_run_a_training_step(model_name, synthetic):
     metrics = session.metrics()
     session.close()
     assert np.isfinite(losses[0]) and metrics["integrity_failures"] == 0 and metrics["integrity_checks"] > 0
+
+
+def test_check_soundness_is_one_bad_value_per_repetition():
+    """A wrong element at (r, j) passes a repetition iff s_j is the one residue that cancels it (here 0): the
+    stated bound (2^20 + 1)^-k per check is exact for such a tampering, and every other s catches it."""
+    from blindtrain.field.engine import FieldEngine
+    from blindtrain.protocols.shares_verify import check_weighted
+
+    engine = FieldEngine(P)
+    torch.manual_seed(3)
+    x = torch.randint(-2**20, 2**20, (6, 16))
+    w = torch.randint(-2**30, 2**30, (16, 5))
+    y = torch.remainder(engine.bilinear("matmul", x, w), P)
+    wrong = y.clone()
+    wrong[2, 3] = (wrong[2, 3] + 12345) % P
+    for value in range(-40, 41):
+        s = torch.randint(-2**19, 2**19, (5, 1))
+        s[3, 0] = value
+        projection = torch.remainder(engine.bilinear("matmul", w, s), P)
+        assert check_weighted("matmul", x, y, projection, s, engine, {})
+        assert check_weighted("matmul", x, wrong, projection, s, engine, {}) == (value == 0)
