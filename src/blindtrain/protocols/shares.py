@@ -45,15 +45,16 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import bilinear as bilinear_fns
-from ..boundary import Ref, Request, Sent, Tag
+from ..boundary import Ref, Request, Tag
 from ..boundary.peer import PeerChannel
-from ..errors import BlindtrainError, IntegrityError, UsageError
+from ..errors import IntegrityError, UsageError
 from ..field import codec, freivalds
 from ..field.engine import BACKENDS, FieldEngine
 from ._field import check_repetitions, check_weight_bits
 from .base import Protocol, ProtocolInfo, register
 from .shares_beaver import (DEALER, SHARE_ROLES, BeaverOp, HeldOperand, SharedOperand, beaver_product,
                             reconstruct, share_operand)
+from .shares_codec import encode_against_weight, encode_pair, frobenius, log2_or_zero
 from .shares_verify import (WEIGHT_FNS, Projections, check_data, check_weighted, draw_vectors,
                             gradient_projections, project_weight, weight_operand)
 
@@ -90,34 +91,6 @@ def _out_shape(fn, a_shape, b_shape, params) -> tuple:
     a = torch.empty(a_shape, dtype=torch.float64, device="meta")
     b = torch.empty(b_shape, dtype=torch.float64, device="meta")
     return tuple(bilinear_fns.apply(fn, a, b, **params).shape)
-
-
-def _log2(v: float) -> float:
-    return math.log2(v) if v > 0 else 0.0
-
-
-def _unit_column(fn: str, weight_shape) -> torch.Tensor:
-    """A stand-in second operand whose largest column norm is 1 (for the codec's window-norm bound)."""
-    if fn in ("matmul", "bmm"):
-        return torch.ones(1, 1, dtype=torch.float64)
-    unit = torch.zeros(1, 1, weight_shape[2], weight_shape[3], dtype=torch.float64)
-    unit[0, 0, 0, 0] = 1.0
-    return unit
-
-
-def product_bound(fn: str, a: torch.Tensor, b: torch.Tensor, params: dict) -> float:
-    """A rigorous bound on ``max|f(a, b)|`` for the both-data functions (Cauchy–Schwarz)."""
-    if fn == "matmul_tn":
-        return codec.norm_bound("matmul", a.transpose(-2, -1), b, {})
-    if fn == "conv2d_weight":  # dW[o,c,u,v] = <b[:,o], shifted a[:,c]>: ≤ ‖b[:,o]‖·‖a[:,c]‖
-        an = a.to(torch.float64).square().sum((0, 2, 3)).max().sqrt()
-        bn = b.to(torch.float64).square().sum((0, 2, 3)).max().sqrt()
-        return float(an * bn) * (1 + 1e-9)
-    return codec.norm_bound(fn, a, b, params)
-
-
-def _frobenius(q: torch.Tensor) -> float:
-    return math.sqrt(float(q.to(torch.float64).square().sum())) * (1 + 1e-9)
 
 
 @register
@@ -201,7 +174,7 @@ class Shares(Protocol):
             limit = 2 ** (self.weight_bits - 1) - 1
             layer.exponent = math.floor(math.log2(limit / wmax)) if wmax > 0 else self.weight_bits - 1
             q = codec.quantize(weight, layer.exponent).to(torch.int64)
-            layer.norm_bound = max(_frobenius(q), 1.0)
+            layer.norm_bound = max(frobenius(q), 1.0)
             shared = share_operand(runtime.rng, q, p, label=(layer.site.name, "weight", runtime.step, nonce))
             fwd, _ = WEIGHT_FNS[layer.kind]
             m = weight.shape[0]
@@ -222,44 +195,12 @@ class Shares(Protocol):
     def _uniforms(self, t: torch.Tensor, *label) -> torch.Tensor:
         return torch.from_numpy(self.runtime.rng.uniform_float(tuple(t.shape), label=("sround", *label)))
 
-    def _encode_against_weight(self, fn: str, x: torch.Tensor, layer: ShareLayer, params: dict,
-                               uniforms: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-        """``(X̃, l_x)`` with ``max‖window(X̃)‖₂ · bound(‖W̃‖_F) ≤ (p−1)/2``: no result can wrap."""
-        limit = codec.headroom(self.p)
-        unit = _unit_column(fn, layer.site.weight_shape)
-        window = codec.norm_bound(fn, x, unit, params)
-        if window == 0.0:
-            return torch.zeros(x.shape, dtype=torch.int64), 0
-        exponent = math.floor(math.log2(limit / (window * layer.norm_bound)))
-        for _ in range(128):
-            q = codec.quantize(x, exponent, uniforms)
-            if codec.norm_bound(fn, q, unit, params) * layer.norm_bound <= limit:
-                return q.to(torch.int64), exponent
-            exponent -= 1
-        raise RuntimeError("could not find an overflow-free exponent")  # pragma: no cover
+    def _encode_against_weight(self, fn, x, layer: ShareLayer, params, uniforms):
+        return encode_against_weight(fn, x, p=self.p, weight_norm=layer.norm_bound,
+                                     weight_shape=layer.site.weight_shape, params=params, uniforms=uniforms)
 
-    def _encode_pair(self, fn: str, a: torch.Tensor, b: torch.Tensor, params: dict, *, total: int | None,
-                     b_uniforms: torch.Tensor | None, fixed_total: bool) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        """``(Ã, B̃, l_a, l_b)`` for a both-data product, the relative precision balanced between them.
-
-        ``fixed_total``: ``l_a + l_b = total`` exactly (the SGD-on-shares weight gradient lands on ``l_w``);
-        else ``total`` is the largest that keeps ``|f(Ã, B̃)| ≤ (p−1)/2``."""
-        limit = codec.headroom(self.p)
-        amax, bmax = float(a.abs().max()), float(b.abs().max())
-        if not fixed_total:
-            total = math.floor(math.log2(limit / product_bound(fn, a, b, params)))
-        la = math.floor((total + _log2(bmax) - _log2(amax)) / 2)
-        lb = total - la
-        qa = codec.quantize(a, la)
-        for _ in range(128):
-            qb = codec.quantize(b, lb, b_uniforms)
-            if product_bound(fn, qa, qb, params) <= limit:
-                return qa.to(torch.int64), qb.to(torch.int64), la, lb
-            if fixed_total:
-                raise BlindtrainError("the weight update is too large for the field (training diverged): lower --lr")
-            la, lb = la - 1, lb - 1
-            qa = codec.quantize(a, la)
-        raise RuntimeError("could not find overflow-free exponents")  # pragma: no cover
+    def _encode_pair(self, fn, a, b, params, **kwargs):
+        return encode_pair(fn, a, b, params, p=self.p, **kwargs)
 
     def _note_bits(self, name: str, q: torch.Tensor) -> None:
         bits = codec.magnitude_bits(q)
@@ -390,7 +331,7 @@ class Shares(Protocol):
             d_out, d_in = gradient_projections(site.kind, qx, qg, layer.projections, self.engine,
                                                dict(site.conv_params), site.weight_shape)
             taps = 1 if site.kind == "linear" else site.weight_shape[2] * site.weight_shape[3]
-            growth = _frobenius(qx) * _frobenius(qg) * math.sqrt(taps)
+            growth = frobenius(qx) * frobenius(qg) * math.sqrt(taps)
             if layer.pending is None:
                 layer.pending = {"d_out": d_out, "d_in": d_in, "growth": growth, "lr": lr}
             else:
@@ -466,7 +407,7 @@ class Shares(Protocol):
                               for name, layer in self.layers.items()},
             "truncation": "none: SGD updates are exact in F_p (no error, no failure probability)",
             "weight_exponents": {name: layer.exponent for name, layer in self.layers.items()},
-            "weight_norm_bounds_bits": {name: round(_log2(layer.norm_bound), 2) for name, layer in self.layers.items()},
+            "weight_norm_bounds_bits": {name: round(log2_or_zero(layer.norm_bound), 2) for name, layer in self.layers.items()},
             "min_data_bits": dict(self.counters.min_data_bits),
             "enclave_state_bytes": {name: sum(t.numel() * t.element_size() for t in vars(layer.projections).values())
                                     for name, layer in self.layers.items() if layer.projections is not None},
