@@ -13,7 +13,7 @@ from scipy import stats
 import blindtrain as bt
 from blindtrain import data as datasets
 from blindtrain.cli import main
-from blindtrain.errors import IntegrityError
+from blindtrain.errors import IntegrityError, UsageError
 from blindtrain.field import codec
 from blindtrain.models import build
 from blindtrain.transcript import load as load_transcript
@@ -281,3 +281,15 @@ def test_check_soundness_is_one_bad_value_per_repetition():
         projection = torch.remainder(engine.bilinear("matmul", w, s), P)
         assert check_weighted("matmul", x, y, projection, s, engine, {})
         assert check_weighted("matmul", x, wrong, projection, s, engine, {}) == (value == 0)
+
+
+def test_update_enclave_keeps_dot_grad_and_matches_plain(digits):
+    plain, s1, plain_model = _curve("plain", "mlp", digits, steps=2)
+    shares, s2, model = _curve("shares", "mlp", digits, steps=2, update="enclave")
+    assert _max_rel(shares, plain) < 1e-3
+    assert all(p.grad is not None for p in model.parameters())
+    assert s2.metrics()["protocol_summary"]["updates_on_shares"] == 0
+    with pytest.raises(UsageError, match="update must be"):
+        bt.Session(protocol="shares", device="cpu", update="worker")
+    s1.close()
+    s2.close()

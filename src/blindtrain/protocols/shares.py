@@ -59,6 +59,9 @@ from .shares_verify import (WEIGHT_FNS, Projections, check_data, check_weighted,
                             gradient_projections, project_weight, weight_operand)
 
 
+UPDATE_MODES = ("auto", "enclave")
+
+
 @dataclass
 class ShareLayer:
     """One weighted layer's state in the enclave: O(activations + projections), never the weight's shares."""
@@ -108,7 +111,8 @@ class Shares(Protocol):
         summary="Beaver products on two share workers and a dealer; openings relayed through the enclave; "
                 "weights held as shares and updated there for plain SGD (exact); other optimizers in the enclave",
     )
-    options = {"modulus": codec.DEFAULT_MODULUS, "repetitions": 2, "weight_bits": 32, "field_backend": "auto"}
+    options = {"modulus": codec.DEFAULT_MODULUS, "repetitions": 2, "weight_bits": 32, "field_backend": "auto",
+               "update": "auto"}
 
     def __init__(self, runtime, **options):
         super().__init__(runtime, **options)
@@ -120,6 +124,8 @@ class Shares(Protocol):
             raise UsageError(f"field_backend must be one of auto, {', '.join(BACKENDS)}, got {backend!r}")
         if runtime.transport == "dist":
             raise UsageError("protocol 'shares' runs on transports inproc and process (dist: not yet)")
+        if self.settings["update"] not in UPDATE_MODES:
+            raise UsageError(f"update must be one of {', '.join(UPDATE_MODES)}, got {self.settings['update']!r}")
         self.backend = backend
         self.engine = FieldEngine(self.p, backend=backend)
         self.channel = PeerChannel(runtime)
@@ -151,8 +157,9 @@ class Shares(Protocol):
         return groups[0] if len(groups) == 1 else None
 
     def _sgd_on_shares(self, param) -> bool:
-        """Plain SGD (no momentum, weight decay, Nesterov, maximize): the update runs on the shares."""
-        if type(self.optimizer) is not torch.optim.SGD:
+        """Plain SGD (no momentum, weight decay, Nesterov, maximize): the update runs on the shares (``update=auto``;
+        its weights then get no ``.grad``: ``update=enclave`` keeps PyTorch's ``.grad`` for clipping and the like)."""
+        if self.settings["update"] == "enclave" or type(self.optimizer) is not torch.optim.SGD:
             return False
         group = self._group_of(param)
         return bool(group) and not group.get("momentum") and not group.get("weight_decay") \
