@@ -105,10 +105,11 @@ def test_momentum_runs_in_the_enclave_and_reshares(digits):
     s2.close()
 
 
-def test_attention_products_are_offloaded_and_match_plain(synthetic):
+@pytest.mark.parametrize("steps,batch", [pytest.param(20, 8, marks=pytest.mark.slow), (2, 4)])
+def test_attention_products_are_offloaded_and_match_plain(synthetic, steps, batch):
     kwargs = {"depth": 1, "dim": 32, "heads": 2}
-    plain, s1, _ = _curve("plain", "vit-tiny", synthetic, steps=2, batch=4, lr=0.02, model_kwargs=kwargs)
-    shares, s2, _ = _curve("shares", "vit-tiny", synthetic, steps=2, batch=4, lr=0.02, model_kwargs=kwargs)
+    plain, s1, _ = _curve("plain", "vit-tiny", synthetic, steps=steps, batch=batch, lr=0.02, model_kwargs=kwargs)
+    shares, s2, _ = _curve("shares", "vit-tiny", synthetic, steps=steps, batch=batch, lr=0.02, model_kwargs=kwargs)
     assert _max_rel(shares, plain) < 1e-3
     s1.close()
     s2.close()
