@@ -9,8 +9,9 @@ compute shares of ``Y = f(X, B)`` (``f`` bilinear) it uses a triple ``(A, Bt, C 
    ``[Y]_0 = f(E, F + [Bt]_0) + f([A]_0, F) + [C]_0``, ``[Y]_1 = f(E, [Bt]_1) + f([A]_1, F) + [C]_1``,
    so ``[Y]_0 + [Y]_1 = f(E + A, F + Bt) = f(X, B)``.
 
-Shares a worker can expand itself arrive as 32-byte seeds (ChaCha20 keys, expanded with
-:class:`blindtrain.crypto.Csprng`): the worker's share of the input and of A, Bt (and S0's share of C).
+Shares a worker can expand itself arrive as 32-byte seeds (ChaCha20 keys, expanded by :func:`expand`, which
+the enclave runs too): the worker's share of the input and of A, Bt (and S0's share of C).  The worker
+imports no trusted code (not :mod:`blindtrain.crypto`): only the ``cryptography`` package's ChaCha20.
 ``beaver_triple`` is the dealer's instruction: from the seeds of ``[A]_0, [A]_1, [Bt]_0, [Bt]_1, [C]_0`` it
 returns ``[C]_1 = f(A, Bt) − [C]_0``.  ``share_update`` applies a held product to a held weight share:
 ``[W]_i ← [W]_i − [dW]_i`` (SGD on the shares; exact in F_p).
@@ -21,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..crypto import Csprng
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from ..field.engine import engine_for
 from .ops import instruction
 
@@ -29,9 +30,24 @@ SEED_BYTES = 32
 
 
 def expand(seed: torch.Tensor, shape, modulus: int) -> torch.Tensor:
-    """The share a 32-byte seed stands for: uniform in ``[0, p)`` (int64), the same on every side."""
+    """The share a 32-byte seed stands for: uniform in ``[0, p)`` (int64), the same on every side.
+
+    ChaCha20 keyed by the seed (a fresh key per seed, so a fixed nonce), 64-bit words masked to
+    ``bitlen(p)`` bits, those ``≥ p`` rejected: exactly uniform mod p."""
     key = bytes(seed.to("cpu", torch.uint8).numpy().tobytes())
-    return torch.from_numpy(Csprng(key).uniform_mod(tuple(shape), modulus, label=("share",)))
+    if len(key) != SEED_BYTES:
+        raise ValueError(f"a share seed has {SEED_BYTES} bytes, got {len(key)}")
+    count = int(np.prod(shape, dtype=np.int64))
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    mask = np.uint64((1 << modulus.bit_length()) - 1)
+    out, have = np.empty(count, dtype=np.int64), 0
+    while have < count:
+        need = count - have
+        words = np.frombuffer(stream.update(bytes(8 * (need + need // 4 + 16))), dtype=np.uint64) & mask
+        kept = words[words < np.uint64(modulus)][:need]
+        out[have:have + kept.size] = kept.astype(np.int64)
+        have += kept.size
+    return torch.from_numpy(out.reshape(tuple(shape)))
 
 
 def _operand(worker, args, name: str, shape, modulus: int, layout: str) -> torch.Tensor:
