@@ -5,8 +5,9 @@ Design: the enclave **relays**.  A tensor one untrusted role sends another (an o
 travels to the receiver as an argument of the receiver's next :meth:`Boundary.call`.  So every byte of it
 crosses the one choke point twice, is counted by the ledger per worker, and lands in the receiver's
 transcript exactly as received.  Why a relay rather than a brokered direct channel: it keeps one
-choke point (no second path to audit, no worker-to-worker sockets to secure on any transport, and
-``inproc`` / ``process`` / ``dist`` all work unchanged); the price is enclave bandwidth (each relayed byte
+choke point (no second path to audit, no worker-to-worker sockets to secure on any transport, nothing
+transport-specific: ``inproc`` and ``process`` work unchanged; ``dist`` needs only its rank list to name
+the roles s0, s1, dealer, not done yet); the price is enclave bandwidth (each relayed byte
 is received and re-sent by the enclave: memory copies, no arithmetic) — :class:`Links` reports it.
 
 :class:`Links` keeps the *logical* per-link byte counts that the protocol reports and its cost model
