@@ -95,7 +95,7 @@ class Session:
 
         def make_transport(role: str, index: int):
             config = WorkerConfig(name=f"{role}{index}", device=self.worker_device, threads=worker_threads,
-                                  adversary=self.adversary if role == "main" else AdversarySpec(),
+                                  adversary=self.adversary if role == self.adversary.role else AdversarySpec(),
                                   in_process=in_process)
             if transport == "dist":
                 return hub.transport(config)

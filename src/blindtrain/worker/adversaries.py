@@ -46,6 +46,7 @@ class AdversarySpec:
     op: str | None = None
     target: str = "result"
     form: str = "shape"
+    role: str = "main"  # the worker role that misbehaves (shares: s0, s1, dealer)
 
     @classmethod
     def parse(cls, text: str | None) -> "AdversarySpec":
@@ -57,9 +58,9 @@ class AdversarySpec:
         fields: dict = {}
         for item in filter(None, rest.split(",")):
             key, eq, value = item.partition("=")
-            if not eq or key not in ("step", "layer", "op", "target", "form"):
+            if not eq or key not in ("step", "layer", "op", "target", "form", "role"):
                 raise UsageError(f"bad adversary option {item!r}; use step=N, layer=NAME, op=NAME, "
-                                 f"target=result|state, form=" + "|".join(MALFORMED_FORMS))
+                                 f"target=result|state, role=ROLE, form=" + "|".join(MALFORMED_FORMS))
             if key == "form" and (name != "malformed" or value not in MALFORMED_FORMS):
                 raise UsageError(f"form= applies to malformed and is one of {', '.join(MALFORMED_FORMS)}")
             if key == "target" and value not in ("result", "state"):
@@ -99,11 +100,14 @@ class Adversary:
         held = [h for h, t in state.items()
                 if torch.is_tensor(t) and t.is_floating_point() and t.numel() > 0
                 and (layer is None or layer in h.split("/"))]
+        if not held:  # field shares (int64) when the worker holds no float tensor
+            held = [h for h, t in state.items() if torch.is_tensor(t) and t.dtype == torch.int64 and t.numel() > 0
+                    and (layer is None or layer in h.split("/"))]
         if not held:
             return
         self.struck = True
         victim = state[held[0]]  # the longest held: a model-sized tensor kept across steps
-        victim.copy_(self._corrupt(victim, None))
+        victim.copy_(self._corrupt(victim, None if victim.is_floating_point() else tag.modulus))
 
     def on_result(self, tag, result: torch.Tensor, modulus: int | None) -> torch.Tensor:
         name = self.spec.name
