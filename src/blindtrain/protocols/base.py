@@ -65,6 +65,10 @@ class Protocol(ABC):
     options: ClassVar[Mapping[str, Any]] = {}
     #: whether the model's bilinear layers are replaced by offloaded ones (the default :meth:`wrap`)
     offloads_layers: ClassVar[bool] = True
+    #: what the enclave's work per training step scales with: ``"products"`` (it computes products as large
+    #: as the layers' own) or ``"activations"`` (it only encodes, decodes and checks; the step then runs on
+    #: one thread: :mod:`blindtrain.threads`)
+    enclave_work: ClassVar[str] = "products"
 
     def __init__(self, runtime: Runtime, **options: Any) -> None:
         unknown = set(options) - set(self.options)

@@ -53,6 +53,7 @@ from ..boundary import Ref, Request, Sent, Tag, bilinear_products
 from ..errors import IntegrityError, TrainingDiverged, UsageError
 from ..glue import all_finite
 from ..tempo import thin
+from ..threads import parallel_if
 from ..tempo.gather import backend as gather_backend
 from ..tempo.gather import gather, thin_product
 from .base import Protocol, ProtocolInfo, register
@@ -177,6 +178,7 @@ class Tempo(Protocol):
         summary="bilinear ops offloaded on permuted/scaled operands; weights stay encrypted on the worker and "
                 "are updated there (SGD); re-encrypted only on key rotation or read-out",
     )
+    enclave_work = "activations"  # its step runs on one enclave thread (blindtrain.threads)
     options = {"fuse_activations": False, "rotate_every": 100, "workers": 1, "check_vectors": 2,
                "scale_range": 4, "update": "auto"}
 
@@ -378,17 +380,19 @@ class Tempo(Protocol):
         return None if buf is None or buf.numel() == 0 else buf.detach()
 
     def _encrypt(self, layer: _Layer, w, buf, *, fetch_old: bool):
-        """New key epoch for ``layer``: draw keys, send W′ (and the momentum buffer) to the workers."""
+        """New key epoch for ``layer``: draw keys, send W′ (and the momentum buffer) to the workers.  A large
+        pass: on the configured threads even inside a serial step (:func:`blindtrain.threads.parallel_if`)."""
         rt = self.runtime
-        with rt.ledger.timed("encode"):
-            layer.epoch += 1
-            layer.epoch_start = rt.step
-            keys = self._stream("weight-key", layer.site.name, layer.epoch)
-            layer.key = {"pn": self._perm(layer.n, keys), "pm": self._perm(layer.m, keys),
-                         "s": self._signs(layer.n, keys), "c": self._pow2(layer.m, keys)}
-            layer.blocks = self._blocks(layer.m)
-            self._reset_tracker(layer, w.float(), buf)
-        self._send(layer, w, buf)
+        with parallel_if(w.numel()):
+            with rt.ledger.timed("encode"):
+                layer.epoch += 1
+                layer.epoch_start = rt.step
+                keys = self._stream("weight-key", layer.site.name, layer.epoch)
+                layer.key = {"pn": self._perm(layer.n, keys), "pm": self._perm(layer.m, keys),
+                             "s": self._signs(layer.n, keys), "c": self._pow2(layer.m, keys)}
+                layer.blocks = self._blocks(layer.m)
+                self._reset_tracker(layer, w.float(), buf)
+            self._send(layer, w, buf)
         if fetch_old:
             self.rotations += 1
 
