@@ -58,7 +58,7 @@ def train_seconds(steps: int, threads: int | None) -> float:
         cmd = [sys.executable, "-m", "blindtrain", "train", "--steps", str(steps), "--metrics", str(metrics)]
         if threads:
             cmd += ["--threads", str(threads)]
-        subprocess.run(cmd, check=True, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL)
+        subprocess.run(cmd, check=True, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return float(json.loads(metrics.read_text())["wall_seconds"])
 
 
