@@ -36,6 +36,10 @@ def run_bench(*, preset: str = "quick", models=None, protocols=None, batch_sizes
         results["field_engine"] = field_engine.measure(
             device=results["worker_device"], echo=echo,
             shapes=field_engine.TINY_SHAPES if chosen.name == "tiny" else field_engine.SHAPES)
+    from . import transports  # per-message cost of each transport (issue 15); tiny: inproc only, no processes
+    results["transports"] = transports.measure(
+        settings=transports.FULL if chosen.name == "full" else transports.QUICK, echo=echo,
+        transports=("inproc",) if chosen.name == "tiny" else transports.TRANSPORT_NAMES)
     written = report.write(results, out, command=command or sys.argv)
     failed = [c for c in results["cells"] if c["status"] != "ok"]
     bad_bytes = [c for c in results["cells"] if c["status"] == "ok" and c["checks"].get("bytes_ok") is False]
