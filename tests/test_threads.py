@@ -101,3 +101,23 @@ def test_a_tempo_step_runs_on_one_thread_and_its_weight_encryption_on_the_config
 def test_the_enclave_baseline_keeps_the_configured_count(two_threads):
     seen, after = _counts_during_a_step("enclave")
     assert seen == [2, 2] and after == 2
+
+
+def test_an_op_on_large_activations_gets_the_configured_count_back_in_a_serial_step(two_threads, monkeypatch):
+    """The layer glue's hook: in tempo's serial step, an op whose activations reach SERIAL_BELOW runs its
+    enclave passes on the configured count; outside a serial step the hook changes nothing."""
+    seen = []
+    real = tempo_module.Tempo.forward
+
+    def spy(self, site, x, weight):
+        seen.append(torch.get_num_threads())
+        return real(self, site, x, weight)
+
+    monkeypatch.setattr(tempo_module.Tempo, "forward", spy)
+    monkeypatch.setattr(threads, "SERIAL_BELOW", 40)  # first layer: 4×10 inputs (large), second: 4×8 (small)
+    _counts_during_a_step("tempo")
+    assert seen == [2, 1, 2, 1]
+    with threads.for_pass(10**9):  # no serial step: nothing changes
+        assert torch.get_num_threads() == 2
+    with threads.running_on(1), threads.for_pass(10**9):
+        assert torch.get_num_threads() == 1

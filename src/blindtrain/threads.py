@@ -19,9 +19,10 @@ What was chosen.
   not with the weights (``Protocol.enclave_work == "activations"``: tempo), runs its whole training step
   on one thread (:class:`StepThreads`, entered and left by the session's step hooks): its encode /
   decode / check passes, the nonlinear layers, the loss and the bias updates are each far below the
-  threshold for the models this project runs (mlp-4096 at batch 64: 262,144 elements per activation).
-  Its large passes, the weight encryption of each key epoch, opt back into the configured count with
-  :func:`parallel_if`.  Protocols whose enclave computes products as large as the layer's own (``enclave``,
+  threshold for most models this project runs (mlp-4096 at batch 64: 262,144 elements per activation).
+  Its large passes opt back into the configured count: the weight encryption of each key epoch
+  (:func:`parallel_if`), and an op whose activations reach the threshold (resnet18's first layers at batch
+  32: 2^21 elements; :func:`for_pass`, called by the layer glue around each offloaded op).  Protocols whose enclave computes products as large as the layer's own (``enclave``,
   ``otp``'s enclave-side unmask factors: ``enclave_work == "products"``) keep the configured count.
 * **Thread count** (``--threads``, ``Session(threads=)``): the default stays PyTorch's (one per core), which
   the large passes and the ``enclave`` baseline use.
@@ -40,7 +41,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -139,6 +140,15 @@ def parallel_if(elements: int):
     return running_on(threads_for(elements))
 
 
+def for_pass(elements: int):
+    """Around one offloaded op's enclave work (the layer glue): inside a serial step, the op's passes over
+    ``elements`` elements get :func:`threads_for` of it (large activations get the configured count back);
+    outside a serial step nothing changes (an ``enclave`` op's work is its product, not its activations)."""
+    if not getattr(_LOCAL, "serial_step", False):
+        return nullcontext()
+    return running_on(threads_for(elements))
+
+
 class StepThreads:
     """The per-step policy of a session: :meth:`begin` at a training step's first forward, :meth:`end`
     after ``optimizer.step()`` (and at close).  For ``enclave_work == "activations"`` the step runs on one
@@ -158,16 +168,18 @@ class StepThreads:
         if self.serial and self._restore is None:
             self._restore = torch.get_num_threads()
             _outer_counts().append(self._restore)
+            _LOCAL.serial_step = True
             set_threads_here(1)
 
     def end(self) -> None:
         if self._restore is not None:
             restore, self._restore = self._restore, None
+            _LOCAL.serial_step = False
             outer = _outer_counts()
             if outer:
                 outer.pop()
             set_threads_here(restore)
 
 
-__all__ = ["SERIAL_BELOW", "StepThreads", "configured_threads", "parallel_if", "running_on", "set_threads_here",
+__all__ = ["SERIAL_BELOW", "StepThreads", "configured_threads", "for_pass", "parallel_if", "running_on", "set_threads_here",
            "threads_for"]
