@@ -22,8 +22,9 @@ What was chosen.
   threshold for most models this project runs (mlp-4096 at batch 64: 262,144 elements per activation).
   Its large passes opt back into the configured count: the weight encryption of each key epoch
   (:func:`parallel_if`), and an op whose activations reach the threshold (resnet18's first layers at batch
-  32: 2^21 elements; :func:`for_pass`, called by the layer glue around each offloaded op).  Protocols whose enclave computes products as large as the layer's own (``enclave``,
-  ``otp``'s enclave-side unmask factors: ``enclave_work == "products"``) keep the configured count.
+  32: 2^21 elements; :func:`for_pass`, called by the layer glue around each offloaded op).  Protocols
+  whose enclave computes products as large as the layer's own (``enclave``, ``otp``'s enclave-side unmask
+  factors: ``enclave_work == "products"``) keep the configured count.
 * **Thread count** (``--threads``, ``Session(threads=)``): the default stays PyTorch's (one per core), which
   the large passes and the ``enclave`` baseline use.
 * **Calling thread only.**  Counts are changed for the calling thread alone (the two calls
@@ -160,10 +161,6 @@ class StepThreads:
         self.serial = enclave_work == "activations"
         self._restore: int | None = None
 
-    @property
-    def active(self) -> bool:
-        return self._restore is not None
-
     def begin(self) -> None:
         if self.serial and self._restore is None:
             self._restore = torch.get_num_threads()
@@ -181,5 +178,5 @@ class StepThreads:
             set_threads_here(restore)
 
 
-__all__ = ["SERIAL_BELOW", "StepThreads", "configured_threads", "for_pass", "parallel_if", "running_on", "set_threads_here",
-           "threads_for"]
+__all__ = ["SERIAL_BELOW", "StepThreads", "configured_threads", "for_pass", "parallel_if", "running_on",
+           "set_threads_here", "threads_for"]
