@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import threads
 from .errors import TrainingDiverged, UsageError
 from .functional import install_functional, suspended
 from .nn import MatMul
@@ -96,12 +97,13 @@ class _WeightedFn(torch.autograd.Function):
     def _forward(ctx, x, weight, bias, layer):
         site, protocol = layer.site, layer.protocol
         require_finite(layer, "forward", input=x, weight=weight)
-        if site.kind == "linear":
-            lead = x.shape[:-1]
-            y = protocol.forward(site, x.reshape(-1, x.shape[-1]), weight)
-            y = y.reshape(*lead, y.shape[-1])
-        else:
-            y = protocol.forward(site, x, weight)
+        with threads.for_pass(x.numel()):  # the enclave's thread policy (blindtrain.threads)
+            if site.kind == "linear":
+                lead = x.shape[:-1]
+                y = protocol.forward(site, x.reshape(-1, x.shape[-1]), weight)
+                y = y.reshape(*lead, y.shape[-1])
+            else:
+                y = protocol.forward(site, x, weight)
         if bias is not None:
             y = y + (bias if site.kind == "linear" else bias.view(1, -1, 1, 1))
         ctx.layer = layer
@@ -120,8 +122,9 @@ class _WeightedFn(torch.autograd.Function):
             x2, g2 = x.reshape(-1, x.shape[-1]), grad_y.reshape(-1, grad_y.shape[-1])
         else:
             x2, g2 = x, grad_y
-        return (*bilinear_gradients(site, protocol, x2, g2, weight, needs=ctx.needs_input_grad[:3],
-                                    has_bias=ctx.has_bias, input_shape=ctx.input_shape), None)
+        with threads.for_pass(x2.numel() + g2.numel()):
+            return (*bilinear_gradients(site, protocol, x2, g2, weight, needs=ctx.needs_input_grad[:3],
+                                        has_bias=ctx.has_bias, input_shape=ctx.input_shape), None)
 
 
 class _MatMulFn(torch.autograd.Function):
@@ -132,15 +135,16 @@ class _MatMulFn(torch.autograd.Function):
         require_finite(layer, "forward", left_operand=a, right_operand=b)
         ctx.layer = layer
         ctx.save_for_backward(a, b)
-        with suspended():
+        with suspended(), threads.for_pass(a.numel() + b.numel()):
             return layer.protocol.matmul(layer.site, a, b)
 
     @staticmethod
     def backward(ctx, grad_y):
         a, b = ctx.saved_tensors
         require_finite(ctx.layer, "backward", output_gradient=grad_y)
-        grad_a, grad_b = ctx.layer.protocol.matmul_grads(ctx.layer.site, a, b, grad_y.contiguous(),
-                                                         (ctx.needs_input_grad[0], ctx.needs_input_grad[1]))
+        with threads.for_pass(a.numel() + b.numel() + grad_y.numel()):
+            grad_a, grad_b = ctx.layer.protocol.matmul_grads(ctx.layer.site, a, b, grad_y.contiguous(),
+                                                             (ctx.needs_input_grad[0], ctx.needs_input_grad[1]))
         return grad_a, grad_b, None
 
 

@@ -30,6 +30,7 @@ from .errors import UsageError
 from .ledger import Ledger
 from .placement import Placement, validate
 from .runtime import EnclaveConfig, Runtime
+from .threads import StepThreads
 from .timing import time_nonlinear_layers
 from .worker.adversaries import AdversarySpec
 from .worker.worker import WorkerConfig, resolve_device
@@ -109,6 +110,7 @@ class Session:
         self.runtime = Runtime(ledger=self.ledger, boundary=self.boundary, rng=Csprng(enclave_key),
                                config=self.config, worker_device=self.worker_device, transport=transport)
         self.protocol = protocol_cls(self.runtime, **protocol_options)
+        self._step_threads = StepThreads(enclave_work=protocol_cls.enclave_work)
         self.model: torch.nn.Module | None = None
         self._user_model: torch.nn.Module | None = None
         self.placement: Placement | None = None
@@ -152,8 +154,10 @@ class Session:
                              "a checkpoint (`blindtrain export` reads one) and load them into a fresh model")
         if module.training and torch.is_grad_enabled():
             self.ledger.step_begin()
+            self._step_threads.begin()
 
     def _after_step(self, optimizer, args, kwargs) -> None:
+        self._step_threads.end()
         self.ledger.step_end()
         self.runtime.step += 1
 
@@ -220,6 +224,7 @@ class Session:
 
     def close(self) -> None:
         if not self._closed:
+            self._step_threads.end()
             self.protocol.close()
             self.boundary.close()
             self._closed = True

@@ -39,6 +39,10 @@ def run_bench(*, preset: str = "quick", models=None, protocols=None, batch_sizes
     if "tempo" in names and chosen.name != "tiny":  # concurrent workers: --workers 2 against 1 (issue 15)
         from . import concurrency
         results["concurrency"] = concurrency.measure(echo=echo)
+    from . import transports  # per-message cost of each transport (issue 15); tiny: inproc only, no processes
+    results["transports"] = transports.measure(
+        settings=transports.FULL if chosen.name == "full" else transports.QUICK, echo=echo,
+        transports=("inproc",) if chosen.name == "tiny" else transports.TRANSPORT_NAMES)
     written = report.write(results, out, command=command or sys.argv)
     failed = [c for c in results["cells"] if c["status"] != "ok"]
     bad_bytes = [c for c in results["cells"] if c["status"] == "ok" and c["checks"].get("bytes_ok") is False]

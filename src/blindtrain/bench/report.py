@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..ledger import CATEGORIES
-from . import concurrency, field_engine, plots
+from . import concurrency, field_engine, plots, transports
 from .harness import ALL_CATEGORIES
 
 NOISE_TIE = 0.20  # projected step times within 20% count as a modelled tie
@@ -336,7 +336,9 @@ def _model_section(results: dict, model: str, cells: list[dict], order: list[str
             check = c["checks"]["bytes"]
             rows.append([f"`{c['protocol']}`", f"{sps['median']:.3g} [{sps['min']:.3g}–{sps['max']:.3g}]",
                          f"{c['samples_per_second']['median']:.4g}",
-                         _ms(c["per_step"]["enclave_seconds"]["median"]), _x(c.get("offload_ratio")),
+                         _ms(c["per_step"]["enclave_seconds"]["median"]), _x(c.get("offload_ratio")) + (
+                             "" if c.get("offload_ratio_amortized") in (None, c.get("offload_ratio"))
+                             else f" ({_x(c['offload_ratio_amortized'])} over a key epoch)"),
                          _x(c.get("speed_vs_plain")), _ms(c["per_step"]["worker_seconds"]["median"]),
                          f"{_bytes(c['measured']['bytes_to_worker'])} / {_bytes(c['measured']['bytes_from_worker'])}",
                          check, str(c["measured"]["messages"]), _bytes(c.get("enclave_peak_bytes")),
@@ -344,7 +346,7 @@ def _model_section(results: dict, model: str, cells: list[dict], order: list[str
                          acc, privacy_cell(c["protocol"], lab)])
         if rows:
             out += [_table(["protocol", "steps/s median [min–max]", "samples/s", "enclave ms/step",
-                            "offload ratio (vs enclave)", "speed vs plain", "worker ms/step",
+                            "offload ratio (vs enclave; steady, and amortized over a key epoch)", "speed vs plain", "worker ms/step",
                             "bytes to / from worker per step", "bytes = modelled?", "messages/step",
                             "enclave peak mem", "integrity bits", "test acc (Δ vs plain)",
                             "attack success label / input / model (privacy lab)"], rows), ""]
@@ -458,6 +460,7 @@ def render(results: dict) -> str:
                       "rank correlation (Spearman)", "verdict"], rows), ""]
     lines += field_engine.markdown(results.get("field_engine"))
     lines += concurrency.markdown(results.get("concurrency"))
+    lines += transports.markdown(results.get("transports"))
     lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots.PLOTS] + [""]
     lines += ["## Privacy and integrity, per protocol", ""]
     from ..attacks.report import measured, protocol_lines

@@ -93,6 +93,10 @@ class Protocol(ABC):
             cls.Options = dataclass(frozen=True)(type(f"{cls.__name__}Options", (cls.Options,),
                                                       {"protocol": info.name, "__module__": cls.__module__}))
         cls.options = MappingProxyType(cls.Options.defaults())
+    #: what the enclave's work per training step scales with: ``"products"`` (it computes products as large
+    #: as the layers' own) or ``"activations"`` (it only encodes, decodes and checks; the step then runs on
+    #: one thread: :mod:`blindtrain.threads`)
+    enclave_work: ClassVar[str] = "products"
 
     def __init__(self, runtime: Runtime, **options: Any) -> None:
         self.runtime = runtime

@@ -252,6 +252,16 @@ class SlalomOptions(FieldOptions):
 
 
 @dataclass(frozen=True)
+class SharesOptions(FieldOptions):
+    protocol: ClassVar[str] = "shares"
+
+    weight_bits: int = option(32, "signed bits of a weight's fixed-point share encoding", low=2, high=32)
+    update: Literal["auto", "enclave"] = option(
+        "auto", "who applies the optimizer step: auto (S0 and S1 on the weight shares when the optimizer is plain "
+                "SGD, exactly; otherwise the enclave) or enclave (reconstruct, step, re-share)")
+
+
+@dataclass(frozen=True)
 class TempoOptions(ProtocolOptions):
     protocol: ClassVar[str] = "tempo"
 

@@ -49,9 +49,9 @@ from ..boundary import Ref, Request, Tag
 from ..boundary.peer import PeerChannel
 from ..errors import IntegrityError, UsageError
 from ..field import codec, freivalds
-from ..field.engine import BACKENDS, FieldEngine
-from ._field import check_repetitions, check_weight_bits
+from ..field.engine import FieldEngine
 from .base import Protocol, ProtocolInfo, register
+from .options import SharesOptions
 from .shares_beaver import (DEALER, SHARE_ROLES, BeaverOp, HeldOperand, SharedOperand, beaver_product,
                             reconstruct, share_operand)
 from .shares_codec import encode_against_weight, encode_pair, frobenius, log2_or_zero
@@ -59,7 +59,6 @@ from .shares_verify import (WEIGHT_FNS, Projections, check_data, check_weighted,
                             gradient_projections, project_weight, weight_operand)
 
 
-UPDATE_MODES = ("auto", "enclave")
 
 
 @dataclass
@@ -111,22 +110,20 @@ class Shares(Protocol):
         summary="Beaver products on two share workers and a dealer; openings relayed through the enclave; "
                 "weights held as shares and updated there for plain SGD (exact); other optimizers in the enclave",
     )
-    options = {"modulus": codec.DEFAULT_MODULUS, "repetitions": 2, "weight_bits": 32, "field_backend": "auto",
-               "update": "auto"}
+    Options = SharesOptions
+    weights_per_call = False
+    copy_refusal = ("shares keeps each offloaded weight as two shares on S0 and S1, so a copy would hold no "
+                    "weights of its own")
+    tolerance = 1e-4  # fixed point at 2^-l per operand, exact products mod p
+    transcript_kinds = {"s0": frozenset({"share"}), "s1": frozenset({"share"}), "dealer": frozenset({"share"})}
+    verifies_results = True
 
     def __init__(self, runtime, **options):
         super().__init__(runtime, **options)
-        self.p = codec.check_modulus(self.settings["modulus"])
-        self.k = check_repetitions(self.settings["repetitions"])
-        self.weight_bits = check_weight_bits(self.settings["weight_bits"])
-        backend = self.settings["field_backend"]
-        if backend not in ("auto", *BACKENDS):
-            raise UsageError(f"field_backend must be one of auto, {', '.join(BACKENDS)}, got {backend!r}")
+        self.p, self.k, self.weight_bits = self.opts.modulus, self.opts.repetitions, self.opts.weight_bits
         if runtime.transport == "dist":
             raise UsageError("protocol 'shares' runs on transports inproc and process (dist: not yet)")
-        if self.settings["update"] not in UPDATE_MODES:
-            raise UsageError(f"update must be one of {', '.join(UPDATE_MODES)}, got {self.settings['update']!r}")
-        self.backend = backend
+        backend = self.backend = self.opts.field_backend
         self.engine = FieldEngine(self.p, backend=backend)
         self.channel = PeerChannel(runtime)
         self.layers: dict[str, ShareLayer] = {}

@@ -54,6 +54,8 @@ from ..boundary import Call, Ref, Request, Sent, Tag, bilinear_products
 from ..errors import IntegrityError, TrainingDiverged, UsageError
 from ..glue import all_finite
 from ..tempo import thin
+from ..kernels.weight_epoch import weight_epoch
+from ..threads import parallel_if
 from ..tempo.gather import backend as gather_backend
 from ..tempo.gather import gather, thin_product
 from .base import Protocol, ProtocolInfo, register
@@ -218,6 +220,7 @@ class Tempo(Protocol):
     tolerance = 1e-4  # float32 products in another summation order
     transcript_kinds = {"main": frozenset({"obfuscated", "public"})}
     verifies_results = True
+    enclave_work = "activations"  # its step runs on one enclave thread (blindtrain.threads)
 
     def __init__(self, runtime, **options):
         super().__init__(runtime, **options)
@@ -405,28 +408,60 @@ class Tempo(Protocol):
         return None if buf is None or buf.numel() == 0 else buf.detach()
 
     def _encrypt(self, layer: _Layer, w, buf, *, fetch_old: bool):
-        """New key epoch for ``layer``: draw keys, send W′ (and the momentum buffer) to the workers."""
+        """New key epoch for ``layer``: draw keys, send W′ (and the momentum buffer) to the workers.  A large
+        pass: on the configured threads even inside a serial step (:func:`blindtrain.threads.parallel_if`)."""
         rt = self.runtime
-        with rt.ledger.timed("encode"):
-            layer.epoch += 1
-            layer.epoch_start = rt.step
-            keys = self._stream("weight-key", layer.site.name, layer.epoch)
-            layer.key = {"pn": self._perm(layer.n, keys), "pm": self._perm(layer.m, keys),
-                         "s": self._signs(layer.n, keys), "c": self._pow2(layer.m, keys)}
-            layer.blocks = self._blocks(layer.m)
-            self._reset_tracker(layer, w.float(), buf)
-        self._send(layer, w, buf)
+        with parallel_if(w.numel()):
+            with rt.ledger.timed("encode"):
+                layer.epoch += 1
+                layer.epoch_start = rt.step
+                keys = self._stream("weight-key", layer.site.name, layer.epoch)
+                layer.key = {"pn": self._perm(layer.n, keys), "pm": self._perm(layer.m, keys),
+                             "s": self._signs(layer.n, keys), "c": self._pow2(layer.m, keys)}
+                layer.blocks = self._blocks(layer.m)
+                encrypted = self._reset_tracker(layer, w.float(), buf) if layer.conv else \
+                    self._epoch_in_one_read(layer, w, buf)
+            self._send(layer, w, buf, encrypted=encrypted)
         if fetch_old:
             self.rotations += 1
 
-    def _send(self, layer: _Layer, w, buf):
+    def _epoch_in_one_read(self, layer: _Layer, w, buf):
+        """A linear layer's new key epoch from one read of W (and of the momentum buffer): what
+        :meth:`_reset_tracker` computes, and W′ (:mod:`blindtrain.kernels.weight_epoch`, bit-identical to
+        :meth:`_enc`).  Returns ``(W′, buffer′ or None)``."""
+        t, key, k = layer.t, layer.key, self.settings["check_vectors"]
+        if "rho" not in t:
+            keys = self._stream("check-vectors", layer.site.name)  # once per layer and run (restored on resume)
+            t["rho"], t["sigma"] = self._uniform((layer.m, k), keys), self._uniform((layer.n, k), keys)
+            t["arho"], t["asigma"] = t["rho"].abs(), t["sigma"].abs()
+        drift = 2.0 ** -50 * max(layer.m, layer.n * layer.ksz)
+        encrypted = []
+        for which, x in (("w", w), ("b", buf)):
+            if x is None:
+                for name in ("qb", "qba", "qbe", "vb", "vba", "vbe"):
+                    t.pop(name, None)
+                encrypted.append(None)
+                continue
+            e = weight_epoch(x.float().reshape(layer.m, layer.n), key["pm"], key["pn"], key["c"][key["pm"]],
+                             key["s"][key["pn"]], t["rho"], t["sigma"])
+            t["q" + which], t["q" + which + "a"], t["q" + which + "e"] = e.q, e.q_abs, e.q_abs * drift
+            t["v" + which], t["v" + which + "a"], t["v" + which + "e"] = e.v, e.v_abs, e.v_abs * drift
+            t["N" + which], t["M" + which] = e.row_norm, e.col_norm
+            encrypted.append(e.encrypted)
+        self._refresh_check_mats(layer)
+        return tuple(encrypted)
+
+    def _send(self, layer: _Layer, w, buf, *, encrypted=None):
         """``W′`` (and the momentum buffer) under the layer's current key to its workers; the enclave then
-        drops its plaintext copy (worker-held weights)."""
+        drops its plaintext copy (worker-held weights).  ``encrypted``: ``(W′, buffer′)`` if already made."""
         rt = self.runtime
         key = layer.key
         with rt.ledger.timed("encode"):
-            enc_w = self._enc(w.float(), key["pm"], key["pn"], key["c"], key["s"])
-            enc_b = None if buf is None else self._enc(buf.float(), key["pm"], key["pn"], key["c"], key["s"])
+            if encrypted is not None:
+                enc_w, enc_b = encrypted
+            else:
+                enc_w = self._enc(w.float(), key["pm"], key["pn"], key["c"], key["s"])
+                enc_b = None if buf is None else self._enc(buf.float(), key["pm"], key["pn"], key["c"], key["s"])
         stores, frees = [], []
         for k, (lo, hi) in enumerate(layer.blocks):
             args = {"W": Sent(enc_w[lo:hi].contiguous(), "obfuscated")}

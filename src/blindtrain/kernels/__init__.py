@@ -1,0 +1,1 @@
+"""Kernels the enclave shares across protocols (C passes built on first use, with PyTorch fallbacks)."""
