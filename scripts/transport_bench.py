@@ -26,29 +26,11 @@ import time
 import torch
 
 import blindtrain as bt
+from blindtrain.bench.transports import _bandwidth_gb_s as _bandwidth, _latency_us as _latency
 from blindtrain.boundary import Ref, Request, Sent, Tag
 
 TRANSPORTS = ("inproc", "process", "dist")
 TAG = Tag(step=0, layer="bench", op="forward")
-
-
-def _latency(boundary, messages: int) -> float:
-    request = Request("fetch", {"X": Ref("small")}, TAG)
-    start = time.perf_counter()
-    for _ in range(messages):
-        boundary.call(request)
-    return (time.perf_counter() - start) / messages * 1e6
-
-
-def _bandwidth(boundary, big: torch.Tensor) -> tuple[float, float]:
-    nbytes = big.numel() * big.element_size()
-    start = time.perf_counter()
-    boundary.call(Request("store", {"X": Sent(big, "clear")}, TAG, keep={"X": "big"}, return_result=False))
-    to_worker = nbytes / (time.perf_counter() - start) / 1e9
-    start = time.perf_counter()
-    boundary.call(Request("fetch", {"X": Ref("big")}, TAG))
-    from_worker = nbytes / (time.perf_counter() - start) / 1e9
-    return to_worker, from_worker
 
 
 def _raw_ping_pong(messages: int, rounds: int) -> dict:

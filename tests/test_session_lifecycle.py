@@ -16,16 +16,22 @@ from blindtrain.protocols import load_all
 PROTOCOLS = sorted(load_all())
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_forward_after_close_is_a_usage_error(protocol):
+def _prepared(protocol):
+    """A small MLP prepared under ``protocol`` (with SGD where the protocol trains)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     trains = load_all()[protocol].info.trains
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1) if trains else None
     session = Session(protocol=protocol, device="cpu", seed=0)
     model, optimizer = session.prepare(model, optimizer)
+    return session, model, optimizer
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_forward_after_close_is_a_usage_error(protocol):
+    session, model, optimizer = _prepared(protocol)
     x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
-    if trains:
+    if optimizer is not None:
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
     model.eval()
@@ -39,16 +45,6 @@ def test_forward_after_close_is_a_usage_error(protocol):
         model(x)
 
 
-def _trained(protocol):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
-    trains = load_all()[protocol].info.trains
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1) if trains else None
-    session = Session(protocol=protocol, device="cpu", seed=0)
-    model, optimizer = session.prepare(model, optimizer)
-    return session, model, optimizer
-
-
 def _step(model, optimizer, x, y):
     optimizer.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()
@@ -59,7 +55,7 @@ def _step(model, optimizer, x, y):
 def test_deepcopy_and_averaged_model_work_or_are_refused_with_the_reason(protocol):
     """A copy (``deepcopy``, ``AveragedModel``) computes with its own weights in the same session, or the
     protocol refuses it up front (never a pickling traceback, never the original's weights)."""
-    session, model, optimizer = _trained(protocol)
+    session, model, optimizer = _prepared(protocol)
     x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 0, 1])
     refusal = load_all()[protocol].copy_refusal
     if refusal is not None:
