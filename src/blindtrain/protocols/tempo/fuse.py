@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..glue import OffloadedConv2d, OffloadedLinear, bilinear_gradients
+from ...glue import OffloadedConv2d, OffloadedLinear, bilinear_gradients
 
 
 class _FusedFn(torch.autograd.Function):

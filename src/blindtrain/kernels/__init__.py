@@ -1,0 +1,3 @@
+"""The enclave's reusable kernels, for any protocol: the one-read gather / scale pass with check statistics
+(:mod:`.gather`, C in ``gather.c`` built by :mod:`.native`, PyTorch fallback) and thin products against a few
+check vectors (:mod:`.thin`)."""

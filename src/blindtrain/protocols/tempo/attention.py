@@ -1,0 +1,63 @@
+"""Both-private products (attention ``QKᵀ``, ``AV``): both operands obfuscated under fresh keys, checked."""
+
+from __future__ import annotations
+
+import torch
+
+from ...boundary import Request, Sent, Tag
+from .bounds import _gamma
+
+
+class Attention:
+    """Batched matmuls of two private operands (a mixin of :class:`~.protocol.Tempo`)."""
+
+    def _bmm(self, site, op, a, b):
+        """``a @ b`` (…×p×q, …×q×r), both operands obfuscated under fresh keys, checked."""
+        rt = self.runtime
+        lead = a.shape[:-2]
+        p, q = a.shape[-2:]
+        r = b.shape[-1]
+        a3 = a.detach().float().reshape(-1, p, q)
+        b3 = b.detach().float().reshape(-1, q, r)
+        L = a3.shape[0]
+        with rt.ledger.timed("encode"):
+            keys = self._step_keys(op != "forward" or site.module.training)
+            pl, pp, pq, pr = (self._perm(L, keys), self._perm(p, keys), self._perm(q, keys), self._perm(r, keys))
+            sq = self._signs(q, keys)
+            ca, cr = self._pow2(p, keys), self._pow2(r, keys)
+            ae = a3.index_select(0, pl).index_select(1, pp).index_select(2, pq)
+            ae.mul_(ca[pp].view(1, -1, 1) * sq[pq].view(1, 1, -1))
+            be = b3.index_select(0, pl).index_select(1, pq).index_select(2, pr)
+            be.mul_(sq[pq].view(1, -1, 1) * cr[pr].view(1, 1, -1))
+        blocks = self._blocks(p)
+        parts = []
+        for k, (lo, hi) in enumerate(blocks):
+            part = ae if len(blocks) == 1 else ae[:, lo:hi].contiguous()
+            req = Request("bilinear", {"A": Sent(part, "obfuscated"), "B": Sent(be, "obfuscated")},
+                          Tag(rt.step, site.name, op), params={"fn": "bmm"})
+            parts.append(self._call(req, k).result)
+        with rt.ledger.timed("decode_verify"):
+            ye = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+            y = ye.index_select(0, self._inverse(pl)).index_select(1, self._inverse(pp)).index_select(
+                2, self._inverse(pr))
+            y.mul_((1.0 / ca).view(1, -1, 1) * (1.0 / cr).view(1, 1, -1))
+            k = self.settings["check_vectors"]
+            rho = self._uniform((r, k), keys)
+            lhs = y @ rho
+            rhs = a3 @ (b3 @ rho)
+            operand_tol = 2 * _gamma(q) * (a3.abs() @ (b3.abs() @ rho.abs())) + _gamma(q + r) * (a3.abs() @ (b3 @ rho).abs())
+            tol = operand_tol + _gamma(r) * (y.abs() @ rho.abs())
+            self._verdict(site.name, op, (lhs - rhs).abs(), 2 * tol + 1e-30, operands=(rhs, operand_tol),
+                          kind="attention", detail="attention product fails the Freivalds check")
+        return y.reshape(*lead, p, r).to(a.dtype)
+
+    def matmul(self, site, a, b):
+        return self._bmm(site, "forward", a, b)
+
+    def matmul_grads(self, site, a, b, grad_y, needs):
+        grad_a = grad_b = None
+        if needs[0]:
+            grad_a = self._bmm(site, "grad_input", grad_y, b.transpose(-2, -1))
+        if needs[1]:
+            grad_b = self._bmm(site, "grad_weight", a.transpose(-2, -1), grad_y)
+        return grad_a, grad_b
