@@ -1,5 +1,6 @@
 """Tempo's t-integrity checks: the verdict on a residual against its tolerance, the operand sides of conv
-checks, worker-held weights checked against the projections, detection and tolerance statistics."""
+checks, worker-held weights checked against the projections, detection and tolerance statistics (each layer
+kind's operand sides are its own: :mod:`.linear`, :mod:`.conv`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ import torch
 
 from ...errors import IntegrityError, TrainingDiverged
 from ...glue import all_finite
-from ...kernels import thin
 from .bounds import CHECK_MARGIN, _gamma
-from .reductions import ident, l1, linf
 
 
 class Checks:
@@ -62,22 +61,6 @@ class Checks:
             stats[0], stats[1] = max(stats[0], used), stats[1] + 1
         self._fail_if(ok, layer_name, op, detail)
 
-    def _expect_conv_forward(self, layer, x, *, nonneg):
-        """The operand side of a conv layer's forward check (see :meth:`_encode_forward`); ``nonneg``: X ≥ 0."""
-        t = layer.t
-        training = layer.site.module.training
-        cp = layer.site.conv_params
-        k = t["sigma"].shape[1]
-        ones = torch.ones(1, layer.n)
-        rhs, extra = thin.conv(x, t["q32"], cp, extra=torch.cat([t["sigma"].t(), ones]))
-        xs, csum = extra[:, :k], extra[:, k:]
-        # |X| ⋆ T ≤ (Σ_n |X_n|) ⋆ max_n T ; after a ReLU X ≥ 0 and Σ_n |X_n| comes with the GEMM
-        l1x = csum if nonneg else l1(x)
-        tol = thin.conv(l1x, t["qtol"], cp)
-        if training:  # what the weight-gradient projections need, from this read of X (X ≥ 0: no max map)
-            layer.saved = {"of": ident(x), "xs": xs, "l1x": l1x, "linfx": None if nonneg else linf(x)}
-        return {"rhs": rhs, "tol": tol}
-
     #: per checked op: the tracker entry of the tolerance's result term (linear layers) and what failed
     _CHECKED = {"forward": ("ftol_y", "forward result"), "grad_input": ("btol_x", "input gradient")}
 
@@ -86,22 +69,9 @@ class Checks:
         ``dX σ``) and ``rhs``, ``tol`` from the operand side; linear layers add the tolerance's result term
         ``‖r_i‖ · γ‖V‖`` (``result_norm``: the rows' norms)."""
         result_tol, what = self._CHECKED[op]
-        tol = expected["tol"]
-        if not layer.conv:
-            tol = tol + result_norm * layer.t[result_tol]
+        tol = layer.result_tolerance(expected["tol"], result_norm, result_tol)
         self._verdict(layer.site.name, op, (lhs - expected["rhs"]).abs(), CHECK_MARGIN * tol + 1e-30,
                       operands=(expected["rhs"], expected["tol"]), kind=op, detail=f"{what} fails the Freivalds check")
-
-    def _expect_conv_grad_input(self, layer, gy, input_shape, *, l1g, linfg):
-        """The operand side of a conv layer's input-gradient check (see :meth:`_encode_grad_input`), given the
-        channel maps ``Σ_m |dY|`` and ``max_m |dY|``."""
-        t = layer.t
-        cp = layer.site.conv_params
-        size = (input_shape[0], t["sigma"].shape[1], *input_shape[2:])
-        rhs, gr = thin.conv_input(gy, t["v32"], size, cp, extra=t["rho"].t())
-        # Σ_m |dY| for the tolerance here, max_m |dY| for the weight-gradient bounds
-        layer.saved_g = {"of": ident(gy), "gr": gr, "l1g": l1g, "linfg": linfg}
-        return {"rhs": rhs, "tol": thin.conv_input(l1g, t["vtol"], size, cp)}
 
     def detection(self, ratio: float = 2.0 ** 10) -> dict:
         k = self.settings["check_vectors"]

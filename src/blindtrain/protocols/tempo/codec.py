@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from ...boundary import Ref, Request, Sent, Tag
 from ...kernels.gather import gather
-from .reductions import ident
 
 
 class Codec:
@@ -34,23 +33,9 @@ class Codec:
         """``X′ = (c_b X s)[π_b][:, π_n]`` and the forward check's operand side: ``X q`` and the tolerance's
         ``X`` terms (in training also what the weight-gradient projections need from this read of ``X``:
         ``X σ``, the rows' norms, and ``X |σ|`` when X ≥ 0, as after a ReLU)."""
-        key, t = layer.key, layer.t
-        ledger = self.runtime.ledger
-        training = layer.site.module.training
+        key = layer.key
         scales = self._epoch_const(key, "s_pn", lambda: key["s"][key["pn"]])
-        if layer.conv:
-            with ledger.timed("encode"):
-                g = gather(x, pb, key["pn"], cb[pb], scales, src_min=True)
-            with ledger.timed("decode_verify"):
-                return g.out, self._expect_conv_forward(layer, x, nonneg=g.src_min >= 0)
-        k = t["q_t"].shape[0]
-        with ledger.timed("encode"):
-            g = gather(x, pb, key["pn"], cb[pb], scales, src_vecs=t["q_sigma_asigma_t"] if training else t["q_t"],
-                       src_norm=True, src_min=training)
-            if training:
-                layer.saved = {"of": ident(x), "xs": g.src_dot[:, k:2 * k], "xn": g.src_norm,
-                               "xas": g.src_dot[:, 2 * k:] if g.src_min >= 0 else None}
-            return g.out, {"rhs": g.src_dot[:, :k], "tol": g.src_norm * t["ftol_x"]}
+        return layer.encode_forward(x, pb, cb, scales, self.runtime.ledger)
 
     def _decode_result(self, layer, encoded, batch_key, vectors):
         """Decode a result the worker returned, ``R′ = (c_b R c)[π_b][:, π]`` (``vectors = "rho"``: Y, on the
@@ -62,7 +47,7 @@ class Codec:
         key = layer.key
         perm, scales = (key["pm"], key["c"]) if vectors == "rho" else (key["pn"], key["s"])
         g = gather(encoded, self._inverse(pb), self._inverse(perm), self._reciprocal(cb), self._reciprocal(scales),
-                   out_vecs=layer.t[vectors + "_t"], out_norm=not layer.conv)
+                   out_vecs=layer.t[vectors + "_t"], out_norm=layer.result_norms)
         return g.out, g.out_dot, g.out_norm
 
 
@@ -77,22 +62,14 @@ class Codec:
         weight-gradient projections need, from this read of ``dY``).  Returns G₁, its batch key
         ``(π_b, c′_b)`` and the operand side."""
         b = gy.shape[0]
-        key, t = layer.key, layer.t
+        key = layer.key
         ledger = self.runtime.ledger
         with ledger.timed("encode"):
             forward = layer.batch
             pb = forward[0] if forward is not None and forward[0].numel() == b else self._fresh("perm", b)
             cb = self._fresh("scales", b)
             scales = self._epoch_const(key, "rc_pm", lambda: self._reciprocal(key["c"])[key["pm"]])
-            if not layer.conv:
-                k = t["v32"].shape[1]
-                g = gather(gy, pb, key["pm"], cb[pb], scales, src_vecs=t["v_rho_t"], src_norm=True)
-                layer.saved_g = {"of": ident(gy), "gr": g.src_dot[:, k:], "gn": g.src_norm}
-                return g.out, (pb, cb), {"rhs": g.src_dot[:, :k], "tol": g.src_norm * t["btol_g"]}
-            g = gather(gy, pb, key["pm"], cb[pb], scales, src_abs=True)  # Σ_m |dY| and max_m |dY| maps
-        with ledger.timed("decode_verify"):
-            return g.out, (pb, cb), self._expect_conv_grad_input(layer, gy, input_shape, l1g=g.src_l1,
-                                                                 linfg=g.src_linf)
+        return layer.encode_grad_input(gy, pb, cb, scales, input_shape, ledger)
 
     def _encode_grad_weight(self, layer, grad_y):
         """``G₂ = (dY c / c_b)[π_b][:, π_m]`` under the forward's batch key ``(π_b, c_b)``, by its own gather."""
@@ -118,10 +95,7 @@ class Codec:
     def _grad_input_product(self, layer, g1, lo, hi, input_shape):
         """Worker block ``[lo, hi)`` of the output channels: ``G₁[:, lo:hi] W′[lo:hi]`` (a partial sum)."""
         product = {"op": "grad_input", "A": self._block(layer, g1, lo, hi), "B": Ref(f"{layer.h}/w")}
-        if layer.conv:
-            return {**product, "fn": "conv2d_input",
-                    "params": {**layer.site.conv_params, "input_size": tuple(input_shape)}}
-        return {**product, "fn": "matmul", "params": {}}
+        return layer.grad_input_product(product, input_shape)
 
     def _grad_weight_product(self, layer, g, lo, hi, *, keep, factors=None):
         """Worker block ``[lo, hi)``: ``G₂[:, lo:hi]ᵀ X′`` — already in the weight's key; ``keep``: it stays
@@ -130,12 +104,9 @@ class Codec:
         product = {"op": "grad_weight", "keep": f"{layer.h}/g" if keep else None}
         if factors is not None:
             rows, cols = factors
-            product["scale"] = {"operand": "B" if layer.conv else "A", "rows": Sent(rows, "public"),
+            product["scale"] = {"operand": layer.scaled_operand, "rows": Sent(rows, "public"),
                                 "cols": Sent(cols[lo:hi].contiguous(), "public")}
-        if layer.conv:
-            return {**product, "fn": "conv2d_weight", "A": Ref(f"{layer.h}/x"), "B": g,
-                    "params": {**layer.site.conv_params, "weight_size": (hi - lo, layer.n, *layer.kernel)}}
-        return {**product, "fn": "matmul_tn", "A": g, "B": Ref(f"{layer.h}/x"), "params": {}}
+        return layer.grad_weight_product(product, g, lo, hi)
 
     def _request(self, layer, product):
         """One product as a plain ``bilinear`` request."""

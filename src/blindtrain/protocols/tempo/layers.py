@@ -1,18 +1,28 @@
-"""Per-layer tempo state."""
+"""Per-layer tempo state, and the choice of the per-kind class (:class:`~.linear.LinearLayer`,
+:class:`~.conv.ConvLayer`) that holds a kind's maths: check projections, tolerances, the encoding of its
+operands and the worker products of its ops."""
 
 from __future__ import annotations
 
 import numpy as np
 
 
-class _Layer:
-    """Per-layer tempo state (kept in ``site.state['tempo']``)."""
+class TempoLayer:
+    """Per-layer tempo state (kept in ``site.state['tempo']``); subclasses add the kind's maths.
+
+    Weight ``W``: ``m×n`` (Linear, out×in) or ``m×n×kh×kw`` (Conv2d: channels play n and m)."""
+
+    #: whether a decoded result's rows' norms enter the check's tolerance (linear layers)
+    result_norms = False
+    #: which operand of the weight-gradient product the worker rescales from G₁ to G₂
+    scaled_operand = "A"
+    #: what the worker sees of the model's input when this is the first layer (the privacy report)
+    input_privacy = ""
 
     def __init__(self, site, param, key_prefix):
         self.site = site
         self.param = param
         self.h = key_prefix
-        self.conv = site.kind == "conv2d"
         shape = tuple(site.weight_shape)
         self.m, self.n = shape[0], shape[1]
         self.kernel = shape[2:]
@@ -30,3 +40,19 @@ class _Layer:
         self.last_batch = 0
         self.saved = self.saved_g = None
         self.restore = False      # resumed from a checkpoint: W′ must be sent again under the restored key
+
+    @property
+    def conv(self) -> bool:
+        """Whether this is a conv layer (for reports and tests; the maths dispatch on the class)."""
+        return False
+
+
+def make_layer(site, param, key_prefix) -> TempoLayer:
+    """The per-kind layer of an offloaded ``site`` (``linear`` or ``conv2d``)."""
+    from .conv import ConvLayer
+    from .linear import LinearLayer
+
+    kinds = {"linear": LinearLayer, "conv2d": ConvLayer}
+    if site.kind not in kinds:
+        raise ValueError(f"tempo: no layer class for site kind {site.kind!r}")
+    return kinds[site.kind](site, param, key_prefix)

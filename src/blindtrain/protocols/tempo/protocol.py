@@ -46,7 +46,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...boundary import Ref, Request, Sent, Tag, bilinear_products
+from ...boundary import Tag, bilinear_products
 from ...errors import UsageError
 from ...kernels.gather import backend as gather_backend
 from ..base import Protocol, ProtocolInfo, register
@@ -55,7 +55,7 @@ from .bounds import _gamma
 from .checks import Checks
 from .codec import Codec
 from .keys import Keys
-from .layers import _Layer
+from .layers import TempoLayer, make_layer
 from .projections import Projections
 from .report import Report
 from .residency import Residency
@@ -102,7 +102,7 @@ class Tempo(Keys, Codec, Projections, Checks, Residency, WorkerSgd, Attention, R
         if s["update"] not in ("auto", "worker", "enclave"):
             raise UsageError("tempo option update must be auto, worker or enclave")
         s["fuse_activations"] = bool(s["fuse_activations"])
-        self.layers: dict[str, _Layer] = {}
+        self.layers: dict[str, TempoLayer] = {}
         self.optimizer = None
         self.rotations = 0
         self._keys: dict = {}       # (step, training) -> this step's keystream
@@ -123,7 +123,7 @@ class Tempo(Keys, Codec, Projections, Checks, Residency, WorkerSgd, Attention, R
         for site in self.sites:
             if site.kind == "matmul":
                 continue
-            layer = _Layer(site, site.module.weight, f"tempo/{site.name}")
+            layer = make_layer(site, site.module.weight, f"tempo/{site.name}")
             layer.resident = resident_ok and mode != "enclave"
             site.state["tempo"] = layer
             self.layers[site.name] = layer
@@ -161,12 +161,7 @@ class Tempo(Keys, Codec, Projections, Checks, Residency, WorkerSgd, Attention, R
         layer.batch = (pb, cb) if training else None
         parts = []
         for k, (lo, hi) in enumerate(layer.blocks):
-            if layer.conv:
-                req = Request("bilinear", {"A": Sent(xe, "obfuscated"), "B": Ref(f"{layer.h}/w")},
-                              Tag(rt.step, site.name, "forward"), params={"fn": "conv2d", **site.conv_params})
-            else:
-                req = Request("matmul_nt", {"A": Sent(xe, "obfuscated"), "B": Ref(f"{layer.h}/w")},
-                              Tag(rt.step, site.name, "forward"))
+            req = layer.forward_request(xe, Tag(rt.step, site.name, "forward"))
             if training:
                 req.keep = {"A": f"{layer.h}/x"}
             parts.append(self._call(req, k).result)

@@ -47,12 +47,7 @@ class Report:
                 if layer.last_batch else None,
             }
             if name == first:
-                out[name]["model_input"] = (
-                    "conv: the input images are visible to the worker up to a channel permutation, per-channel sign "
-                    "and per-sample power-of-two scale (spatial layout kept): effectively in the clear"
-                    if layer.conv else
-                    "linear: input features permuted and signed under a key fixed for the key epoch; feature "
-                    "statistics across the epoch's batches can pin the permutation")
+                out[name]["model_input"] = layer.input_privacy
         return out
 
     def summary(self) -> dict:

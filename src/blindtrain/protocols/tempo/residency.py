@@ -6,13 +6,13 @@ from __future__ import annotations
 import torch
 
 from ...boundary import Ref, Request, Sent, Tag
-from .layers import _Layer
+from .layers import TempoLayer
 
 
 class Residency:
     """Worker-held weights and key epochs (a mixin of :class:`~.protocol.Tempo`)."""
 
-    def _ensure(self, layer: _Layer, weight, training: bool):
+    def _ensure(self, layer: TempoLayer, weight, training: bool):
         """Encrypt the layer's weights if needed (first use, rotation, or a changed enclave copy)."""
         param = layer.param
         if layer.restore:  # resumed (load_state_dict): the workers hold nothing; W′ under the restored key
@@ -41,7 +41,7 @@ class Residency:
         buf = state.get("momentum_buffer")
         return None if buf is None or buf.numel() == 0 else buf.detach()
 
-    def _encrypt(self, layer: _Layer, w, buf, *, fetch_old: bool):
+    def _encrypt(self, layer: TempoLayer, w, buf, *, fetch_old: bool):
         """New key epoch for ``layer``: draw keys, send W′ (and the momentum buffer) to the workers."""
         rt = self.runtime
         with rt.ledger.timed("encode"):
@@ -56,7 +56,7 @@ class Residency:
         if fetch_old:
             self.rotations += 1
 
-    def _send(self, layer: _Layer, w, buf):
+    def _send(self, layer: TempoLayer, w, buf):
         """``W′`` (and the momentum buffer) under the layer's current key to its workers; the enclave then
         drops its plaintext copy (worker-held weights)."""
         rt = self.runtime
@@ -82,7 +82,7 @@ class Residency:
             self._release(layer)
         del enc_w, enc_b
 
-    def _fetch(self, layer: _Layer):
+    def _fetch(self, layer: TempoLayer):
         """Fetch W′ (and buffer) from the workers, decode, and check them against the projections."""
         rt = self.runtime
         parts_w, parts_b = [], []

@@ -98,7 +98,7 @@ class WorkerSgd:
         torch._foreach_add_(WE, fe(WA, SA, alpha=abs(lr)), alpha=3 * u)
         for i, (t, _, d) in enumerate(tracks):
             t[d + "w"], t[d + "wa"], t[d + "we"] = W[i], WA[i], WE[i]
-        linear = [(layer.t, P, d) for layer, P in members if not layer.conv for d in ("N", "M")]
+        linear = [(layer.t, P, d) for layer, P in members if layer.result_norms for d in ("N", "M")]
         if linear:  # upper bounds of the rows' / columns' norms, by the triangle inequality
             G, W = [P[d] for _, P, d in linear], [t[d + "w"] for t, _, d in linear]
             S = fe(G, W, alpha=abs(wd)) if wd != 0 else G
