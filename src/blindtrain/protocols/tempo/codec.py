@@ -23,7 +23,6 @@ class Codec:
         and signs, so ``(1/s0) ⊗ (1/s1)`` equals ``1 / (s0 ⊗ s1)`` exactly."""
         return gather(y, cls._inverse(p0), cls._inverse(p1), cls._reciprocal(s0), cls._reciprocal(s1)).out
 
-
     # Every check is split in two: its operand side (``X q`` and the tolerance's activation terms) is computed
     # before the worker is called, from the plaintext the enclave has just encoded (still in its caches), and
     # its result side (``Y ρ``) from the result as it is decoded.  The encode and decode passes (gather: one
@@ -34,7 +33,7 @@ class Codec:
         ``X`` terms (in training also what the weight-gradient projections need from this read of ``X``:
         ``X σ``, the rows' norms, and ``X |σ|`` when X ≥ 0, as after a ReLU)."""
         key = layer.key
-        scales = self._epoch_const(key, "s_pn", lambda: key["s"][key["pn"]])
+        scales = self._epoch_const(key, "s_pn", lambda: key.s[key.pn])
         return layer.encode_forward(x, pb, cb, scales, self.runtime.ledger)
 
     def _decode_result(self, layer, encoded, batch_key, vectors):
@@ -45,11 +44,10 @@ class Codec:
         norms, for a linear layer's tolerance, else None)."""
         pb, cb = batch_key
         key = layer.key
-        perm, scales = (key["pm"], key["c"]) if vectors == "rho" else (key["pn"], key["s"])
+        perm, scales = (key.pm, key.c) if vectors == "rho" else (key.pn, key.s)
         g = gather(encoded, self._inverse(pb), self._inverse(perm), self._reciprocal(cb), self._reciprocal(scales),
                    out_vecs=layer.t[vectors + "_t"], out_norm=layer.result_norms)
         return g.out, g.out_dot, g.out_norm
-
 
     # The backward of a weighted layer (DESIGN.md): G₁ (the forward's batch permutation, fresh batch scales)
     # gives the input gradient, G₂ (the forward's batch key) the weight gradient.  G₂ is G₁ rescaled by a
@@ -68,14 +66,14 @@ class Codec:
             forward = layer.batch
             pb = forward[0] if forward is not None and forward[0].numel() == b else self._fresh("perm", b)
             cb = self._fresh("scales", b)
-            scales = self._epoch_const(key, "rc_pm", lambda: self._reciprocal(key["c"])[key["pm"]])
+            scales = self._epoch_const(key, "rc_pm", lambda: self._reciprocal(key.c)[key.pm])
         return layer.encode_grad_input(gy, pb, cb, scales, input_shape, ledger)
 
     def _encode_grad_weight(self, layer, grad_y):
         """``G₂ = (dY c / c_b)[π_b][:, π_m]`` under the forward's batch key ``(π_b, c_b)``, by its own gather."""
         pb, cb = layer.batch
         with self.runtime.ledger.timed("encode"):
-            return self._enc(grad_y.float(), pb, layer.key["pm"], 1.0 / cb, layer.key["c"])
+            return self._enc(grad_y.float(), pb, layer.key.pm, 1.0 / cb, layer.key.c)
 
     def _g2_factors(self, layer, g1_scales):
         """The rank-one factor of ``G₂ = G₁ ⊙ (rows ⊗ cols)`` when G₁ (batch key ``(π_b, c′_b)``) shares
@@ -85,7 +83,7 @@ class Codec:
         for rows or columns of G₁ that are entirely zero."""
         pb, cb = layer.batch
         key = layer.key
-        return (1.0 / (cb * g1_scales))[pb], self._epoch_const(key, "c2_pm", lambda: (key["c"] ** 2)[key["pm"]])
+        return (1.0 / (cb * g1_scales))[pb], self._epoch_const(key, "c2_pm", lambda: (key.c ** 2)[key.pm])
 
     @staticmethod
     def _block(layer, g, lo, hi):

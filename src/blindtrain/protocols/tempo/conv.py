@@ -5,6 +5,8 @@ products."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ...boundary import Ref, Request, Sent
@@ -13,6 +15,29 @@ from ...kernels.gather import gather
 from .bounds import U32, _gamma
 from .layers import TempoLayer
 from .reductions import ident, l1, linf
+
+
+@dataclass(eq=False)
+class InputStats:
+    """What the weight-gradient projections need from the forward's read of ``X`` (N×n×H×W): ``xs``, its k
+    channels contracted with σ; the channel maps ``l1x = Σ_n |X|`` and ``linfx = max_n |X|`` (None when
+    X ≥ 0); ``of``: which tensor (:func:`~.reductions.ident`; None: computed from the tensor at hand)."""
+
+    of: tuple | None
+    xs: torch.Tensor
+    l1x: torch.Tensor
+    linfx: torch.Tensor | None
+
+
+@dataclass(eq=False)
+class GradStats:
+    """What the weight-gradient projections need from the input gradient's read of ``dY``: ``gr``, its k
+    channels contracted with ρ; the channel maps ``l1g = Σ_m |dY|`` and ``linfg = max_m |dY|``."""
+
+    of: tuple | None
+    gr: torch.Tensor
+    l1g: torch.Tensor
+    linfg: torch.Tensor | None
 
 
 class ConvLayer(TempoLayer):
@@ -61,7 +86,7 @@ class ConvLayer(TempoLayer):
         """``X′`` (one gather) and the forward check's operand side (see ``Tempo._encode_forward``)."""
         key = self.key
         with ledger.timed("encode"):
-            g = gather(x, pb, key["pn"], cb[pb], scales, src_min=True)
+            g = gather(x, pb, key.pn, cb[pb], scales, src_min=True)
         with ledger.timed("decode_verify"):
             return g.out, self.expect_forward(x, nonneg=g.src_min >= 0)
 
@@ -78,13 +103,13 @@ class ConvLayer(TempoLayer):
         l1x = csum if nonneg else l1(x)
         tol = thin.conv(l1x, t["qtol"], cp)
         if training:  # what the weight-gradient projections need, from this read of X (X ≥ 0: no max map)
-            layer.saved = {"of": ident(x), "xs": xs, "l1x": l1x, "linfx": None if nonneg else linf(x)}
+            layer.saved = InputStats(of=ident(x), xs=xs, l1x=l1x, linfx=None if nonneg else linf(x))
         return {"rhs": rhs, "tol": tol}
 
     def encode_grad_input(self, gy, pb, cb, scales, input_shape, ledger):
         """``G₁`` (one gather) and the input-gradient check's operand side (see ``Tempo._encode_grad_input``)."""
         with ledger.timed("encode"):
-            g = gather(gy, pb, self.key["pm"], cb[pb], scales, src_abs=True)  # Σ_m |dY| and max_m |dY| maps
+            g = gather(gy, pb, self.key.pm, cb[pb], scales, src_abs=True)  # Σ_m |dY| and max_m |dY| maps
         with ledger.timed("decode_verify"):
             return g.out, (pb, cb), self.expect_grad_input(gy, input_shape, l1g=g.src_l1, linfg=g.src_linf)
 
@@ -96,7 +121,7 @@ class ConvLayer(TempoLayer):
         size = (input_shape[0], t["sigma"].shape[1], *input_shape[2:])
         rhs, gr = thin.conv_input(gy, t["v32"], size, cp, extra=t["rho"].t())
         # Σ_m |dY| for the tolerance here, max_m |dY| for the weight-gradient bounds
-        layer.saved_g = {"of": ident(gy), "gr": gr, "l1g": l1g, "linfg": linfg}
+        layer.saved_g = GradStats(of=ident(gy), gr=gr, l1g=l1g, linfg=linfg)
         return {"rhs": rhs, "tol": thin.conv_input(l1g, t["vtol"], size, cp)}
 
     # ---------------------------------------------------------- worker products ----
@@ -121,24 +146,23 @@ class ConvLayer(TempoLayer):
         over the wide channel) and the pixels the products sum over (see ``Tempo._grad_projections``)."""
         layer, t = self, self.t
         cp, kernel = layer.site.conv_params, layer.kernel
-        fx = getattr(layer, "saved", None) or {}
-        fg = getattr(layer, "saved_g", None) or {}
+        fx, fg = layer.saved, layer.saved_g
         layer.saved = layer.saved_g = None
-        if fx.get("xs") is None or fx.get("of") != ident(x):
-            fx = {"xs": thin.channels(x, t["sigma"]), "l1x": l1(x), "linfx": linf(x)}
-        if fg.get("gr") is None or fg.get("of") != ident(gy) or fg.get("linfg") is None:
-            fg = {"gr": thin.channels(gy, t["rho"]), "l1g": l1(gy), "linfg": linf(gy)}
+        if fx is None or fx.of != ident(x):
+            fx = InputStats(of=None, xs=thin.channels(x, t["sigma"]), l1x=l1(x), linfx=linf(x))
+        if fg is None or fg.of != ident(gy) or fg.linfg is None:
+            fg = GradStats(of=None, gr=thin.channels(gy, t["rho"]), l1g=l1(gy), linfg=linf(gy))
         # bounds on max_n |ΔW|ᵀ|ρ| and max_m |ΔW||σ| from channel-norm maps (|ρ|, |σ| ≤ 1):
         # |ΔW|ᵀ|ρ| ≤ |X| ⋆ Σ_m|dY| per input channel; when X ≥ 0 (after a ReLU) that is one more channel of
         # q's product, and its max over the channels bounds tighter than (max_n |X|) ⋆ Σ_m|dY|
-        if fx["linfx"] is None:
-            J = fg["gr"].shape[1]
-            both = thin.conv_weight_thin_out(x, torch.cat([fg["gr"], fg["l1g"]], 1), kernel, cp)
+        if fx.linfx is None:
+            J = fg.gr.shape[1]
+            both = thin.conv_weight_thin_out(x, torch.cat([fg.gr, fg.l1g], 1), kernel, cp)
             q, qa = both[:J], both[J:].amax(dim=1, keepdim=True)
         else:
-            q = thin.conv_weight_thin_out(x, fg["gr"], kernel, cp)
-            qa = thin.conv_weight_thin_out(fx["linfx"], fg["l1g"], kernel, cp)
-        v = thin.conv_weight_thin_in(fx["xs"], gy, kernel, cp)
-        va = thin.conv_weight_thin_in(fx["l1x"], fg["linfg"], kernel, cp)
+            q = thin.conv_weight_thin_out(x, fg.gr, kernel, cp)
+            qa = thin.conv_weight_thin_out(fx.linfx, fg.l1g, kernel, cp)
+        v = thin.conv_weight_thin_in(fx.xs, gy, kernel, cp)
+        va = thin.conv_weight_thin_in(fx.l1x, fg.linfg, kernel, cp)
         rows = gy.shape[0] * gy.shape[2] * gy.shape[3]
         return q, qa, v, va, rows, None

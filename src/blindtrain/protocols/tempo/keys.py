@@ -3,8 +3,41 @@ scales and signs, and the constants derived from a key (inverses, reciprocals, p
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import numpy as np
 import torch
+
+
+@dataclass(eq=False)
+class WeightKey:
+    """A layer's weight key for one key epoch (SECRET): permutation ``pn`` and signs ``s`` of the inner
+    dimension (n), permutation ``pm`` and power-of-two scales ``c`` of the output dimension (m); the worker
+    holds ``W′ = (c · W · s)[π_m][:, π_n]``.  The other fields are constants of the epoch derived from these
+    on first use (:meth:`Keys._epoch_const`): ``s_pn = s[π_n]``, ``rc_pm = (1/c)[π_m]``, ``c2_pm = (c²)[π_m]``."""
+
+    pn: torch.Tensor
+    pm: torch.Tensor
+    s: torch.Tensor
+    c: torch.Tensor
+    s_pn: torch.Tensor | None = None
+    rc_pm: torch.Tensor | None = None
+    c2_pm: torch.Tensor | None = None
+
+    #: the fields that are state (a checkpoint's); the rest is derived from them on demand
+    STATE = ("pn", "pm", "s", "c")
+
+    def state(self) -> dict:
+        """Copies of the key proper (for the sealed checkpoint)."""
+        return {name: getattr(self, name).clone() for name in self.STATE}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "WeightKey":
+        return cls(**{name: state[name].clone() for name in cls.STATE})
+
+    def tensors(self) -> list:
+        """Every tensor the enclave holds for this key (the key and what was derived from it)."""
+        return [v for v in (getattr(self, f.name) for f in fields(self)) if torch.is_tensor(v)]
 
 
 class Keys:
@@ -101,7 +134,10 @@ class Keys:
 
     @staticmethod
     def _epoch_const(key, name, make):
-        """``make()``, a constant of the key epoch, kept in the layer's key."""
-        if name not in key:
-            key[name] = make()
-        return key[name]
+        """``make()``, a constant of the key epoch, kept in the layer's key (field ``name`` of
+        :class:`WeightKey`)."""
+        value = getattr(key, name)
+        if value is None:
+            value = make()
+            setattr(key, name, value)
+        return value

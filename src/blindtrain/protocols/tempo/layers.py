@@ -29,7 +29,7 @@ class TempoLayer:
         self.ksz = int(np.prod(self.kernel)) if self.kernel else 1
         self.epoch = -1
         self.epoch_start = 0
-        self.key = None
+        self.key = None           # the WeightKey of the current key epoch (keys.WeightKey)
         self.blocks = []
         self.resident = True
         self.encrypted_version = None
@@ -38,7 +38,7 @@ class TempoLayer:
         self.batch = None         # forward batch key of this step (pb, cb)
         self.t = {}               # tracker tensors
         self.last_batch = 0
-        self.saved = self.saved_g = None
+        self.saved = self.saved_g = None  # the kind's InputStats / GradStats of this step (see linear, conv)
         self.restore = False      # resumed from a checkpoint: W′ must be sent again under the restored key
 
     @property

@@ -3,6 +3,8 @@ encoding of its operands with the checks' operand sides taken from the same read
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ...boundary import Ref, Request, Sent
@@ -10,6 +12,28 @@ from ...kernels.gather import gather
 from .bounds import _azuma, _dot64
 from .layers import TempoLayer
 from .reductions import ident, thin_columns
+
+
+@dataclass(eq=False)
+class InputStats:
+    """What the weight-gradient projections need from the forward's read of ``X`` (b×n): ``xs = X σ`` (b×k),
+    the rows' norms ``xn`` (b×1), and ``xas = X |σ|`` when X ≥ 0 (else None); ``of``: which tensor
+    (:func:`~.reductions.ident`)."""
+
+    of: tuple
+    xs: torch.Tensor
+    xn: torch.Tensor
+    xas: torch.Tensor | None
+
+
+@dataclass(eq=False)
+class GradStats:
+    """What the weight-gradient projections need from the input gradient's read of ``dY`` (b×m):
+    ``gr = dY ρ`` (b×k) and the rows' norms ``gn`` (b×1)."""
+
+    of: tuple
+    gr: torch.Tensor
+    gn: torch.Tensor
 
 
 class LinearLayer(TempoLayer):
@@ -78,11 +102,11 @@ class LinearLayer(TempoLayer):
         training = layer.site.module.training
         k = t["q_t"].shape[0]
         with ledger.timed("encode"):
-            g = gather(x, pb, key["pn"], cb[pb], scales, src_vecs=t["q_sigma_asigma_t"] if training else t["q_t"],
+            g = gather(x, pb, key.pn, cb[pb], scales, src_vecs=t["q_sigma_asigma_t"] if training else t["q_t"],
                        src_norm=True, src_min=training)
             if training:
-                layer.saved = {"of": ident(x), "xs": g.src_dot[:, k:2 * k], "xn": g.src_norm,
-                               "xas": g.src_dot[:, 2 * k:] if g.src_min >= 0 else None}
+                layer.saved = InputStats(of=ident(x), xs=g.src_dot[:, k:2 * k], xn=g.src_norm,
+                                         xas=g.src_dot[:, 2 * k:] if g.src_min >= 0 else None)
             return g.out, {"rhs": g.src_dot[:, :k], "tol": g.src_norm * t["ftol_x"]}
 
     def encode_grad_input(self, gy, pb, cb, scales, input_shape, ledger):
@@ -90,8 +114,8 @@ class LinearLayer(TempoLayer):
         layer, key, t = self, self.key, self.t
         with ledger.timed("encode"):
             k = t["v32"].shape[1]
-            g = gather(gy, pb, key["pm"], cb[pb], scales, src_vecs=t["v_rho_t"], src_norm=True)
-            layer.saved_g = {"of": ident(gy), "gr": g.src_dot[:, k:], "gn": g.src_norm}
+            g = gather(gy, pb, key.pm, cb[pb], scales, src_vecs=t["v_rho_t"], src_norm=True)
+            layer.saved_g = GradStats(of=ident(gy), gr=g.src_dot[:, k:], gn=g.src_norm)
             return g.out, (pb, cb), {"rhs": g.src_dot[:, :k], "tol": g.src_norm * t["btol_g"]}
 
     # ---------------------------------------------------------- worker products ----
@@ -114,17 +138,17 @@ class LinearLayer(TempoLayer):
         layer, t = self, self.t
         # X σ, ‖x_b‖ from the forward check and dY ρ, ‖dy_b‖ from the input-gradient check when they were
         # computed from these very tensors (same storage and shape); else computed here
-        fx = layer.saved if layer.saved is not None and layer.saved.get("of") == ident(x) else None
-        fg = layer.saved_g if layer.saved_g is not None and layer.saved_g.get("of") == ident(gy) else None
+        fx = layer.saved if layer.saved is not None and layer.saved.of == ident(x) else None
+        fg = layer.saved_g if layer.saved_g is not None and layer.saved_g.of == ident(gy) else None
         layer.saved = layer.saved_g = None
-        xs, xn = (fx["xs"], fx["xn"]) if fx else (thin_columns(x, t["sigma"]), x.norm(dim=1, keepdim=True))
-        gr, gn = (fg["gr"], fg["gn"]) if fg else (thin_columns(gy, t["rho"]), gy.norm(dim=1, keepdim=True))
+        xs, xn = (fx.xs, fx.xn) if fx else (thin_columns(x, t["sigma"]), x.norm(dim=1, keepdim=True))
+        gr, gn = (fg.gr, fg.gn) if fg else (thin_columns(gy, t["rho"]), gy.norm(dim=1, keepdim=True))
         agy = gy.abs()
         k = gr.shape[1]
         # q = Xᵀ(dY ρ); its abs bound |X|ᵀ(|dY||ρ|) and the norm bounds of the gradient's rows / columns,
         # ‖Σ_b g_bj x_b‖ ≤ Σ_b |g_bj| ‖x_b‖, are products with |X| and |dY|, several per read
         x_side = torch.cat([gr, thin_columns(agy, t["arho"]), gn], 1)
-        xas = fx["xas"] if fx else None
+        xas = fx.xas if fx else None
         if xas is not None:  # X ≥ 0 (checked in the forward): |X| = X, one product for all three
             qq = thin_columns(x.t(), x_side)
             q, qm = qq[:, :k], qq[:, k:]

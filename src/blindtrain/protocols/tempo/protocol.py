@@ -246,7 +246,7 @@ class Tempo(Keys, Codec, Projections, Checks, Residency, WorkerSgd, Attention, R
             product = self._grad_weight_product(layer, self._block(layer, g2, lo, hi), lo, hi, keep=False)
             parts.append(self._call(self._request(layer, product), k).result)
         with rt.ledger.timed("decode_verify"):
-            dw = self._dec(torch.cat(parts), key["pm"], key["pn"], key["c"], key["s"])
+            dw = self._dec(torch.cat(parts), key.pm, key.pn, key.c, key.s)
             proj = self._grad_projections(layer, x.detach().float(), grad_y.float())
             t = layer.t
             got = self._proj_q(layer, dw.double(), t["rho"].double())

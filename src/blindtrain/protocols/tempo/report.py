@@ -54,7 +54,7 @@ class Report:
         layers = {}
         for name, layer in self.layers.items():
             held = [v for v in layer.t.values() if torch.is_tensor(v)]
-            held += [v for v in (layer.key or {}).values() if torch.is_tensor(v)]
+            held += layer.key.tensors() if layer.key is not None else []
             state = sum(v.numel() * v.element_size() for v in held)
             plain = layer.param.numel() * layer.param.element_size()
             layers[name] = {"epoch": layer.epoch, "resident_on_worker": layer.resident,

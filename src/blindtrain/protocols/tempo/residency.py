@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ...boundary import Ref, Request, Sent, Tag
+from .keys import WeightKey
 from .layers import TempoLayer
 
 
@@ -48,8 +49,8 @@ class Residency:
             layer.epoch += 1
             layer.epoch_start = rt.step
             keys = self._stream("weight-key", layer.site.name, layer.epoch)
-            layer.key = {"pn": self._perm(layer.n, keys), "pm": self._perm(layer.m, keys),
-                         "s": self._signs(layer.n, keys), "c": self._pow2(layer.m, keys)}
+            layer.key = WeightKey(pn=self._perm(layer.n, keys), pm=self._perm(layer.m, keys),
+                                  s=self._signs(layer.n, keys), c=self._pow2(layer.m, keys))
             layer.blocks = self._blocks(layer.m)
             self._reset_tracker(layer, w.float(), buf)
         self._send(layer, w, buf)
@@ -62,8 +63,8 @@ class Residency:
         rt = self.runtime
         key = layer.key
         with rt.ledger.timed("encode"):
-            enc_w = self._enc(w.float(), key["pm"], key["pn"], key["c"], key["s"])
-            enc_b = None if buf is None else self._enc(buf.float(), key["pm"], key["pn"], key["c"], key["s"])
+            enc_w = self._enc(w.float(), key.pm, key.pn, key.c, key.s)
+            enc_b = None if buf is None else self._enc(buf.float(), key.pm, key.pn, key.c, key.s)
         for k, (lo, hi) in enumerate(layer.blocks):
             args = {"W": Sent(enc_w[lo:hi].contiguous(), "obfuscated")}
             keep = {"W": f"{layer.h}/w"}
@@ -94,8 +95,8 @@ class Residency:
                                                   Tag(rt.step, layer.site.name, "fetch")), k).result)
         key = layer.key
         with rt.ledger.timed("decode_verify"):
-            w = self._dec(torch.cat(parts_w), key["pm"], key["pn"], key["c"], key["s"])
-            buf = self._dec(torch.cat(parts_b), key["pm"], key["pn"], key["c"], key["s"]) if layer.has_buf else None
+            w = self._dec(torch.cat(parts_w), key.pm, key.pn, key.c, key.s)
+            buf = self._dec(torch.cat(parts_b), key.pm, key.pn, key.c, key.s) if layer.has_buf else None
             self._verify_held(layer, w, "w", "fetch")
             if buf is not None:
                 self._verify_held(layer, buf, "b", "fetch")

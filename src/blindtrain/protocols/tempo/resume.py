@@ -5,13 +5,11 @@ from __future__ import annotations
 import torch
 
 from ...errors import UsageError
+from .keys import WeightKey
 
 
 class Resume:
     """``state_dict`` / ``load_state_dict`` (a mixin of :class:`~.protocol.Tempo`)."""
-
-    #: a layer's key entries that are state (the rest is derived from them on demand)
-    _KEY_ENTRIES = ("pn", "pm", "s", "c")
 
     def state_dict(self) -> dict:
         """Per layer: key epoch and its start step, the weight key, whether the worker holds a momentum
@@ -27,7 +25,7 @@ class Resume:
                 "epoch": layer.epoch, "epoch_start": layer.epoch_start, "has_buf": layer.has_buf,
                 # whether the key epoch covers the current weights (else the next forward starts a new one)
                 "current": layer.key is not None and (layer.resident or layer.param._version == layer.encrypted_version),
-                "key": None if layer.key is None else {k: layer.key[k].clone() for k in self._KEY_ENTRIES},
+                "key": None if layer.key is None else layer.key.state(),
                 "trackers": {k: v.clone() for k, v in layer.t.items() if torch.is_tensor(v)},
             }
         return {"rotations": self.rotations, "layers": layers}
@@ -48,7 +46,7 @@ class Resume:
             if saved["key"] is None:
                 layer.key = None
                 continue
-            layer.key = {k: saved["key"][k].clone() for k in self._KEY_ENTRIES}
+            layer.key = WeightKey.from_state(saved["key"])
             layer.blocks = self._blocks(layer.m)
             layer.encrypted_version = None  # the loaded plaintext is what the next forward encrypts ...
             layer.restore = bool(saved["current"])  # ... under the restored key, or under a new epoch's
