@@ -92,7 +92,7 @@ def small_op_us(threads: int, calls: int = 300) -> dict:
     ``threads`` intra-op threads of this thread: the mechanism (a parallel region waits for every thread)."""
     import torch
 
-    from blindtrain.tempo.gather import gather
+    from blindtrain.kernels.gather import gather
     from blindtrain.threads import running_on
 
     g = torch.Generator().manual_seed(0)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import blindtrain as bt
 from blindtrain import threads
 from blindtrain.protocols import tempo as tempo_module
+from blindtrain.protocols.tempo import projections as tempo_projections
 
 
 @pytest.fixture
@@ -85,13 +86,13 @@ def _counts_during_a_step(protocol, monkeypatch=None):
 
 def test_a_tempo_step_runs_on_one_thread_and_its_weight_encryption_on_the_configured_count(two_threads, monkeypatch):
     encrypt_counts = []
-    real = tempo_module.weight_epoch
+    real = tempo_projections.weight_epoch
 
     def spy(*args, **kwargs):
         encrypt_counts.append(torch.get_num_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tempo_module, "weight_epoch", spy)
+    monkeypatch.setattr(tempo_projections, "weight_epoch", spy)
     monkeypatch.setattr(threads, "SERIAL_BELOW", 1)  # these tiny weights count as a large pass
     seen, after = _counts_during_a_step("tempo")
     assert seen == [1, 1] and after == 2

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 import blindtrain as bt
 from blindtrain.kernels import weight_epoch as we
 from blindtrain.protocols import tempo as tempo_module
-from blindtrain.tempo import gather, native
+from blindtrain.protocols.tempo import projections as tempo_projections
+from blindtrain.kernels import gather, native
 
 HAVE_CC = native._compiler() is not None
 BACKENDS = [False, pytest.param(True, marks=pytest.mark.skipif(not HAVE_CC, reason="no C compiler"))]
@@ -64,14 +65,14 @@ def test_tempo_key_epochs_send_the_gather_passes_weights(monkeypatch):
     """Every W′ tempo stores on its worker at a key epoch equals ``Tempo._enc`` (the gather pass) of the
     plaintext weights under that epoch's key; training still matches plain PyTorch."""
     sent = []
-    real = tempo_module.weight_epoch
+    real = tempo_projections.weight_epoch
 
     def spy(w, *args, **kwargs):
         result = real(w, *args, **kwargs)
         sent.append((w.clone(), result.encrypted))
         return result
 
-    monkeypatch.setattr(tempo_module, "weight_epoch", spy)
+    monkeypatch.setattr(tempo_projections, "weight_epoch", spy)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
     reference = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
@@ -92,7 +93,7 @@ def test_tempo_key_epochs_send_the_gather_passes_weights(monkeypatch):
         key = layer.key
         w_plain = next(w for w, _ in reversed(sent) if w.shape == (layer.m, layer.n))
         enc = next(e for w, e in reversed(sent) if w.shape == (layer.m, layer.n))
-        assert torch.equal(enc, tempo_module.Tempo._enc(w_plain, key["pm"], key["pn"], key["c"], key["s"]))
+        assert torch.equal(enc, tempo_module.Tempo._enc(w_plain, key.pm, key.pn, key.c, key.s))
     session.protocol.materialize()
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-4, atol=1e-5)

@@ -14,7 +14,7 @@ import blindtrain as bt
 from blindtrain import data as datasets
 from blindtrain.cli import main
 from blindtrain.models import build
-from blindtrain.tempo import gather, native
+from blindtrain.kernels import gather, native
 
 
 def _curve(protocol, model_name, dataset, *, steps=20, batch=32, lr=0.05, model_kwargs=None, optimizer="sgd",

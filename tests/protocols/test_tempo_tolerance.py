@@ -1,6 +1,6 @@
 """tempo's check tolerance is the derived bound, not more: an error just above it is caught.
 
-The forward check of a linear layer compares ``Y ρ`` with ``X q`` row by row; its tolerance (tempo.py,
+The forward check of a linear layer compares ``Y ρ`` with ``X q`` row by row; its tolerance (tempo/bounds.py,
 ``LAMBDA``) is ``λ·√n·u·‖x_i‖·(Σ_m ρ_m²‖W_m‖²)^½`` plus a few ``u`` of the check's own double-accumulated
 products, with ``λ = √(2·ln(2·2^20 / 2^-40))`` from the stated false-alarm probability.  The test restates
 that bound from first principles (plaintext weights, the layer's check vectors) and puts an error of a

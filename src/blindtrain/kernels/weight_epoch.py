@@ -3,7 +3,7 @@
 For ``W`` (m×n, float32), permutations ``p0`` (m), ``p1`` (n), scales ``r0``, ``r1`` in the output's order
 and check vectors ``ρ`` (m×k), ``σ`` (n×k), :func:`weight_epoch` returns
 
-* ``encrypted = W[p0][:, p1] * (r0 ⊗ r1)``, bit for bit what :func:`blindtrain.tempo.gather.gather` returns
+* ``encrypted = W[p0][:, p1] * (r0 ⊗ r1)``, bit for bit what :func:`blindtrain.kernels.gather.gather` returns
   (the same expression ``(w · r0[i]) · r1[j]`` per element);
 * ``q = Wᵀρ`` (n×k), ``q_abs = |W|ᵀ|ρ|`` (n×k), ``v = Wσ`` (m×k), ``v_abs = |W||σ|`` (m×k),
 * ``row_norm = ‖W[i, :]‖₂`` (m), ``col_norm = ‖W[:, j]‖₂`` (n),
@@ -18,17 +18,12 @@ reads each row once while it is in cache.  Without a C compiler the same results
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-try:  # the shared kernels package's loader, where it has moved there; else tempo's
-    from . import native  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the merge
-    from ..tempo import native
+from . import native
 
-_HERE = Path(__file__).resolve().parent
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURE = [_P, _I, _I, _P, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _I]
 _FN: list = []
@@ -46,7 +41,7 @@ class WeightEpoch(NamedTuple):
 
 def _kernel():
     if not _FN:
-        lib = native.load("weight_epoch", _HERE)
+        lib = native.load("weight_epoch")
         fn = None
         if lib is not None:
             fn = lib.bt_weight_epoch
@@ -99,7 +94,7 @@ def weight_epoch(w: torch.Tensor, p0: torch.Tensor, p1: torch.Tensor, r0: torch.
 
 def _torch(w, p0, p1, r0, r1, rho, sigma) -> WeightEpoch:
     """The same in PyTorch ops (several passes; float64 throughout)."""
-    from ..tempo.gather import gather
+    from .gather import gather
 
     w = w.detach().float()
     wd, aw = w.double(), w.abs().double()

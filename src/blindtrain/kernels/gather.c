@@ -1,7 +1,7 @@
 /* The enclave's obfuscation pass, fused: gather + scale of a tensor's rows and columns (channels), with
  * the statistics the Freivalds checks need, from one read of each row while it is in cache.
  *
- * Built and loaded by blindtrain/tempo/native.py (ctypes); blindtrain/tempo/gather.py has the same
+ * Built and loaded by blindtrain/kernels/native.py (ctypes); blindtrain/kernels/gather.py has the same
  * pass in plain PyTorch, used when no C compiler is at hand, and its tests compare the two.
  *
  * x: rows x cols x plane, row-major float32 (a matrix: plane = 1; a conv activation: plane = h*w).

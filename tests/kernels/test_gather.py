@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from blindtrain.tempo import gather, native
+from blindtrain.kernels import gather, native
 
 HAVE_CC = native._compiler() is not None
 BACKENDS = [False, pytest.param(True, marks=pytest.mark.skipif(not HAVE_CC, reason="no C compiler"))]

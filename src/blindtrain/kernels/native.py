@@ -70,9 +70,9 @@ def _flag_sets() -> list[list[str]]:
     return [base + ["-fopenmp"], base]
 
 
-def _build(name: str, folder: Path | None = None) -> Path:
-    """Compile ``name.c`` (beside this file, or in ``folder``) if its build is not cached; the library's path."""
-    source = ((folder or _HERE) / f"{name}.c").read_bytes()
+def _build(name: str) -> Path:
+    """Compile ``name.c`` (beside this file) if its build is not cached; the library's path."""
+    source = (_HERE / f"{name}.c").read_bytes()
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC)")
@@ -96,9 +96,9 @@ def _build(name: str, folder: Path | None = None) -> Path:
     raise RuntimeError(f"{Path(cc).name} failed: {' | '.join(errors)}")
 
 
-def load(name: str, folder: Path | None = None) -> ctypes.CDLL | None:
-    """The compiled kernel library ``name`` (``name.c`` beside this file or in ``folder``; built on first
-    use), or ``None`` (see :func:`status`)."""
+def load(name: str) -> ctypes.CDLL | None:
+    """The compiled kernel library ``name`` (``name.c`` beside this file; built on first use), or ``None``
+    (see :func:`status`)."""
     if name in _LOADED:
         return _LOADED[name]
     lib = None
@@ -108,7 +108,7 @@ def load(name: str, folder: Path | None = None) -> ctypes.CDLL | None:
         try:
             import torch  # noqa: F401  (loads PyTorch's OpenMP runtime first: the kernels link to it)
 
-            path = _build(name, folder)
+            path = _build(name)
             lib = ctypes.CDLL(str(path))
             _STATUS[name] = f"native ({path.name})"
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.grad import conv2d_input, conv2d_weight
 
-from blindtrain.tempo import thin
+from blindtrain.kernels import thin
 
 
 @pytest.mark.parametrize("kernel,stride,padding,dilation,size", [

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional import suspended
-from ..glue import OffloadedConv2d, OffloadedLinear, bilinear_gradients
+from ...functional import suspended
+from ...glue import OffloadedConv2d, OffloadedLinear, bilinear_gradients
 
 
 class _FusedFn(torch.autograd.Function):

@@ -1,1 +1,0 @@
-"""Helpers of the ``tempo`` protocol (:mod:`blindtrain.protocols.tempo`)."""
