@@ -86,7 +86,8 @@ class GroundTruthRecorder:
         the trusted side (a protocol that updates weights on the worker leaves them ``None``)."""
         weights = [(name, p) for name, p in self.model.named_parameters() if p.dim() >= 2]
         chosen = {name: p for name, p in (weights[:1] + weights[-1:])}
-        grads = {name: p.grad.detach().cpu().numpy().copy() for name, p in chosen.items() if p.grad is not None}
+        grads = {name: p.grad.detach().cpu().numpy().copy() for name, p in chosen.items()
+                 if p.grad is not None and not getattr(p.grad, "sealed", False)}
         if grads:
             self.gradients[int(step)] = grads
 

@@ -17,6 +17,8 @@ completed optimizer steps.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from pathlib import Path
 
@@ -79,7 +81,7 @@ class Session:
             raise UsageError("--threads must be a positive integer")
         self.protocol_name = protocol
         self.worker_device = _validate_device(device)
-        self.adversary = AdversarySpec.parse(adversary)
+        self.adversary = _aim(AdversarySpec.parse(adversary), protocol_cls)
         if seed is not None:
             torch.manual_seed(seed)
         self.seed = seed
@@ -242,3 +244,15 @@ class Session:
 
 
 __all__ = ["Session"]
+
+
+def _aim(spec: AdversarySpec, protocol_cls) -> AdversarySpec:
+    """The adversary on one of the protocol's worker roles: ``role=main`` (the default) means its first."""
+    roles = tuple(protocol_cls.adversary_roles) + tuple(r for r in protocol_cls.transcript_kinds
+                                                        if r not in protocol_cls.adversary_roles)
+    if spec.role in roles or not protocol_cls.transcript_kinds:
+        return spec
+    if spec.role == "main":
+        return dataclasses.replace(spec, role=roles[0])
+    raise UsageError(f"adversary role {spec.role!r}: protocol {protocol_cls.info.name!r} has worker roles "
+                     f"{', '.join(roles)}")

@@ -40,10 +40,21 @@ def test_the_registry_has_protocols_that_verify():
     assert {"otp", "slalom", "tempo"} <= set(VERIFYING)
 
 
+#: (protocol, role): every adversary is aimed at each worker role of the protocol (shares: s0, s1, dealer)
+AIMED = [pytest.param(name, role, id=name if role == "main" else f"{name}-{role}")
+         for name in VERIFYING for role in REGISTRY[name].adversary_roles]
+
+
+def _aimed(adversary: str, role: str) -> str:
+    if role == "main":
+        return adversary
+    return f"{adversary}{',' if ':' in adversary else ':'}role={role}"
+
+
 @pytest.mark.parametrize("adversary", ADVERSARIES)
-@pytest.mark.parametrize("protocol", VERIFYING)
-def test_every_adversary_exits_3_naming_layer_op_and_step(protocol, adversary):
-    exc = _caught(protocol, adversary)
+@pytest.mark.parametrize("protocol,role", AIMED)
+def test_every_adversary_exits_3_naming_layer_op_and_step(protocol, role, adversary):
+    exc = _caught(protocol, _aimed(adversary, role))
     assert exc.exit_code == 3
     # the default trigger: the first result of step 1, the first layer's forward
     assert "layer '0'" in str(exc) and "op 'forward'" in str(exc) and "step 1" in str(exc), str(exc)

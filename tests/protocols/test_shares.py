@@ -294,3 +294,31 @@ def test_update_enclave_keeps_dot_grad_and_matches_plain(digits):
         bt.Session(protocol="shares", device="cpu", update="worker")
     s1.close()
     s2.close()
+
+
+def _two_layer():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+
+def test_sgd_on_the_shares_seals_dot_grad_at_the_point_of_use():
+    """A share-held weight's gradient is not in the enclave: reading it raises, the step still applies."""
+    model = _two_layer()
+    session = bt.Session(protocol="shares", device="cpu", seed=0)
+    model, opt = session.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    x, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 0])
+    F.cross_entropy(model(x), y).backward()
+    before = session.plaintext_model()[0].weight.detach().clone()
+    with pytest.raises(UsageError, match="clip_grad_norm_"):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+    opt.step()
+    assert not torch.equal(session.plaintext_model()[0].weight, before)  # updated on the shares
+    session.close()
+
+
+def test_an_adversary_role_the_protocol_lacks_is_a_usage_error():
+    with pytest.raises(UsageError, match="s0, s1, dealer"):
+        bt.Session(protocol="shares", device="cpu", adversary="tamper:role=s2")
+    session = bt.Session(protocol="shares", device="cpu", adversary="tamper")  # role main: the first role
+    assert session.adversary.role == "s0"
+    session.close()

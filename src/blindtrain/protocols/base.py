@@ -85,6 +85,9 @@ class Protocol(ABC):
     transcript_kinds: ClassVar[Mapping[str, frozenset[str]]] = MappingProxyType({})
     #: whether every worker result is verified: every adversary must then be caught (exit 3)
     verifies_results: ClassVar[bool] = False
+    #: the worker roles an adversary can be aimed at (``--adversary NAME:role=R``); the first is where a spec
+    #: without ``role=`` lands (the conformance suite aims every adversary at each of them)
+    adversary_roles: ClassVar[tuple[str, ...]] = ("main",)
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

@@ -69,6 +69,9 @@ def encode_pair(fn: str, a: torch.Tensor, b: torch.Tensor, params: dict, *, p: i
     else ``total`` is the largest that keeps ``|f(Ã, B̃)| ≤ (p−1)/2``."""
     limit = codec.headroom(p)
     amax, bmax = float(a.abs().max()), float(b.abs().max())
+    if amax == 0.0 or bmax == 0.0:  # a zero operand: the product is exactly zero
+        la = total if fixed_total else 0
+        return torch.zeros(a.shape, dtype=torch.int64), torch.zeros(b.shape, dtype=torch.int64), la, 0
     if not fixed_total:
         total = math.floor(math.log2(limit / product_bound(fn, a, b, params)))
     la = math.floor((total + log2_or_zero(bmax) - log2_or_zero(amax)) / 2)

@@ -57,6 +57,8 @@ def step_cost(ops, *, resident: dict[str, bool], weight_numel: dict[str, int], t
         cost.enclave_elementwise += 6 * (a + (0 if held else b)) + 4 * out
         m = max(out // max(op.out_shape[0], 1), 1) if op.kind == "linear" else 1
         cost.enclave_flops += 2 * op.flops / max(m, 1)  # Freivalds k = 2: f(A, B·s)
+    if training and any(resident.get(layer, False) for layer in weight_numel):
+        cost.round_trips += 2  # share_update to S0 and S1 after optimizer.step() (no tensor)
     for layer, numel in weight_numel.items():
         if training and not resident.get(layer, False):
             cost.bytes_to_worker += SEED + ELEMENT * numel  # re-shared every step after the enclave's update
