@@ -86,7 +86,7 @@ class OneTimePad(FieldOffload, Protocol):
             if gradient:  # stochastic rounding of gradients, from the enclave CSPRNG
                 uniforms = torch.from_numpy(runtime.rng.uniform_float(tuple(a.shape),
                                                                      label=("sround", site.name, op, step, nonce)))
-            encoded = codec.encode_pair(fn, a, b, params, p, uniforms=uniforms, b_bits=self.weight_bits)
+            encoded = codec.encode_scaled(fn, a, b, params, p, uniforms=uniforms, b_bits=self.weight_bits)
             self._record_bits(f"{site.name}.{op}", encoded)
             weights = encoded.qb.to(self.weight_wire_dtype)
         with ledger.timed("masking"):
@@ -115,7 +115,7 @@ class OneTimePad(FieldOffload, Protocol):
             if factor_reply is not None:
                 factor = factor_reply.result
                 self._verify(site, op, fn, pad, factor, bs, s, params, who="mask worker")
-            out = codec.decode(result.to(torch.int64) - factor.to(torch.int64), encoded.la + encoded.lb, p)
+            out = encoded.decode(result.to(torch.int64) - factor.to(torch.int64), p)
         self.offloaded_ops += 1
         return out.to(a.dtype)
 
