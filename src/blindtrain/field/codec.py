@@ -28,6 +28,16 @@ bits (``|B̃| ≤ 2^(b_bits−1) − 1``; 16 by default, an int16 on the wire = 
 field engine) and ``Ã`` takes the rest (≈ 32 bits for K = 4096).  :class:`Encoded` reports
 the bits each operand actually used.
 
+Per-row and per-column scales (:func:`encode_scaled`, what ``otp`` uses)
+-------------------------------------------------------------------------
+A scale per row of ``a`` (per sample for convolutions) commutes with the product from the left and a
+scale per output column of ``b`` (per output channel) from the right, so
+``fn(ã, b̃)[i, j] ≈ 2^(ea_i + eb_j)·fn(a, b)[i, j]`` is undone exactly by a power of two per output
+element.  Each weight column then gets its full ``b_bits`` relative to its own largest element and
+each row of ``a`` the largest exponent with ``max‖window_i(ã)‖₂·max_j‖column_j(b̃)‖₂ ≤ (p−1)/2``
+(the same rigorous bound, per row, checked on the integers produced), instead of the whole
+tensor's leftovers.  ``slalom`` keeps per-tensor exponents (its weights are encoded once, offline).
+
 Error bound
 -----------
 With ``e_a = 2^-l_a·ρ`` and ``e_b = 2^-l_b·ρ`` (ρ = 1/2 for nearest, 1 for
@@ -340,7 +350,7 @@ def _floor_log2(t: torch.Tensor) -> torch.Tensor:
 def quantize_scaled(x: torch.Tensor, exponents: torch.Tensor,
                     uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """``round(2^e · x)`` with a broadcast tensor of integer exponents ``e`` (float64 integers, exact)."""
-    scaled = torch.ldexp(x.detach().to(torch.float64), exponents.to(torch.float64))
+    scaled = x.detach().to(torch.float64) * torch.pow(2.0, exponents.to(torch.float64))  # powers of two: exact
     if uniforms is None:
         return torch.round(scaled)
     low = torch.floor(scaled)
@@ -386,7 +396,7 @@ class ScaledEncoded:
 
     def decode(self, v: torch.Tensor, p: int) -> torch.Tensor:
         """Field elements -> reals: ``centred(v)·2^-(ea_i + eb_j)`` (float64)."""
-        return torch.ldexp(centred(v, p).to(torch.float64), -self.output_exponents().to(torch.float64))
+        return centred(v, p).to(torch.float64) * torch.pow(2.0, -self.output_exponents().to(torch.float64))
 
 
 def encode_scaled(fn: str, a: torch.Tensor, b: torch.Tensor, params: dict, p: int, *, b_bits: int,
@@ -405,13 +415,14 @@ def encode_scaled(fn: str, a: torch.Tensor, b: torch.Tensor, params: dict, p: in
         return encode_pair(fn, a, b, params, p, uniforms=uniforms, b_bits=b_bits)
     limit = headroom(p)
     b_limit = 2 ** (b_bits - 1) - 1
-    if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+    # columns of b: b_bits each, relative to the column's own maximum
+    bmax = _column_max(fn, b)
+    window = _row_window_sq(fn, a, tuple(b.shape), params).sqrt() * (1 + 1e-9)
+    if not (math.isfinite(float(bmax.max())) and math.isfinite(float(window.max()))):  # nan propagates too
         from ..errors import BlindtrainError
 
         raise BlindtrainError("a non-finite value (inf or nan) cannot be encoded into the field; "
                               "training diverged: lower --lr")
-    # columns of b: b_bits each, relative to the column's own maximum
-    bmax = _column_max(fn, b)
     eb = torch.where(bmax > 0, _floor_log2(b_limit / bmax.clamp_min(1e-300)), torch.zeros_like(bmax, dtype=torch.int64))
     for _ in range(4):
         qb = quantize_scaled(b, eb)
@@ -423,7 +434,6 @@ def encode_scaled(fn: str, a: torch.Tensor, b: torch.Tensor, params: dict, p: in
         raise RuntimeError("could not fit the weight columns into b_bits")
     column_norm = math.sqrt(float(_column_sq(fn, qb).max())) * (1 + 1e-9) if qb.numel() else 0.0
     # rows of a: the largest exponent that keeps every output of that row within the headroom
-    window = _row_window_sq(fn, a, tuple(b.shape), params).sqrt() * (1 + 1e-9)
     if column_norm == 0.0:
         ea = torch.zeros(window.shape, dtype=torch.int64)
     else:
