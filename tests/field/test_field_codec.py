@@ -142,9 +142,9 @@ def _op_operands(fn, g, stride=1, dilation=1):
 @settings(max_examples=30, deadline=None)
 @given(st.sampled_from(["matmul", "conv2d", "conv2d_input"]), st.integers(1, 3), st.integers(1, 2),
        st.floats(1e-3, 1e3), st.floats(1e-3, 1e3), st.booleans(), st.sampled_from([P, 2**24 - 3]),
-       st.sampled_from([24, 16, 8]))
+       st.sampled_from([24, 16, 8]), st.booleans())
 def test_encode_scaled_never_wraps_and_decodes_within_bound(fn, stride, dilation, scale_a, scale_b, stochastic,
-                                                            p, b_bits):
+                                                            p, b_bits, column_scales):
     """Per-row / per-column scales: the exact integer result stays within (p−1)/2 (checked with the
     engine's exact product) and the decoded result is within the elementwise error bound."""
     g = torch.Generator().manual_seed(int(scale_a * 1000) % 9973)
@@ -152,7 +152,7 @@ def test_encode_scaled_never_wraps_and_decodes_within_bound(fn, stride, dilation
     spread_rows = torch.logspace(0, 6, a.shape[0]).reshape(-1, *[1] * (a.dim() - 1))  # rows 1e6 apart
     a, b = a * scale_a * spread_rows, b * scale_b
     u = torch.rand(a.shape, generator=g).double() if stochastic else None
-    encoded = codec.encode_scaled(fn, a, b, params, p, uniforms=u, b_bits=b_bits)
+    encoded = codec.encode_scaled(fn, a, b, params, p, uniforms=u, b_bits=b_bits, column_scales=column_scales)
     assert int(encoded.qb.abs().max()) <= 2 ** (b_bits - 1) - 1
     from blindtrain.field.engine import FieldEngine
 
@@ -177,7 +177,7 @@ def test_encode_scaled_gives_every_row_and_column_its_own_bits(fn):
         b[0] *= 2.0**-10
     else:
         b[:, 0] *= 2.0**-10
-    encoded = codec.encode_scaled(fn, a, b, params, P, b_bits=24)
+    encoded = codec.encode_scaled(fn, a, b, params, P, b_bits=24, column_scales=True)
     exact = bilinear.apply(fn, a.double(), b.double(), **params)
     decoded = encoded.decode(mod_bilinear(fn, codec.to_field(encoded.qa, P), encoded.qb, P, params), P)
     small_row = ((decoded - exact)[0].abs().max() / exact[0].abs().max()).item()

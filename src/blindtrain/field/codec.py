@@ -36,7 +36,8 @@ scale per output column of ``b`` (per output channel) from the right, so
 element.  Each weight column then gets its full ``b_bits`` relative to its own largest element and
 each row of ``a`` the largest exponent with ``max‖window_i(ã)‖₂·max_j‖column_j(b̃)‖₂ ≤ (p−1)/2``
 (the same rigorous bound, per row, checked on the integers produced), instead of the whole
-tensor's leftovers.  ``slalom`` keeps per-tensor exponents (its weights are encoded once, offline).
+tensor's leftovers (``otp`` uses per-row scales; per-column ones are an option, off by default).
+``slalom`` keeps per-tensor exponents (its weights are encoded once, offline).
 
 Error bound
 -----------
@@ -400,7 +401,7 @@ class ScaledEncoded:
 
 
 def encode_scaled(fn: str, a: torch.Tensor, b: torch.Tensor, params: dict, p: int, *, b_bits: int,
-                  uniforms: torch.Tensor | None = None) -> ScaledEncoded:
+                  uniforms: torch.Tensor | None = None, column_scales: bool = False) -> ScaledEncoded:
     """Quantize ``a`` per row (sample) and ``b`` per output column (channel) so ``fn(ã, b̃)`` cannot wrap.
 
     Each column of ``b`` gets the full ``b_bits`` signed bits relative to its own largest element
@@ -408,7 +409,10 @@ def encode_scaled(fn: str, a: torch.Tensor, b: torch.Tensor, params: dict, p: in
     ``max‖window_i(ã)‖₂ · max_j ‖column_j(b̃)‖₂ ≤ (p−1)/2`` — the same rigorous Cauchy–Schwarz bound as
     :func:`encode_pair`, per row, checked on the integers actually produced.  A row (sample) with
     small values thus gets as many bits as the largest one instead of the tensor's maximum's
-    leftovers.  ``uniforms`` switches ``a`` to stochastic rounding.  Other functions (and empty
+    leftovers.  ``column_scales=False`` (the default) gives every column the same exponent (the
+    tensor's: the weights a worker sees keep one power-of-two scale, as the model-theft attack in
+    :mod:`blindtrain.attacks` assumes); ``True`` one per column.  ``uniforms`` switches ``a`` to
+    stochastic rounding.  Other functions (and empty
     operands) fall back to :func:`encode_pair`'s per-tensor exponents; both results have ``decode``.
     """
     if fn not in SCALED_FNS or a.numel() == 0 or b.numel() == 0:
@@ -424,12 +428,14 @@ def encode_scaled(fn: str, a: torch.Tensor, b: torch.Tensor, params: dict, p: in
         raise BlindtrainError("a non-finite value (inf or nan) cannot be encoded into the field; "
                               "training diverged: lower --lr")
     eb = torch.where(bmax > 0, _floor_log2(b_limit / bmax.clamp_min(1e-300)), torch.zeros_like(bmax, dtype=torch.int64))
+    if not column_scales:
+        eb = torch.full_like(eb, int(eb[bmax > 0].min()) if bool((bmax > 0).any()) else 0)
     for _ in range(4):
         qb = quantize_scaled(b, eb)
         over = _column_max(fn, qb) > b_limit  # rounded up at the cap: one bit less for that column
         if not bool(over.any()):
             break
-        eb = eb - over.to(torch.int64)
+        eb = eb - (over.to(torch.int64) if column_scales else int(over.any()))
     else:  # pragma: no cover
         raise RuntimeError("could not fit the weight columns into b_bits")
     column_norm = math.sqrt(float(_column_sq(fn, qb).max())) * (1 + 1e-9) if qb.numel() else 0.0
