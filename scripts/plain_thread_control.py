@@ -1,34 +1,31 @@
 """Control for the field engine's precision target: how far apart two *plain* resnet18/synthetic runs
-(batch 8, SGD lr 1e-3, 20 steps, same seed and data) drift when only torch's thread count differs (1 vs 2),
-i.e. how much float32 rounding alone is amplified by this training run.
+drift when only torch's thread count differs, i.e. how much this training run amplifies float32
+rounding alone.  Same configuration as scripts/field_acceptance.py (batch 8, SGD lr 1e-3, momentum 0.9,
+seed 0, via ``run_training``), which runs this control too and plots it next to otp.
 
-    PYTHONPATH=src python scripts/plain_thread_control.py
+    PYTHONPATH=src python scripts/plain_thread_control.py [--steps 20] [--threads 1,2]
 """
-import torch
-import torch.nn.functional as F
+import argparse
+import sys
+import tempfile
+from pathlib import Path
 
-from blindtrain import data as datasets
-from blindtrain.models import build
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from field_acceptance import relative, train_curve  # noqa: E402
 
-def run(threads, steps=20):
-    torch.set_num_threads(threads)
-    ds = datasets.load("synthetic", seed=0)
-    torch.manual_seed(0)
-    model = build("resnet18", ds.input_shape, ds.num_classes)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    losses = []
-    for i, (x, y) in enumerate(ds.batches(batch_size=8, epoch=0, seed=0)):
-        if i == steps:
-            break
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
-    return losses
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", default="1,2", help="two thread counts, comma-separated")
+    args = parser.parse_args()
+    first, second = (int(t) for t in args.threads.split(","))
+    with tempfile.TemporaryDirectory() as tmp:
+        one, _ = train_curve("plain", args.steps, Path(tmp), threads=first, tag=f"plain-{first}")
+        two, _ = train_curve("plain", args.steps, Path(tmp), threads=second, tag=f"plain-{second}")
+    for step, (u, v, r) in enumerate(zip(one, two, relative(one, two))):
+        print(step, f"{u:.6f} {v:.6f} rel {r:.2e}")
 
 
 if __name__ == "__main__":
-    one, two = run(1), run(2)
-    for step, (u, v) in enumerate(zip(one, two)):
-        print(step, f"{u:.6f} {v:.6f} rel {abs(u - v) / abs(u):.2e}")
+    main()

@@ -28,6 +28,17 @@ bits (``|B̃| ≤ 2^(b_bits−1) − 1``; 16 by default, an int16 on the wire = 
 field engine) and ``Ã`` takes the rest (≈ 32 bits for K = 4096).  :class:`Encoded` reports
 the bits each operand actually used.
 
+Per-row and per-column scales (:func:`encode_scaled`, what ``otp`` uses)
+-------------------------------------------------------------------------
+A scale per row of ``a`` (per sample for convolutions) commutes with the product from the left and a
+scale per output column of ``b`` (per output channel) from the right, so
+``fn(ã, b̃)[i, j] ≈ 2^(ea_i + eb_j)·fn(a, b)[i, j]`` is undone exactly by a power of two per output
+element.  Each weight column then gets its full ``b_bits`` relative to its own largest element and
+each row of ``a`` the largest exponent with ``max‖window_i(ã)‖₂·max_j‖column_j(b̃)‖₂ ≤ (p−1)/2``
+(the same rigorous bound, per row, checked on the integers produced), instead of the whole
+tensor's leftovers (``otp`` uses per-row scales; per-column ones are an option, off by default).
+``slalom`` keeps per-tensor exponents (its weights are encoded once, offline).
+
 Error bound
 -----------
 With ``e_a = 2^-l_a·ρ`` and ``e_b = 2^-l_b·ρ`` (ρ = 1/2 for nearest, 1 for
@@ -198,6 +209,10 @@ class Encoded:
     def b_bits(self) -> int:
         return magnitude_bits(self.qb)
 
+    def decode(self, v: torch.Tensor, p: int) -> torch.Tensor:
+        """The result ``fn(ã, b̃) mod p`` (field elements) back to reals: ``centred(v)·2^-(la+lb)``."""
+        return decode(v, self.la + self.lb, p)
+
 
 def encode_pair(fn: str, a: torch.Tensor, b: torch.Tensor, params: dict, p: int, *,
                 uniforms: torch.Tensor | None = None, b_exponent: int | None = None,
@@ -261,9 +276,176 @@ def weight_exponent(w: torch.Tensor, bits: int) -> int:
     return math.floor(math.log2((2 ** (bits - 1) - 1) / wmax))
 
 
-def error_bound(fn: str, a: torch.Tensor, b: torch.Tensor, ea: float, eb: float, params: dict) -> torch.Tensor:
-    """Elementwise bound on ``|decoded fn(ã, b̃) − fn(a, b)|`` given per-element errors ``ea``, ``eb``."""
+def error_bound(fn: str, a: torch.Tensor, b: torch.Tensor, ea, eb, params: dict) -> torch.Tensor:
+    """Elementwise bound on ``|decoded fn(ã, b̃) − fn(a, b)|`` given per-element errors ``ea``, ``eb``.
+
+    ``ea`` / ``eb``: floats, or tensors broadcastable to ``a`` / ``b`` (per-row / per-column scales):
+    ``f(|a|, E_b) + f(E_a, |b|) + f(E_a, E_b)`` with ``E`` the error bounds spread to the operands' shapes."""
     a64, b64 = a.detach().to(torch.float64).abs(), b.detach().to(torch.float64).abs()
-    one_a, one_b = torch.ones_like(a64), torch.ones_like(b64)
-    return (eb * bilinear.apply(fn, a64, one_b, **params) + ea * bilinear.apply(fn, one_a, b64, **params)
-            + ea * eb * bilinear.apply(fn, one_a, one_b, **params))
+    err_a = torch.ones_like(a64) * torch.as_tensor(ea, dtype=torch.float64)
+    err_b = torch.ones_like(b64) * torch.as_tensor(eb, dtype=torch.float64)
+    return (bilinear.apply(fn, a64, err_b, **params) + bilinear.apply(fn, err_a, b64, **params)
+            + bilinear.apply(fn, err_a, err_b, **params))
+
+
+# -- per-row and per-column scales ------------------------------------------------------------
+
+#: Bilinear functions :func:`encode_scaled` gives per-row / per-column exponents.
+SCALED_FNS = ("matmul", "conv2d", "conv2d_input")
+
+
+def _row_view(fn: str, a: torch.Tensor) -> tuple[int, ...]:
+    """Shape of a per-row exponent, broadcastable to ``a`` and to ``fn``'s output.
+
+    matmul ``(…, n)``: one per row ``(…, 1)``; conv2d / conv2d_input ``(N, C, H, W)``: one per sample."""
+    if fn == "matmul":
+        return (*a.shape[:-1], 1)
+    return (a.shape[0], 1, 1, 1)
+
+
+def _column_view(fn: str, b: torch.Tensor) -> tuple[int, ...]:
+    """Shape of a per-output-column exponent of ``b`` (broadcastable to ``b``).
+
+    matmul ``(n, m)``: ``(1, m)``; conv2d ``w (O, C, kh, kw)``: ``(O, 1, 1, 1)`` (output channels);
+    conv2d_input ``w``: ``(1, C, 1, 1)`` (its output is ``dX``, whose channels are ``w``'s inputs)."""
+    if fn == "matmul":
+        return (1, b.shape[-1])
+    if fn == "conv2d":
+        return (b.shape[0], 1, 1, 1)
+    return (1, b.shape[1], 1, 1)
+
+
+def _column_to_output(fn: str, eb: torch.Tensor) -> torch.Tensor:
+    return eb.reshape(1, -1, 1, 1) if fn == "conv2d" else eb
+
+
+def _row_window_sq(fn: str, q: torch.Tensor, b_shape, params: dict) -> torch.Tensor:
+    """Per row (sample), the largest squared ℓ2 norm of a window one output element reads."""
+    w = _window_sq(fn, q, b_shape, params)
+    if fn == "matmul":
+        return w.unsqueeze(-1)
+    return w.flatten(1).amax(1).reshape(-1, 1, 1, 1)
+
+
+def _column_max(fn: str, b: torch.Tensor) -> torch.Tensor:
+    """Per output column / channel of ``b``, its largest magnitude (in :func:`_column_view`'s shape)."""
+    mag = b.detach().abs().to(torch.float64)
+    if fn == "matmul":
+        return mag.amax(-2, keepdim=True)
+    if fn == "conv2d":
+        return mag.flatten(1).amax(1).reshape(-1, 1, 1, 1)
+    return mag.transpose(0, 1).flatten(1).amax(1).reshape(1, -1, 1, 1)
+
+
+def _floor_log2(t: torch.Tensor) -> torch.Tensor:
+    """``floor(log2(t))`` elementwise (int64) for positive finite ``t``: exact via frexp."""
+    mantissa, exponent = torch.frexp(t)  # t = mantissa·2^exponent, mantissa in [0.5, 1)
+    return exponent.to(torch.int64) - 1
+
+
+def quantize_scaled(x: torch.Tensor, exponents: torch.Tensor,
+                    uniforms: torch.Tensor | None = None) -> torch.Tensor:
+    """``round(2^e · x)`` with a broadcast tensor of integer exponents ``e`` (float64 integers, exact)."""
+    scaled = x.detach().to(torch.float64) * torch.pow(2.0, exponents.to(torch.float64))  # powers of two: exact
+    if uniforms is None:
+        return torch.round(scaled)
+    low = torch.floor(scaled)
+    return low + (uniforms.reshape(scaled.shape) < (scaled - low)).to(torch.float64)
+
+
+@dataclass
+class ScaledEncoded:
+    """One op's operands with a scale per row of ``a`` and per output column of ``b``.
+
+    ``qa = round(2^ea·a)`` with ``ea`` of :func:`_row_view`'s shape, ``qb = round(2^eb·b)`` with ``eb``
+    of :func:`_column_view`'s shape (int64 tensors).  Row scales commute with the product from the
+    left and column scales from the right, so ``fn(ã, b̃)[i, j] = 2^(ea_i + eb_j)·fn(a, b)[i, j]`` up
+    to rounding, and :meth:`decode` undoes them exactly (powers of two)."""
+
+    fn: str
+    qa: torch.Tensor
+    qb: torch.Tensor
+    row_exponents: torch.Tensor
+    column_exponents: torch.Tensor
+
+    @property
+    def la(self) -> int:
+        """The coarsest row exponent (for reporting)."""
+        return int(self.row_exponents.min())
+
+    @property
+    def lb(self) -> int:
+        """The coarsest column exponent (for reporting)."""
+        return int(self.column_exponents.min())
+
+    @property
+    def a_bits(self) -> int:
+        return magnitude_bits(self.qa)
+
+    @property
+    def b_bits(self) -> int:
+        return magnitude_bits(self.qb)
+
+    def output_exponents(self) -> torch.Tensor:
+        """Exponent of every output element, broadcastable to ``fn``'s output: ``ea_i + eb_j``."""
+        return self.row_exponents + _column_to_output(self.fn, self.column_exponents)
+
+    def decode(self, v: torch.Tensor, p: int) -> torch.Tensor:
+        """Field elements -> reals: ``centred(v)·2^-(ea_i + eb_j)`` (float64)."""
+        return centred(v, p).to(torch.float64) * torch.pow(2.0, -self.output_exponents().to(torch.float64))
+
+
+def encode_scaled(fn: str, a: torch.Tensor, b: torch.Tensor, params: dict, p: int, *, b_bits: int,
+                  uniforms: torch.Tensor | None = None, column_scales: bool = False) -> ScaledEncoded:
+    """Quantize ``a`` per row (sample) and ``b`` per output column (channel) so ``fn(ã, b̃)`` cannot wrap.
+
+    Each column of ``b`` gets the full ``b_bits`` signed bits relative to its own largest element
+    (``|b̃| ≤ 2^(b_bits−1) − 1``); then each row ``i`` of ``a`` the largest exponent with
+    ``max‖window_i(ã)‖₂ · max_j ‖column_j(b̃)‖₂ ≤ (p−1)/2`` — the same rigorous Cauchy–Schwarz bound as
+    :func:`encode_pair`, per row, checked on the integers actually produced.  A row (sample) with
+    small values thus gets as many bits as the largest one instead of the tensor's maximum's
+    leftovers.  ``column_scales=False`` (the default) gives every column the same exponent (the
+    tensor's: the weights a worker sees keep one power-of-two scale, as the model-theft attack in
+    :mod:`blindtrain.attacks` assumes); ``True`` one per column.  ``uniforms`` switches ``a`` to
+    stochastic rounding.  Other functions (and empty
+    operands) fall back to :func:`encode_pair`'s per-tensor exponents; both results have ``decode``.
+    """
+    if fn not in SCALED_FNS or a.numel() == 0 or b.numel() == 0:
+        return encode_pair(fn, a, b, params, p, uniforms=uniforms, b_bits=b_bits)
+    limit = headroom(p)
+    b_limit = 2 ** (b_bits - 1) - 1
+    # columns of b: b_bits each, relative to the column's own maximum
+    bmax = _column_max(fn, b)
+    window = _row_window_sq(fn, a, tuple(b.shape), params).sqrt() * (1 + 1e-9)
+    if not (math.isfinite(float(bmax.max())) and math.isfinite(float(window.max()))):  # nan propagates too
+        from ..errors import BlindtrainError
+
+        raise BlindtrainError("a non-finite value (inf or nan) cannot be encoded into the field; "
+                              "training diverged: lower --lr")
+    eb = torch.where(bmax > 0, _floor_log2(b_limit / bmax.clamp_min(1e-300)), torch.zeros_like(bmax, dtype=torch.int64))
+    if not column_scales:
+        eb = torch.full_like(eb, int(eb[bmax > 0].min()) if bool((bmax > 0).any()) else 0)
+    for _ in range(4):
+        qb = quantize_scaled(b, eb)
+        over = _column_max(fn, qb) > b_limit  # rounded up at the cap: one bit less for that column
+        if not bool(over.any()):
+            break
+        eb = eb - (over.to(torch.int64) if column_scales else int(over.any()))
+    else:  # pragma: no cover
+        raise RuntimeError("could not fit the weight columns into b_bits")
+    column_norm = math.sqrt(float(_column_sq(fn, qb).max())) * (1 + 1e-9) if qb.numel() else 0.0
+    # rows of a: the largest exponent that keeps every output of that row within the headroom
+    if column_norm == 0.0:
+        ea = torch.zeros(window.shape, dtype=torch.int64)
+    else:
+        budget = limit / column_norm
+        ea = torch.where(window > 0, _floor_log2(budget / window.clamp_min(1e-300)),
+                         torch.zeros(window.shape, dtype=torch.int64))
+    for _ in range(128):
+        qa = quantize_scaled(a, ea, uniforms)
+        bound = _row_window_sq(fn, qa, tuple(b.shape), params).sqrt() * (1 + 1e-9) * column_norm
+        over = bound > limit  # rounding pushed a row over: one bit less for it
+        if not bool(over.any()):
+            return ScaledEncoded(fn, qa.to(torch.int64), qb.to(torch.int64), ea, eb)
+        ea = ea - over.to(torch.int64)
+    raise RuntimeError("could not find overflow-free fixed-point scales")  # pragma: no cover

@@ -126,7 +126,8 @@ class FieldOffload:
                 "freivalds_set": f"[-2^19, 2^19] ({2 * freivalds.S_BOUND + 1} values)",
                 "soundness_bits_per_check": freivalds.soundness_bits(self.k),
                 "quantization": {"activations_weights": "round-to-nearest", "gradients": "stochastic rounding",
-                                 "exponent": "per tensor, chosen so that no result wraps mod p (Cauchy-Schwarz)",
+                                 "exponent": "otp: per row (sample) of the data, per tensor for the weight; "
+                                             "slalom: per tensor; chosen so that no result wraps mod p (Cauchy-Schwarz)",
                                  "weight_bits_cap": self.weight_bits, "decoding": "centred representatives"},
                 "operand_bits": {name: {"A": bits.a_bits, "B": bits.b_bits, "exponents": [bits.la, bits.lb]}
                                  for name, bits in self.operand_bits.items()},

@@ -66,7 +66,7 @@ class MaskedContext:
         nonce: the op's session-unique nonce (labels of its Freivalds draw).
     """
 
-    encoded: codec.Encoded
+    encoded: codec.ScaledEncoded
     weights: torch.Tensor
     masked: torch.Tensor
     pad: torch.Tensor
@@ -94,7 +94,7 @@ class MaskedScheme(Scheme[MaskedContext]):
         if op.op != "forward":  # stochastic rounding of gradients, from the enclave CSPRNG
             uniforms = torch.from_numpy(runtime.rng.uniform_float(tuple(op.a.shape),
                                                                  label=("sround", op.layer, op.op, op.step, nonce)))
-        encoded = codec.encode_pair(fn, op.a, op.b, params, p, uniforms=uniforms, b_bits=otp.weight_bits)
+        encoded = codec.encode_scaled(fn, op.a, op.b, params, p, uniforms=uniforms, b_bits=otp.weight_bits)
         otp._record_bits(f"{op.layer}.{op.op}", encoded)
         weights = encoded.qb.to(otp.weight_wire_dtype)
         with phases.use("masking"):
@@ -126,8 +126,7 @@ class MaskedScheme(Scheme[MaskedContext]):
     def decode(self, op: OffloadOp, replies: Replies, context: MaskedContext, phases: Phases) -> torch.Tensor:
         factor = context.factor if context.factor is not None else replies.result(MASK)
         result = replies.result(MAIN)
-        return codec.decode(result.to(torch.int64) - factor.to(torch.int64),
-                            context.encoded.la + context.encoded.lb, self.protocol.p)
+        return context.encoded.decode(result.to(torch.int64) - factor.to(torch.int64), self.protocol.p)
 
 
 @register
