@@ -42,6 +42,12 @@ class WorkerSgd:
             for (hyper, has_buf), members in cohorts.items():
                 self._advance(members, *hyper, has_buf=has_buf)
         requests = []
+        for layer in self.layers.values():  # an accumulated gradient's scratch block
+            if layer.accumulated:
+                layer.accumulated = False
+                requests.extend((k, Request("free", {}, Tag(rt.step, layer.site.name, "update"),
+                                            params={"handles": [f"{layer.h}/g+"]}, return_result=False))
+                                for k in range(len(layer.blocks)))
         for k in range(self.settings["workers"]):
             steps = [{"target": f"{layer.h}/w", "grad": f"{layer.h}/g", "buffer": f"{layer.h}/buf",
                       **dict(zip(("lr", "momentum", "dampening", "weight_decay", "nesterov"), hyper))}
