@@ -102,3 +102,52 @@ def test_a_forwards_worker_slot_is_released_with_its_graph():
         del dropped
         gc.collect()
         assert layer.live == set()
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_zero_grad_without_a_step_drops_the_worker_held_gradient(set_to_none):
+    """A skipped step (as GradScaler does on an overflow): backward, zero_grad, backward, step applies only
+    the second gradient, as in plain PyTorch."""
+    def loop(model, optimizer):
+        (x, y), (x2, y2) = _batches(2)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.zero_grad(set_to_none=set_to_none)  # the step is skipped
+        F.cross_entropy(model(x2), y2).backward()
+        optimizer.step()
+
+    model = _model()
+    reference = copy.deepcopy(model)
+    with Session(protocol="tempo", device="cpu", seed=0) as session:
+        wrapped, opt = session.prepare(model, torch.optim.SGD(model.parameters(), lr=0.5))
+        loop(wrapped, opt)
+        got = _probe(wrapped)
+    loop(reference, torch.optim.SGD(reference.parameters(), lr=0.5))
+    torch.testing.assert_close(got, _probe(reference), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_zero_grad_then_step_applies_no_gradient(set_to_none):
+    """backward, zero_grad, step: plain skips the weights (set_to_none) or steps with a zero gradient
+    (momentum and weight decay still act); tempo does the same on the workers."""
+    def loop(model, optimizer):
+        for x, y in _batches(3):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        x, y = _batches(1)[0]
+        F.cross_entropy(model(x), y).backward()
+        optimizer.zero_grad(set_to_none=set_to_none)
+        optimizer.step()
+
+    def make(model):
+        return torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-2)
+
+    model = _model()
+    reference = copy.deepcopy(model)
+    with Session(protocol="tempo", device="cpu", seed=0) as session:
+        wrapped, opt = session.prepare(model, make(model))
+        loop(wrapped, opt)
+        got = _probe(wrapped)
+    loop(reference, make(reference))
+    torch.testing.assert_close(got, _probe(reference), rtol=1e-4, atol=1e-5)

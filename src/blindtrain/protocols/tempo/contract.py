@@ -14,6 +14,7 @@ import weakref
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from ...boundary import Request, Tag
 from ...errors import UsageError
 
 
@@ -29,11 +30,16 @@ class WorkerHeldGrad(torch.Tensor):
     :class:`UsageError` naming the alternative, instead of silently treating the gradient as absent."""
 
     layer_name = "?"
+    zeroed = False  #: ``zero_grad(set_to_none=False)`` zeroed it: the gradient it stands for is gone
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
         if name in _GRAD_ALLOWED or name == "__get__" or name.endswith(".__get__"):
+            if name in ("zero_", "_foreach_zero_"):
+                for tensor in _tensors(args):
+                    if isinstance(tensor, WorkerHeldGrad):
+                        tensor.zeroed = True
             return super().__torch_function__(func, types, args, kwargs or {})
         held = next((a.layer_name for a in _tensors(args) if isinstance(a, WorkerHeldGrad)), "?")
         raise UsageError(
@@ -83,17 +89,36 @@ class Contract:
         """After a backward that left ``layer``'s weight gradient on the workers: its ``.grad`` becomes a
         :class:`WorkerHeldGrad` (where the enclave holds no weight data, the case after the first forward)."""
         param = layer.param
-        if param.numel() == 0 and not isinstance(param.grad, WorkerHeldGrad):
+        guard = layer.grad_guard
+        if param.numel() == 0 and (guard is None or param.grad is not guard or guard.zeroed):
             guard = torch.zeros(0, dtype=param.dtype).as_subclass(WorkerHeldGrad)
             guard.layer_name = layer.site.name
-            param.grad = guard
+            param.grad = layer.grad_guard = guard
+
+    @staticmethod
+    def _grads_zeroed(layer) -> bool:
+        """Whether the user zeroed ``layer``'s weight gradient since its last backward (``zero_grad()``,
+        ``.grad = None``, ``zero_grad(set_to_none=False)``): then a pending gradient on the workers is dropped,
+        not added to (as ``.grad`` would start from zero)."""
+        guard = layer.grad_guard
+        return guard is not None and (layer.param.grad is not guard or guard.zeroed)
 
     def _unguard_grads(self) -> None:
         """Before the prepared optimizer's step: placeholders out of its way (it skips a None ``.grad``; the
         gradients are applied on the workers, :meth:`~.sgd.WorkerSgd._after_optimizer_step`)."""
         for layer in self.layers.values():
+            if layer.pending is not None and self._grads_zeroed(layer):  # zero_grad(), then step()
+                if layer.param.grad is layer.grad_guard:  # zeroed in place: SGD steps with a zero gradient
+                    layer.pending = {k: torch.zeros_like(v) for k, v in layer.pending.items()}
+                    self._call_each([(k, Request("axpy", {}, Tag(self.runtime.step, layer.site.name, "update"),
+                                                 params={"target": f"{layer.h}/g", "alpha": 0.0, "terms": []},
+                                                 return_result=False)) for k in range(len(layer.blocks))])
+                else:  # set to None: SGD skips the weight
+                    layer.pending = None
+                    self._drop_grad(layer)
             if isinstance(layer.param.grad, WorkerHeldGrad):
                 layer.param.grad = None
+            layer.grad_guard = None
 
     def _refuse_foreign_step(self, optimizer) -> None:
         """An optimizer other than the one given to ``session.prepare`` about to step weights the workers

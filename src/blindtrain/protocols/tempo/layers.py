@@ -62,6 +62,7 @@ class TempoLayer:
         self.x_handle = f"{key_prefix}/x"  # the worker's handle of the X′ the current op uses
         self.live: set[int] = set()  # X′ slots whose forward's autograd node is alive
         self.accumulated = False  # a second weight gradient was added on the worker since the last step
+        self.grad_guard = None    # the .grad placeholder set at the last backward (contract.WorkerHeldGrad)
 
     def open_call(self, batch, saved) -> TempoCall:
         """A training forward's :class:`TempoCall`, on the lowest X′ slot no live node holds (slot 0 is

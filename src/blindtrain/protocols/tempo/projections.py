@@ -105,6 +105,8 @@ class Projections:
         (:meth:`_accumulate_on_workers`).  Returns the handle the worker keeps this product under."""
         with self.runtime.ledger.timed("decode_verify"):
             new = self._grad_projections(layer, x.detach().float(), grad_y.float())
+            if layer.pending is not None and self._grads_zeroed(layer):
+                layer.pending = None  # zero_grad() without a step: the held gradient is overwritten
             if layer.pending is None:
                 layer.pending = new
                 return f"{layer.h}/g"
