@@ -151,3 +151,17 @@ def test_zero_grad_then_step_applies_no_gradient(set_to_none):
         got = _probe(wrapped)
     loop(reference, make(reference))
     torch.testing.assert_close(got, _probe(reference), rtol=1e-4, atol=1e-5)
+
+
+def test_a_submodules_state_dict_holds_its_plaintext_weight():
+    model = _model()
+    reference = copy.deepcopy(model)
+    with Session(protocol="tempo", device="cpu", seed=0) as session:
+        wrapped, opt = session.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+        _train(wrapped, opt)
+        state = wrapped[2].state_dict()
+        buffers = opt.state_dict()["state"]
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    _train(reference, ref_opt)
+    torch.testing.assert_close(state["weight"], reference[2].weight.detach(), rtol=1e-4, atol=1e-5)
+    assert all(s["momentum_buffer"].numel() > 0 for s in buffers.values())

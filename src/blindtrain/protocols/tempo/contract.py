@@ -71,8 +71,11 @@ class Contract:
                 protocol.materialize()
 
         self._closed = False
-        self._hooks = [model.register_state_dict_pre_hook(materialize),
-                       model.register_load_state_dict_pre_hook(materialize)]
+        self._hooks = []
+        # on the model and on each offloaded module: a submodule's own state_dict() materializes too
+        for module in [model] + [layer.site.module for layer in self.layers.values()]:
+            self._hooks += [module.register_state_dict_pre_hook(materialize),
+                            module.register_load_state_dict_pre_hook(materialize)]
         if optimizer is not None:
             self._hooks.append(optimizer.register_state_dict_pre_hook(materialize))
 

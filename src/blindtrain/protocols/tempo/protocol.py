@@ -129,11 +129,11 @@ class Tempo(Keys, Codec, Projections, Checks, Residency, WorkerSgd, Attention, R
         self.optimizer = optimizer
         if optimizer is not None:
             optimizer.register_step_post_hook(self._after_optimizer_step)
-        self._install_contract(model, optimizer)
         if self.settings["fuse_activations"]:
             from .fuse import install_fused
 
             self.fused = install_fused(model, self)
+        self._install_contract(model, optimizer)
         return model, optimizer
 
     def _call_each(self, requests):
