@@ -165,3 +165,19 @@ def test_a_submodules_state_dict_holds_its_plaintext_weight():
     _train(reference, ref_opt)
     torch.testing.assert_close(state["weight"], reference[2].weight.detach(), rtol=1e-4, atol=1e-5)
     assert all(s["momentum_buffer"].numel() > 0 for s in buffers.values())
+
+
+@pytest.mark.parametrize("backward_again", [True, False])
+def test_a_step_without_zero_grad_since_the_last_step_is_refused(backward_again):
+    """PyTorch would apply the stepped gradient again (alone, or added to a new backward's); tempo applied it
+    on the worker and dropped it, so that step raises instead of silently leaving it out."""
+    model = _model()
+    with Session(protocol="tempo", device="cpu", seed=0) as session:
+        wrapped, opt = session.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        x, y = _batches(1)[0]
+        F.cross_entropy(wrapped(x), y).backward()
+        opt.step()
+        if backward_again:
+            F.cross_entropy(wrapped(x), y).backward()
+        with pytest.raises(UsageError, match="zero_grad"):
+            opt.step()

@@ -31,6 +31,7 @@ class WorkerHeldGrad(torch.Tensor):
 
     layer_name = "?"
     zeroed = False  #: ``zero_grad(set_to_none=False)`` zeroed it: the gradient it stands for is gone
+    applied = False  #: the step applied the gradient on the workers and dropped it there
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -98,6 +99,24 @@ class Contract:
             guard.layer_name = layer.site.name
             param.grad = layer.grad_guard = guard
 
+    def _mark_applied(self, layer) -> None:
+        """After the step applied ``layer``'s gradient on the workers (which drop it): ``.grad`` says so.  A
+        step before the user zeroes it would, in PyTorch, apply that gradient again (alone, or added to the
+        next backward's); tempo no longer has it, so that step raises (:meth:`_refuse_stale_grad`) instead of
+        silently using none."""
+        self._guard_grad(layer)
+        if layer.grad_guard is not None:
+            layer.grad_guard.applied = True
+
+    @staticmethod
+    def _refuse_stale_grad(layer, what: str) -> None:
+        guard = layer.grad_guard
+        if guard is not None and guard.applied and not guard.zeroed and layer.param.grad is guard:
+            raise UsageError(f"tempo: {what} for {layer.site.name} without optimizer.zero_grad() since the last "
+                             f"optimizer.step(): PyTorch would apply the gradient of that step again, which tempo "
+                             f"applied on the worker and dropped; call optimizer.zero_grad() after each step (or "
+                             f"prepare with update='enclave' to keep PyTorch's .grad)")
+
     @staticmethod
     def _grads_zeroed(layer) -> bool:
         """Whether the user zeroed ``layer``'s weight gradient since its last backward (``zero_grad()``,
@@ -110,6 +129,7 @@ class Contract:
         """Before the prepared optimizer's step: placeholders out of its way (it skips a None ``.grad``; the
         gradients are applied on the workers, :meth:`~.sgd.WorkerSgd._after_optimizer_step`)."""
         for layer in self.layers.values():
+            self._refuse_stale_grad(layer, "optimizer.step()")
             if layer.pending is not None and self._grads_zeroed(layer):  # zero_grad(), then step()
                 if layer.param.grad is layer.grad_guard:  # zeroed in place: SGD steps with a zero gradient
                     layer.pending = {k: torch.zeros_like(v) for k, v in layer.pending.items()}

@@ -32,6 +32,7 @@ class WorkerSgd:
             if group is None:
                 self._drop_grad(layer)
                 continue
+            self._mark_applied(layer)
             updates.append((layer, P, (float(group["lr"]), float(group.get("momentum", 0.0)),
                                        float(group.get("dampening", 0.0)), float(group.get("weight_decay", 0.0)),
                                        bool(group.get("nesterov", False)))))
