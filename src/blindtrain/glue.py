@@ -14,6 +14,7 @@ exit 1) instead of reaching a protocol whose checks would call it an integrity v
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -85,6 +86,18 @@ def bilinear_gradients(site, protocol, x, grad_y, weight, *, needs, has_bias: bo
     return grad_x, grad_w, grad_b
 
 
+@contextmanager
+def _call_state(site, call):
+    """``site.state["call"]``: what the protocol's forward of this autograd node left there (its keys, the
+    worker's handle of its operand ...), for the node's backward; a layer called several times per forward,
+    or several forwards before one backward, each get their own."""
+    site.state["call"] = call
+    try:
+        yield
+    finally:
+        site.state.pop("call", None)
+
+
 class _WeightedFn(torch.autograd.Function):
     """``y = protocol.forward(x, W) + b`` with both gradients from the protocol."""
 
@@ -107,6 +120,7 @@ class _WeightedFn(torch.autograd.Function):
         if bias is not None:
             y = y + (bias if site.kind == "linear" else bias.view(1, -1, 1, 1))
         ctx.layer = layer
+        ctx.call = site.state.pop("call", None)  # a protocol's per-call state: back in site.state for the backward
         ctx.input_shape = x.shape
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
@@ -122,7 +136,7 @@ class _WeightedFn(torch.autograd.Function):
             x2, g2 = x.reshape(-1, x.shape[-1]), grad_y.reshape(-1, grad_y.shape[-1])
         else:
             x2, g2 = x, grad_y
-        with threads.for_pass(x2.numel() + g2.numel()):
+        with threads.for_pass(x2.numel() + g2.numel()), _call_state(site, ctx.call):
             return (*bilinear_gradients(site, protocol, x2, g2, weight, needs=ctx.needs_input_grad[:3],
                                         has_bias=ctx.has_bias, input_shape=ctx.input_shape), None)
 

@@ -32,8 +32,7 @@ DEFAULT_TOLERANCE = {"plain": 1e-5, "enclave": 1e-5, "tempo": 1e-4, "otp": 2e-3}
 
 #: habits tempo still breaks (issue 14's tempo contract), xfail(strict): fixing one makes its test pass,
 #: which fails the suite until the entry is removed here
-BROKEN = {("tempo", name) for name in ("clip_grad_norm", "gradient_accumulation", "optimizer_after_prepare",
-                                       "state_dict_resume", "layer_reused", "two_forwards", "weight_tying")}
+BROKEN: set = set()
 
 
 def params(habit: str, protocols=None):

@@ -14,6 +14,7 @@ The protocol class is :class:`~.protocol.Tempo` (its module docstring states the
 * :mod:`.report`      privacy figures, the metrics summary and the cost model
 * :mod:`.layers`      per-layer state
 * :mod:`.fuse`        fused activations (``--fuse-activations``)
+* :mod:`.contract`    ordinary PyTorch habits: state_dict hooks, a foreign optimizer refused
 
 Importing this package registers ``tempo`` (:func:`blindtrain.protocols.load_all`).
 """

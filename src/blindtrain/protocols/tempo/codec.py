@@ -4,6 +4,7 @@ decoding results (with their result side), and the worker products of the backwa
 from __future__ import annotations
 
 from ...boundary import Ref, Request, Sent, Tag
+from ...errors import UsageError
 from ...kernels.gather import gather
 
 
@@ -71,6 +72,10 @@ class Codec:
 
     def _encode_grad_weight(self, layer, grad_y):
         """``G₂ = (dY c / c_b)[π_b][:, π_m]`` under the forward's batch key ``(π_b, c_b)``, by its own gather."""
+        if layer.batch is None:
+            raise UsageError(f"tempo: layer {layer.site.name!r}: a weight gradient through a forward run in eval "
+                             f"mode; call model.train() before a forward you backpropagate through (tempo's worker "
+                             f"keeps a training forward's operand for the weight gradient)")
         pb, cb = layer.batch
         with self.runtime.ledger.timed("encode"):
             return self._enc(grad_y.float(), pb, layer.key.pm, 1.0 / cb, layer.key.c)
@@ -97,9 +102,9 @@ class Codec:
 
     def _grad_weight_product(self, layer, g, lo, hi, *, keep, factors=None):
         """Worker block ``[lo, hi)``: ``G₂[:, lo:hi]ᵀ X′`` — already in the weight's key; ``keep``: it stays
-        on the worker for the SGD step.  ``g``: the block's G₂ operand (see :meth:`_block`), or with
+        on the worker for the SGD step, under that handle.  ``g``: the block's G₂ operand (see :meth:`_block`), or with
         ``factors = (rows, cols)`` its G₁ operand, which the worker rescales to G₂ (see :meth:`_g2_factors`)."""
-        product = {"op": "grad_weight", "keep": f"{layer.h}/g" if keep else None}
+        product = {"op": "grad_weight", "keep": keep or None}
         if factors is not None:
             rows, cols = factors
             product["scale"] = {"operand": layer.scaled_operand, "rows": Sent(rows, "public"),

@@ -142,7 +142,7 @@ class ConvLayer(TempoLayer):
 
     def grad_weight_product(self, product, g, lo, hi):
         """``conv2d_weight(X′, G₂[:, lo:hi])``."""
-        return {**product, "fn": "conv2d_weight", "A": Ref(f"{self.h}/x"), "B": g,
+        return {**product, "fn": "conv2d_weight", "A": Ref(self.x_handle), "B": g,
                 "params": {**self.site.conv_params, "weight_size": (hi - lo, self.n, *self.kernel)}}
 
     # ---------------------------------------------------- weight-gradient checks ----

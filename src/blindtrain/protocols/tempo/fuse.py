@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ...functional import suspended
-from ...glue import OffloadedConv2d, OffloadedLinear, bilinear_gradients
+from ...glue import OffloadedConv2d, OffloadedLinear, _call_state, bilinear_gradients
 
 
 class _FusedFn(torch.autograd.Function):
@@ -28,6 +28,8 @@ class _FusedFn(torch.autograd.Function):
         with suspended():  # protocol code: its own products are not offloaded again
             z, idx = module.protocol.fused_forward(module.site, x, weight, bias, module.spec)
         ctx.module, ctx.input_shape, ctx.has_bias = module, x.shape, bias is not None
+        ctx.call = module.site.state.pop("call", None)
+        ctx.pre_pool_shape = module.spec.get("pre_pool_shape")  # this call's (a module may run twice)  # this forward's keys and handles (see glue._call_state)
         ctx.save_for_backward(x, weight, z, idx if idx is not None else torch.empty(0))
         return z
 
@@ -39,14 +41,15 @@ class _FusedFn(torch.autograd.Function):
         slope = spec["slope"]
         grad_z = grad_z * torch.where(z > 0, 1.0, slope)
         if spec["pool"]:
-            b, m, h, w = spec["pre_pool_shape"]
+            b, m, h, w = ctx.pre_pool_shape
             grad_y = torch.zeros(b, m, h * w, dtype=grad_z.dtype)
             grad_y.scatter_(2, idx.view(b, m, -1), grad_z.reshape(b, m, -1))
             grad_y = grad_y.view(b, m, h, w)
         else:
             grad_y = grad_z.contiguous()
-        return (*bilinear_gradients(site, protocol, x, grad_y, weight, needs=ctx.needs_input_grad[:3],
-                                    has_bias=ctx.has_bias, input_shape=ctx.input_shape), None)
+        with _call_state(site, ctx.call):
+            return (*bilinear_gradients(site, protocol, x, grad_y, weight, needs=ctx.needs_input_grad[:3],
+                                        has_bias=ctx.has_bias, input_shape=ctx.input_shape), None)
 
 
 class FusedOffloaded(nn.Module):

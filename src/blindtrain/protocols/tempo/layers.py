@@ -4,7 +4,23 @@ operands and the worker products of its ops."""
 
 from __future__ import annotations
 
+import itertools
+import weakref
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(eq=False)
+class TempoCall:
+    """One training forward of a layer, kept by its autograd node for the backward (``site.state["call"]``,
+    see :func:`blindtrain.glue._call_state`): its batch key ``(π_b, c_b)``, the worker's handle of its
+    ``X′`` and what the forward's read of ``X`` saved for the weight-gradient projections.  A layer called
+    twice in one forward, or two forwards before one backward, each backward gets its own forward's."""
+
+    batch: tuple
+    handle: str
+    saved: object
 
 
 class TempoLayer:
@@ -43,6 +59,26 @@ class TempoLayer:
         self.last_batch = 0
         self.saved = self.saved_g = None  # the kind's InputStats / GradStats of this step (see linear, conv)
         self.restore = False      # resumed from a checkpoint: W′ must be sent again under the restored key
+        self.x_handle = f"{key_prefix}/x"  # the worker's handle of the X′ the current op uses
+        self.live: set[int] = set()  # X′ slots whose forward's autograd node is alive
+        self.accumulated = False  # a second weight gradient was added on the worker since the last step
+        self.grad_guard = None    # the .grad placeholder set at the last backward (contract.WorkerHeldGrad)
+
+    def open_call(self, batch, saved) -> TempoCall:
+        """A training forward's :class:`TempoCall`, on the lowest X′ slot no live node holds (slot 0 is
+        ``h/x``: one forward per backward needs no other); the slot is free again when the node is gone."""
+        slot = next(i for i in itertools.count() if i not in self.live)
+        self.live.add(slot)
+        call = TempoCall(batch=batch, handle=f"{self.h}/x" if slot == 0 else f"{self.h}/x{slot}", saved=saved)
+        weakref.finalize(call, self.live.discard, slot)
+        return call
+
+    def resume_call(self, call) -> None:
+        """A backward: the per-call state of its forward (``None``: no training forward recorded one)."""
+        if call is None:
+            self.batch = self.saved = None
+        else:
+            self.batch, self.saved, self.x_handle = call.batch, call.saved, call.handle
 
     @property
     def conv(self) -> bool:

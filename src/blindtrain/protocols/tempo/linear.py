@@ -130,7 +130,7 @@ class LinearLayer(TempoLayer):
 
     def grad_weight_product(self, product, g, lo, hi):
         """``G₂[:, lo:hi]ᵀ X′``."""
-        return {**product, "fn": "matmul_tn", "A": g, "B": Ref(f"{self.h}/x"), "params": {}}
+        return {**product, "fn": "matmul_tn", "A": g, "B": Ref(self.x_handle), "params": {}}
 
     # ---------------------------------------------------- weight-gradient checks ----
     def grad_projections(self, x, gy):

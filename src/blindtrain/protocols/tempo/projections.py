@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from ...boundary import Ref, Request, Tag
 from ...kernels.weight_epoch import weight_epoch
 from .bounds import U32
 
@@ -97,10 +98,46 @@ class Projections:
             t["rho_t"], t["sigma_t"] = t["rho"].t().contiguous(), t["sigma"].t().contiguous()
         layer.refresh_tolerances()
 
-    def _hold_grad_projections(self, layer, x, grad_y):
-        """The worker keeps the weight gradient; the enclave keeps its projections for ``optimizer.step()``."""
+    def _hold_grad_projections(self, layer, x, grad_y) -> str:
+        """The worker keeps the weight gradient; the enclave keeps its projections for ``optimizer.step()``.
+        A second weight gradient before the step (a layer called twice, two forwards, accumulation over
+        micro-batches) adds to the first, as ``.grad`` does: the projections here, the gradient on the worker
+        (:meth:`_accumulate_on_workers`).  Returns the handle the worker keeps this product under."""
         with self.runtime.ledger.timed("decode_verify"):
-            layer.pending = self._grad_projections(layer, x.detach().float(), grad_y.float())
+            new = self._grad_projections(layer, x.detach().float(), grad_y.float())
+            if layer.pending is not None and self._grads_zeroed(layer):
+                layer.pending = None  # zero_grad() without a step: the held gradient is overwritten
+            if layer.pending is None:
+                layer.pending = new
+                return f"{layer.h}/g"
+            layer.pending = self._sum_projections(layer.pending, new)
+        layer.accumulated = True
+        return f"{layer.h}/g+"
+
+    @staticmethod
+    def _sum_projections(a, b):
+        """The projections of ``dW_a + dW_b`` (the worker adds the float32 gradients: one rounding per entry,
+        ``|δ| ≤ u·|dW_a + dW_b|``, ℓ2 coefficient norm ≤ u·(qa_a + qa_b) after projection; drift in σ units
+        as in ``_advance``); norm bounds by the triangle inequality."""
+        out = {}
+        for d in ("q", "v"):
+            out[d] = a[d] + b[d]
+            out[d + "a"] = a[d + "a"] + b[d + "a"]
+            out[d + "e"] = (a[d + "e"] ** 2 + b[d + "e"] ** 2 + (2 * U32 * out[d + "a"]) ** 2).sqrt()
+        for d in ("N", "M"):
+            if d in a:
+                out[d] = (a[d] + b[d]) * (1 + 2 * U32)
+        return out
+
+    def _accumulate_on_workers(self, layer, keep):
+        """``g += g+`` on each worker block when this backward's gradient was kept apart (see
+        :meth:`_hold_grad_projections`)."""
+        if keep != f"{layer.h}/g+":
+            return
+        tag = Tag(self.runtime.step, layer.site.name, "update")
+        self._call_each([(k, Request("axpy", {"G": Ref(keep)}, tag, return_result=False,
+                                     params={"target": f"{layer.h}/g", "alpha": 1.0, "terms": [["G", 1.0]]}))
+                         for k in range(len(layer.blocks))])
 
     def _grad_projections(self, layer, x, gy):
         """Projections of the weight gradient dW on ρ and σ (and their abs bounds), from plaintext x, dY."""

@@ -44,6 +44,8 @@ optimizer updates the plaintext weight, and the layer is re-encrypted each step.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 import torch.nn.functional as F
 
@@ -56,6 +58,7 @@ from .attention import Attention
 from .bounds import LAMBDA
 from .checks import Checks
 from .codec import Codec
+from .contract import Contract
 from .keys import Keys
 from .layers import TempoLayer, make_layer
 from .projections import Projections
@@ -67,7 +70,7 @@ from .sgd import WorkerSgd
 
 @register
 
-class Tempo(Keys, Codec, Projections, Checks, Residency, WorkerSgd, Attention, Resume, Report, Protocol):
+class Tempo(Keys, Codec, Projections, Checks, Residency, WorkerSgd, Attention, Resume, Report, Contract, Protocol):
     info = ProtocolInfo(
         name="tempo",
         source="Tempo (Xu & Fang)",
@@ -109,6 +112,9 @@ class Tempo(Keys, Codec, Projections, Checks, Residency, WorkerSgd, Attention, R
     def wrap(self, model, optimizer):
         model, optimizer = super().wrap(model, optimizer)
         mode = self.settings["update"]
+        # a weight another module also holds (weight tying: Embedding.weight = Linear.weight) is not resident:
+        # the enclave keeps it, the other module reads it there, and both gradients sum in its .grad
+        uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
         resident_ok = optimizer is None or (type(optimizer) is torch.optim.SGD
                                             and not any(g.get("maximize") for g in optimizer.param_groups))
         if mode == "worker" and not resident_ok:
@@ -117,7 +123,7 @@ class Tempo(Keys, Codec, Projections, Checks, Residency, WorkerSgd, Attention, R
             if site.kind == "matmul":
                 continue
             layer = make_layer(site, site.module.weight, f"tempo/{site.name}")
-            layer.resident = resident_ok and mode != "enclave"
+            layer.resident = resident_ok and mode != "enclave" and uses[id(layer.param)] == 1
             site.state["tempo"] = layer
             self.layers[site.name] = layer
         self.optimizer = optimizer
@@ -127,6 +133,7 @@ class Tempo(Keys, Codec, Projections, Checks, Residency, WorkerSgd, Attention, R
             from .fuse import install_fused
 
             self.fused = install_fused(model, self)
+        self._install_contract(model, optimizer)
         return model, optimizer
 
     def _call_each(self, requests):
@@ -154,17 +161,20 @@ class Tempo(Keys, Codec, Projections, Checks, Residency, WorkerSgd, Attention, R
             rt.ground_truth.row_order(rt.step, site.name, pb)
         xe, expected = self._encode_forward(layer, xf, pb, cb)
         layer.batch = (pb, cb) if training else None
+        call = layer.open_call(layer.batch, layer.saved) if training else None
         requests = []
         for k, (lo, hi) in enumerate(layer.blocks):
             req = layer.forward_request(xe, Tag(rt.step, site.name, "forward"))
             if training:
-                req.keep = {"A": f"{layer.h}/x"}
+                req.keep = {"A": call.handle}
             requests.append((k, req))
         parts = [reply.result for reply in self._call_each(requests)]
         with rt.ledger.timed("decode_verify"):
             ye = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
             y, lhs, y_norm = self._decode_result(layer, ye, (pb, cb), "rho")
             self._check(layer, "forward", expected, lhs, y_norm)
+        if call is not None:  # for this forward's backward (glue._call_state)
+            site.state["call"] = call
         return y.to(x.dtype)
 
     def fused_forward(self, site, x, weight, bias, spec):
@@ -200,6 +210,7 @@ class Tempo(Keys, Codec, Projections, Checks, Residency, WorkerSgd, Attention, R
 
     def grad_input(self, site, grad_y, weight, input_shape):
         layer = site.state["tempo"]
+        layer.resume_call(site.state.get("call"))
         g1, batch_key, expected = self._encode_grad_input(layer, grad_y.float(), input_shape)
         parts = [reply.result for reply in self._call_each(
             [(k, self._request(layer, self._grad_input_product(layer, g1, lo, hi, input_shape)))
@@ -212,30 +223,36 @@ class Tempo(Keys, Codec, Projections, Checks, Residency, WorkerSgd, Attention, R
         layer = site.state["tempo"]
         if not (needs[0] and needs[1] and layer.resident):
             return super().weighted_grads(site, x, grad_y, weight, needs=needs, input_shape=input_shape)
+        layer.resume_call(site.state.get("call"))
         g1, batch_key, expected = self._encode_grad_input(layer, grad_y.float(), input_shape)
         shared = layer.batch is not None and batch_key[0] is layer.batch[0]
         factors = self._g2_factors(layer, batch_key[1]) if shared else None
         g2 = None if shared else self._encode_grad_weight(layer, grad_y)
-        self._hold_grad_projections(layer, x, grad_y)
+        keep = self._hold_grad_projections(layer, x, grad_y)
         tag = Tag(self.runtime.step, site.name, "backward")
         requests = []
         for k, (lo, hi) in enumerate(layer.blocks):
             grad_input = self._grad_input_product(layer, g1, lo, hi, input_shape)
             g = grad_input["A"] if shared else self._block(layer, g2, lo, hi)
-            grad_weight = self._grad_weight_product(layer, g, lo, hi, keep=True, factors=factors)
+            grad_weight = self._grad_weight_product(layer, g, lo, hi, keep=keep, factors=factors)
             requests.append((k, bilinear_products(tag, [grad_input, grad_weight])))
         parts = [reply.result for reply in self._call_each(requests)]
+        self._accumulate_on_workers(layer, keep)
+        self._guard_grad(layer)
         return self._finish_grad_input(layer, parts, batch_key, expected, grad_y.dtype), None
 
     def grad_weight(self, site, x, grad_y, weight_shape):
         layer = site.state["tempo"]
+        layer.resume_call(site.state.get("call"))
         rt = self.runtime
         key = layer.key
         g2 = self._encode_grad_weight(layer, grad_y)
         if layer.resident:
-            self._hold_grad_projections(layer, x, grad_y)
+            keep = self._hold_grad_projections(layer, x, grad_y)
             self._call_each([(k, self._request(layer, self._grad_weight_product(
-                layer, self._block(layer, g2, lo, hi), lo, hi, keep=True))) for k, (lo, hi) in enumerate(layer.blocks)])
+                layer, self._block(layer, g2, lo, hi), lo, hi, keep=keep))) for k, (lo, hi) in enumerate(layer.blocks)])
+            self._accumulate_on_workers(layer, keep)
+            self._guard_grad(layer)
             return None
         # enclave-side update: the obfuscated gradient comes back, is decoded and checked
         parts = [reply.result for reply in self._call_each(

@@ -32,6 +32,7 @@ class WorkerSgd:
             if group is None:
                 self._drop_grad(layer)
                 continue
+            self._mark_applied(layer)
             updates.append((layer, P, (float(group["lr"]), float(group.get("momentum", 0.0)),
                                        float(group.get("dampening", 0.0)), float(group.get("weight_decay", 0.0)),
                                        bool(group.get("nesterov", False)))))
@@ -42,6 +43,12 @@ class WorkerSgd:
             for (hyper, has_buf), members in cohorts.items():
                 self._advance(members, *hyper, has_buf=has_buf)
         requests = []
+        for layer in self.layers.values():  # an accumulated gradient's scratch block
+            if layer.accumulated:
+                layer.accumulated = False
+                requests.extend((k, Request("free", {}, Tag(rt.step, layer.site.name, "update"),
+                                            params={"handles": [f"{layer.h}/g+"]}, return_result=False))
+                                for k in range(len(layer.blocks)))
         for k in range(self.settings["workers"]):
             steps = [{"target": f"{layer.h}/w", "grad": f"{layer.h}/g", "buffer": f"{layer.h}/buf",
                       **dict(zip(("lr", "momentum", "dampening", "weight_decay", "nesterov"), hyper))}
