@@ -6,9 +6,9 @@ through the same autograd functions as the offloaded modules (:mod:`blindtrain.g
 
 * ``F.linear(x, W, b)`` and ``x @ W`` / ``torch.matmul(x, W)`` where ``W`` is a parameter of the model:
   a weighted product (roles data, weight; ``x·Wᵀ`` resp. ``x·W``), its site named after the parameter
-  (``head.weight@linear``).  Only under protocols that read the weight per call
-  (``Protocol.weights_per_call``); the others key a weight to its module (tempo keeps it on the
-  worker), so these products stay in the enclave there.
+  (``head.weight@linear``).  Under protocols that read the weight per call
+  (``Protocol.weights_per_call``), or, for ``F.linear``, that adopt the weight (``Protocol.adopt``:
+  tempo keeps it in the enclave and offloads the products); elsewhere these products stay in the enclave.
 * ``torch.matmul`` / ``@`` / ``torch.bmm`` / ``torch.mm`` and ``F.linear`` on two non-parameter tensors
   of at least two dimensions: a product of two data operands (the protocol's ``matmul``), batch
   dimensions broadcast first (``…×p×q @ …×q×r``).
@@ -85,9 +85,10 @@ def decide(func, args, kwargs, protocol_cls) -> Decision | None:
     if not (torch.is_tensor(a) and torch.is_tensor(b)):
         return Decision(None, "operands are not two tensors")
     if _is_parameter(b) and not _is_parameter(a):
-        if not protocol_cls.weights_per_call:
+        adopted = protocol_cls.adopts_weights and name == "linear"
+        if not (protocol_cls.weights_per_call or adopted):
             return Decision(None, f"a product with the parameter used directly; {protocol_cls.info.name} keys "
-                                  f"each offloaded weight to its module (use nn.Linear)")
+                                  f"each offloaded weight to its module (use nn.Linear or F.linear)")
         if b.dim() != 2 or a.dim() < 1:
             return Decision(None, "a weight that is not a matrix")
         return Decision("weighted", "bilinear with a parameter: x·W and both gradients")
@@ -105,6 +106,7 @@ class FunctionalLayer:
 
     def __init__(self, site, protocol) -> None:
         self.site, self.protocol = site, protocol
+        self.adopted = False  # the protocol took over the weight (Protocol.adopt)
 
 
 class FunctionalOffload(TorchFunctionMode):
@@ -165,6 +167,9 @@ class FunctionalOffload(TorchFunctionMode):
             weight = b if name == "linear" else b.t()  # Linear's layout: out × in
             site_name = f"{self.parameter_names.get(id(b), 'parameter')}@{name}"
             layer = self._layer(site_name, "linear", tuple(weight.shape))
+            if not self.protocol.weights_per_call and not layer.adopted:
+                self.protocol.adopt(layer.site, b)
+                layer.adopted = True
             lead = a.shape[:-1]
             y = _WeightedFn.apply(a.reshape(-1, a.shape[-1]), weight, bias, layer)
             return y.reshape(*lead, y.shape[-1])

@@ -141,6 +141,9 @@ def _module_reason(module: nn.Module, protocol_cls) -> tuple[bool, str, bool]:
     if isinstance(module, nn.MultiheadAttention):
         if protocol_cls.weights_per_call:
             return True, "its projections (functional F.linear) and attention products offloaded", True
+        if protocol_cls.adopts_weights:
+            return True, ("its projections (functional F.linear; the weights kept and updated in the enclave) and "
+                          "attention products offloaded"), True
         return False, (f"its projections (most of its MACs) stay in the enclave ({protocol_cls.info.name} keys each "
                        f"offloaded weight to its module); its attention products (q·kᵀ, P·v) are offloaded"), True
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
@@ -266,7 +269,7 @@ def plan(model: nn.Module, protocol: str, *, example_input=None) -> Placement:
         if not _is_bilinear_module(module):
             continue
         if offloads and name in inside_attention:
-            offloaded = protocol_cls.weights_per_call
+            offloaded = protocol_cls.weights_per_call or protocol_cls.adopts_weights
             why = ("offloaded as the functional F.linear of nn.MultiheadAttention" if offloaded else
                    f"nn.MultiheadAttention reads this weight directly, and {protocol} keys each offloaded "
                    f"weight to its module")

@@ -78,6 +78,9 @@ class Protocol(ABC):
     #: computed at each forward, e.g. by ``weight_norm``, can be offloaded); ``False`` for protocols that
     #: keep or encode a layer's weight parameter once (tempo, slalom): such layers stay in the enclave
     weights_per_call: ClassVar[bool] = True
+    #: whether a protocol without ``weights_per_call`` can still take over a weight a model's ``forward``
+    #: passes to ``F.linear`` directly (:meth:`adopt`; e.g. ``nn.MultiheadAttention``'s projections)
+    adopts_weights: ClassVar[bool] = False
     #: how far this protocol's forward, input gradient and weight update may be from plain PyTorch's
     #: (max |error| / max |reference| per tensor, on the conformance suite's small models)
     tolerance: ClassVar[float] = 1e-5
@@ -129,6 +132,10 @@ class Protocol(ABC):
 
         self.sites = install(model, self)
         return model, optimizer
+
+    def adopt(self, site, weight: torch.nn.Parameter) -> None:
+        """Take over ``weight`` for a functional ``linear`` ``site`` found while the model ran (protocols with
+        :attr:`adopts_weights`); called once, before the site's first product."""
 
     def materialize(self) -> None:
         """Make the enclave-side model hold the current plaintext weights (before a checkpoint)."""

@@ -88,6 +88,7 @@ class Tempo(Keys, Codec, Projections, Checks, Residency, WorkerSgd, Attention, R
         summary="bilinear ops offloaded on permuted/scaled operands; weights stay encrypted on the worker and "
                 "are updated there (SGD); re-encrypted only on key rotation or read-out",
     )
+    adopts_weights = True  # F.linear(x, parameter) in forward: offloaded, the weight kept in the enclave
     weights_per_call = False
     copy_refusal = ("tempo keeps each offloaded layer's weights on the worker under the layer's keys, so a copy would hold no weights of its own")
     Options = TempoOptions
@@ -135,6 +136,16 @@ class Tempo(Keys, Codec, Projections, Checks, Residency, WorkerSgd, Attention, R
             self.fused = install_fused(model, self)
         self._install_contract(model, optimizer)
         return model, optimizer
+
+    def adopt(self, site, weight):
+        """A weight the model's ``forward`` passes to ``F.linear`` itself (``nn.MultiheadAttention``'s
+        projections): its products are offloaded like a Linear layer's, but the weight stays in the enclave
+        (updated there by the optimizer, encrypted again after each change), since the module that owns it
+        may read it directly (``in_proj_weight.split`` for cross-attention)."""
+        layer = make_layer(site, weight, f"tempo/{site.name}")
+        layer.resident = False
+        site.state["tempo"] = layer
+        self.layers[site.name] = layer
 
     def _call_each(self, requests):
         """``[(worker index, request), ...]`` all sent before any answer is awaited: the blocks' workers
