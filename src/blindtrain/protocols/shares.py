@@ -54,6 +54,7 @@ from .base import Protocol, ProtocolInfo, register
 from .options import SharesOptions
 from .shares_beaver import (DEALER, SHARE_ROLES, BeaverOp, HeldOperand, SharedOperand, beaver_product,
                             reconstruct, share_operand)
+from .shares_narrow import NarrowEngine
 from .shares_grad import SealedGrad, is_sealed
 from .shares_codec import encode_against_weight, encode_pair, frobenius, log2_or_zero
 from .shares_verify import (WEIGHT_FNS, Projections, check_data, check_weighted, draw_vectors,
@@ -130,7 +131,8 @@ class Shares(Protocol):
         if runtime.transport == "dist":
             raise UsageError("protocol 'shares' runs on transports inproc and process (dist: not yet)")
         backend = self.backend = self.opts.field_backend
-        self.engine = FieldEngine(self.p, backend=backend)
+        # the enclave's products are all narrow (k = repetitions columns): 21-bit digits on float64 BLAS
+        self.engine = NarrowEngine(FieldEngine(self.p, backend=backend))
         self.channel = PeerChannel(runtime)
         self.layers: dict[str, ShareLayer] = {}
         self.optimizer = None

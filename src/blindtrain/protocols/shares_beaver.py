@@ -78,7 +78,20 @@ def share_operand(rng, q: torch.Tensor, p: int, *, label: tuple) -> SharedOperan
     """Split ``q`` (int64, any signed representative) into fresh shares; only S1's share crosses in full."""
     seed0 = seed(rng, *label)
     share0 = expand(seed0, tuple(q.shape), p)
-    return SharedOperand(seed0, torch.remainder(q.to(torch.int64) - share0, p))
+    return SharedOperand(seed0, sub_mod(field_elements(q.to(torch.int64), p), share0, p))
+
+
+def field_elements(q: torch.Tensor, p: int) -> torch.Tensor:
+    """``q mod p`` in ``[0, p)``: a conditional add when ``|q| < p`` (the codec's values), else a division."""
+    if q.numel() and (int(q.min()) <= -p or int(q.max()) >= p):
+        return torch.remainder(q, p)
+    return torch.where(q < 0, q + p, q)
+
+
+def sub_mod(x: torch.Tensor, y: torch.Tensor, p: int) -> torch.Tensor:
+    """``x − y mod p`` for ``x, y ∈ [0, p)`` (no int64 division)."""
+    d = x - y
+    return torch.where(d < 0, d + p, d)
 
 
 def _opened(result, numel: int, who: str, tag: Tag) -> torch.Tensor:
@@ -133,7 +146,9 @@ def beaver_product(channel: PeerChannel, rng, tag: Tag, op: BeaverOp, x, b, *, n
 
 def reconstruct(shares: tuple[torch.Tensor, torch.Tensor], p: int) -> torch.Tensor:
     """``Y = [Y]_0 + [Y]_1 mod p`` (each reduced first: a worker's out-of-range value cannot overflow)."""
-    return torch.remainder(torch.remainder(shares[0], p) + torch.remainder(shares[1], p), p)
+    y0, y1 = field_elements(shares[0], p), field_elements(shares[1], p)
+    total = y0 + y1  # < 2p < 2^63
+    return torch.where(total >= p, total - p, total)
 
 
 def _numel(shape) -> int:
