@@ -135,9 +135,13 @@ def _module_reason(module: nn.Module, protocol_cls) -> tuple[bool, str, bool]:
     if isinstance(module, nn.Conv2d):
         return True, "bilinear: conv2d and both gradients" + ConvPadding.of(module).describe() + computed, True
     if isinstance(module, (nn.Conv1d, nn.Conv3d)):
-        return False, f"{type(module).__name__} is not offloaded (Conv2d only)", True
+        return False, (f"{type(module).__name__}: the protocols' per-layer keys, encodings and checks are built for "
+                       f"2-D convolutions, so it stays in the enclave (an nn.Conv2d with a size-1 dimension is "
+                       f"offloaded)"), True
     if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        return False, f"{type(module).__name__} is not offloaded (Conv2d only)", True
+        return False, (f"{type(module).__name__}: its forward is a conv's input gradient with the roles swapped, "
+                       f"and the protocols' per-layer keys and checks are built for a conv forward, so it stays "
+                       f"in the enclave"), True
     if isinstance(module, nn.MultiheadAttention):
         if protocol_cls.weights_per_call:
             return True, "its projections (functional F.linear) and attention products offloaded", True
