@@ -203,8 +203,13 @@ class InprocTransport(Transport):
         return Response(result=result, worker_seconds=response.worker_seconds)
 
     def close(self) -> None:
+        """Stop the worker thread and wait for it (briefly; a hung one stays abandoned): a thread still inside
+        a PyTorch op while the interpreter shuts down aborts the process ("terminate called without an active
+        exception")."""
         if self.worker is not None:
             self._inbox.put(None)
+            if not self._dead and self._thread is not threading.current_thread():
+                self._thread.join(timeout=min(self.timeout, 10.0))
         self.worker = None  # type: ignore[assignment]
 
 
