@@ -67,3 +67,19 @@ def test_non_finite_weights_in_the_enclave_are_divergence_for_the_python_api():
         x[0, 0, 0, 0] = float("nan")
         with pytest.raises(TrainingDiverged, match="training diverged at step 0"):
             wrapped(x)
+
+
+def test_a_failed_check_on_values_past_2_100_is_divergence_and_below_it_tampering():
+    """At --lr 100 an honest float32 product can overflow to Inf while the enclave's float64 operand side
+    stays finite: past 2^100 on the trusted side a failed check is divergence (exit 1); below, exit 3."""
+    from blindtrain import Session
+    from blindtrain.errors import IntegrityError, TrainingDiverged
+
+    session = Session(protocol="tempo", device="cpu")
+    verdict = session.protocol._verdict
+    failing = dict(residual=torch.tensor([float("inf")]), tol=torch.tensor([1.0]), kind="forward", detail="x")
+    with pytest.raises(TrainingDiverged, match="beyond 2\\^100"):
+        verdict("fc", "forward", operands=(torch.tensor([2.0 ** 101]),), **failing)
+    with pytest.raises(IntegrityError):
+        verdict("fc", "forward", operands=(torch.tensor([2.0 ** 90]),), **failing)
+    session.close()

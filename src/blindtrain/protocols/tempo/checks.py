@@ -12,6 +12,10 @@ from ...errors import IntegrityError, TrainingDiverged
 from ...glue import all_finite
 from .bounds import CHECK_MARGIN, LAMBDA
 
+#: operand-side magnitude past which a failed check is reported as divergence (exit 1): no healthy run's
+#: activations or check projections come near it, and an honest float32 product of such values can overflow
+DIVERGED_MAGNITUDE = 2.0 ** 100
+
 
 class Checks:
     """Freivalds checks over floats (a mixin of :class:`~.protocol.Tempo`)."""
@@ -42,7 +46,8 @@ class Checks:
         values diverged (an honest worker cannot cause that: its results only reach the operand side after
         passing their own checks): :class:`TrainingDiverged` (exit 1), not an integrity violation.  A
         non-finite result with a finite operand side fails the check (NaN compares false; an Inf makes the
-        residual or the tolerance's result term infinite): exit 3.
+        residual or the tolerance's result term infinite): exit 3 — unless the operand side exceeds
+        :data:`DIVERGED_MAGNITUDE`, where an honest float32 result can overflow: divergence (exit 1).
         ``kind`` names the check family for the used-fraction statistics (:meth:`tolerance_report`)."""
         for tensor in operands:
             if not all_finite(tensor):
@@ -55,6 +60,13 @@ class Checks:
         # (a zero tolerance with a zero residual, e.g. an all-zero row, is 0, not 0/0: tol clamped to the tiniest float)
         used = float((residual / tol.clamp_min(torch.finfo(tol.dtype).tiny)).max()) if residual.numel() else 0.0
         ok = used <= 1.0 and all_finite(tol)
+        if not ok and any(t.numel() and float(t.detach().abs().max()) > DIVERGED_MAGNITUDE for t in operands):
+            # the enclave's own values are beyond any healthy run: an honest float32 result can overflow to
+            # Inf here (seen at --lr 100 with fused layers), so a failed check is divergence, not tampering;
+            # either way nothing is trained on the result
+            raise TrainingDiverged(step=self.runtime.step,
+                                   detail=f"values beyond 2^100 on the trusted side in layer {layer_name!r}, "
+                                          f"op {op!r} (a float32 result overflows)")
         if not ok:
             ratio = float(torch.nan_to_num(residual / tol, nan=float("inf")).max()) if residual.numel() else 0.0
             detail = f"{detail} (residual up to {ratio:.3g}x the tolerance)"
