@@ -125,8 +125,12 @@ class FunctionalOffload(TorchFunctionMode):
         self.position = 0
         self.__enter__()
         _local.active = self
+        self.entered = True
 
     def end(self, module, args, output) -> None:
+        if not getattr(self, "entered", False):  # a pre-hook before ours raised: the mode was never entered
+            return
+        self.entered = False
         _local.active = None
         self.__exit__(None, None, None)
 
