@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench-quick: $(STAMP)
-	$(VENV)/bin/blindtrain bench --preset quick --out docs/benchmarks/cpu-quick
+	$(VENV)/bin/blindtrain bench --preset quick --protocols plain,enclave,otp,tempo,slalom --out docs/benchmarks/cpu-quick
 
 privacy: $(STAMP)   # the privacy lab's quick preset: docs/privacy/{results.json,report.md,offload_vs_attack.png}
 	$(PY) scripts/privacy_lab.py --preset quick --out docs/privacy
