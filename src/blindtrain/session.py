@@ -18,7 +18,6 @@ completed optimizer steps.
 from __future__ import annotations
 
 import dataclasses
-
 import os
 from pathlib import Path
 

@@ -91,6 +91,10 @@ class Protocol(ABC):
     #: the worker roles an adversary can be aimed at (``--adversary NAME:role=R``); the first is where a spec
     #: without ``role=`` lands (the conformance suite aims every adversary at each of them)
     adversary_roles: ClassVar[tuple[str, ...]] = ("main",)
+    #: what the enclave's work per training step scales with: ``"products"`` (it computes products as large
+    #: as the layers' own) or ``"activations"`` (it only encodes, decodes and checks; the step then runs on
+    #: one thread: :mod:`blindtrain.threads`)
+    enclave_work: ClassVar[str] = "products"
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -99,10 +103,6 @@ class Protocol(ABC):
             cls.Options = dataclass(frozen=True)(type(f"{cls.__name__}Options", (cls.Options,),
                                                       {"protocol": info.name, "__module__": cls.__module__}))
         cls.options = MappingProxyType(cls.Options.defaults())
-    #: what the enclave's work per training step scales with: ``"products"`` (it computes products as large
-    #: as the layers' own) or ``"activations"`` (it only encodes, decodes and checks; the step then runs on
-    #: one thread: :mod:`blindtrain.threads`)
-    enclave_work: ClassVar[str] = "products"
 
     def __init__(self, runtime: Runtime, **options: Any) -> None:
         self.runtime = runtime
