@@ -11,12 +11,12 @@ from click.testing import CliRunner
 from scipy import stats
 
 import blindtrain as bt
-from blindtrain import data as datasets
 from blindtrain.cli import main
 from blindtrain.errors import IntegrityError, UsageError
 from blindtrain.field import codec
 from blindtrain.models import build
 from blindtrain.transcript import load as load_transcript
+from tests.protocols.conftest import max_relative
 
 P = codec.DEFAULT_MODULUS
 
@@ -45,26 +45,12 @@ def _curve(protocol, model_name, dataset, *, steps=20, batch=32, lr=0.05, moment
     return losses, session, model
 
 
-def _max_rel(a, b):
-    return max(abs(x - y) / abs(y) for x, y in zip(a, b))
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return datasets.load("digits", seed=0)
-
-
-@pytest.fixture(scope="module")
-def synthetic():
-    return datasets.load("synthetic", seed=0)
-
-
 @pytest.mark.parametrize("steps", [pytest.param(20, marks=pytest.mark.slow), 5])
 def test_mlp_digits_sgd_on_the_shares_matches_plain_at_every_step(digits, steps):
     plain, s1, plain_model = _curve("plain", "mlp", digits, steps=steps)
     shares, s2, model = _curve("shares", "mlp", digits, steps=steps)
     summary = s2.metrics()["protocol_summary"]
-    assert _max_rel(shares, plain) < 1e-3
+    assert max_relative(shares, plain) < 1e-3
     assert shares != plain  # it really went through the field (stochastic rounding of gradients)
     assert summary["updates_on_shares"] == steps * 3 and summary["weight_sharings"] == 3  # shared once, never again
     assert set(summary["weight_update"].values()) == {"SGD on the shares (exact, lr folded into the gradient's fixed point)"}
@@ -81,7 +67,7 @@ def test_mlp_digits_sgd_on_the_shares_matches_plain_at_every_step(digits, steps)
 def test_lenet_synthetic_matches_plain_at_every_step(synthetic):
     plain, s1, _ = _curve("plain", "lenet", synthetic, batch=16, lr=0.02)
     shares, s2, _ = _curve("shares", "lenet", synthetic, batch=16, lr=0.02)
-    assert _max_rel(shares, plain) < 1e-3
+    assert max_relative(shares, plain) < 1e-3
     s1.close()
     s2.close()
 
@@ -89,7 +75,7 @@ def test_lenet_synthetic_matches_plain_at_every_step(synthetic):
 def test_lenet_synthetic_few_steps_match_plain(synthetic):
     plain, s1, _ = _curve("plain", "lenet", synthetic, steps=3, batch=8, lr=0.02)
     shares, s2, _ = _curve("shares", "lenet", synthetic, steps=3, batch=8, lr=0.02)
-    assert _max_rel(shares, plain) < 1e-3
+    assert max_relative(shares, plain) < 1e-3
     assert s2.metrics()["protocol_summary"]["updates_on_shares"] == 3 * 5
     s1.close()
     s2.close()
@@ -99,7 +85,7 @@ def test_momentum_runs_in_the_enclave_and_reshares(digits):
     plain, s1, _ = _curve("plain", "mlp", digits, steps=5, momentum=0.9)
     shares, s2, _ = _curve("shares", "mlp", digits, steps=5, momentum=0.9)
     summary = s2.metrics()["protocol_summary"]
-    assert _max_rel(shares, plain) < 1e-3
+    assert max_relative(shares, plain) < 1e-3
     assert summary["updates_on_shares"] == 0 and summary["weight_sharings"] == 5 * 3  # re-shared every step
     s1.close()
     s2.close()
@@ -110,7 +96,7 @@ def test_attention_products_are_offloaded_and_match_plain(synthetic, steps, batc
     kwargs = {"depth": 1, "dim": 32, "heads": 2}
     plain, s1, _ = _curve("plain", "vit-tiny", synthetic, steps=steps, batch=batch, lr=0.02, model_kwargs=kwargs)
     shares, s2, _ = _curve("shares", "vit-tiny", synthetic, steps=steps, batch=batch, lr=0.02, model_kwargs=kwargs)
-    assert _max_rel(shares, plain) < 1e-3
+    assert max_relative(shares, plain) < 1e-3
     s1.close()
     s2.close()
 
@@ -237,7 +223,7 @@ def test_process_transport_runs_four_processes(digits):
     inproc, s2, _ = _curve("shares", "mlp", digits, steps=2)
     s2.close()
     assert len(set(pids.values())) == 3 and all(np.isfinite(losses))
-    assert _max_rel(losses, inproc) < 1e-3
+    assert max_relative(losses, inproc) < 1e-3
 
 
 @pytest.mark.parametrize("adversary", ["tamper:role=s0,layer=features.0", "noise:role=dealer,op=grad_input,layer=features.3",
@@ -287,7 +273,7 @@ def test_check_soundness_is_one_bad_value_per_repetition():
 def test_update_enclave_keeps_dot_grad_and_matches_plain(digits):
     plain, s1, plain_model = _curve("plain", "mlp", digits, steps=2)
     shares, s2, model = _curve("shares", "mlp", digits, steps=2, update="enclave")
-    assert _max_rel(shares, plain) < 1e-3
+    assert max_relative(shares, plain) < 1e-3
     assert all(p.grad is not None for p in model.parameters())
     assert s2.metrics()["protocol_summary"]["updates_on_shares"] == 0
     with pytest.raises(UsageError, match="update must be"):

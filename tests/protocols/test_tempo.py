@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 import blindtrain as bt
-from blindtrain import data as datasets
 from blindtrain.cli import main
 from blindtrain.models import build
 from blindtrain.kernels import gather, native
+from tests.protocols.conftest import max_relative
 
 
 def _curve(protocol, model_name, dataset, *, steps=20, batch=32, lr=0.05, model_kwargs=None, optimizer="sgd",
@@ -42,27 +42,13 @@ def _curve(protocol, model_name, dataset, *, steps=20, batch=32, lr=0.05, model_
     return losses, session, model, batches
 
 
-def _max_rel(a, b):
-    return max(abs(x - y) / abs(y) for x, y in zip(a, b))
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return datasets.load("digits", seed=0)
-
-
-@pytest.fixture(scope="module")
-def synthetic():
-    return datasets.load("synthetic", seed=0)
-
-
 def test_mlp_digits_loss_curve_matches_plain(digits):
     plain, s1, _, _ = _curve("plain", "mlp", digits)
     tempo, s2, _, _ = _curve("tempo", "mlp", digits)
     s1.close()
     metrics = s2.metrics()
     s2.close()
-    assert _max_rel(tempo, plain) <= 1e-4
+    assert max_relative(tempo, plain) <= 1e-4
     assert metrics["integrity_failures"] == 0
     assert metrics["weight_encryptions"] == 3  # 3 layers, one key epoch (default rotation: 100 steps)
 
@@ -79,7 +65,7 @@ def test_mlp_trains_alike_without_the_native_pass(digits, monkeypatch):
     fallback_pass = s2.protocol.summary()["encode_decode_pass"]
     s1.close(), s2.close()
     assert fused_pass.startswith("native" if native._compiler() else "torch") and fallback_pass.startswith("torch")
-    assert _max_rel(fallback, fused) <= 1e-5
+    assert max_relative(fallback, fused) <= 1e-5
     assert checks > 0 and failures == 0
 
 
@@ -101,7 +87,7 @@ def test_lenet_synthetic_loss_curve_matches_plain(synthetic):
     plain, s1, _, _ = _curve("plain", "lenet", synthetic, batch=16, lr=0.02)
     tempo, s2, _, _ = _curve("tempo", "lenet", synthetic, batch=16, lr=0.02)
     s1.close(), s2.close()
-    assert _max_rel(tempo, plain) <= 1e-4
+    assert max_relative(tempo, plain) <= 1e-4
 
 
 @pytest.mark.slow
@@ -115,7 +101,7 @@ def test_small_vit_synthetic_loss_curve_matches_plain(synthetic):
     path = "/tmp/_tempo_vit_transcript.npz"
     s2.save_transcripts(path)
     s1.close(), s2.close()
-    assert _max_rel(tempo, plain) <= 1e-4
+    assert max_relative(tempo, plain) <= 1e-4
     assert metrics["integrity_failures"] == 0
     meta = json.loads(str(np.load(path)["meta"]))
     offloaded = {(m["layer"].split(".")[-1], m["op"]) for m in meta}
@@ -128,7 +114,7 @@ def test_adam_runs_enclave_side_and_matches_plain(digits):
     tempo, s2, _, _ = _curve("tempo", "mlp", digits, steps=8, optimizer="adam")
     metrics = s2.metrics()
     s1.close(), s2.close()
-    assert _max_rel(tempo, plain) <= 1e-4
+    assert max_relative(tempo, plain) <= 1e-4
     assert metrics["weight_encryptions"] == 3 * 8  # enclave-side update: re-encrypted every step
     assert "enclave" in metrics["protocol_summary"]["optimizer_update"]
 
@@ -239,7 +225,7 @@ def test_fused_activations_match_plain_and_run_on_the_worker(model_name, dataset
     path = "/tmp/_tempo_fused_transcript.npz"
     s2.save_transcripts(path)
     s1.close(), s2.close()
-    assert _max_rel(fused, plain) <= 1e-4
+    assert max_relative(fused, plain) <= 1e-4
     assert metrics["integrity_failures"] == 0
     assert not any(isinstance(m, (torch.nn.ReLU, torch.nn.MaxPool2d)) for m in model.modules())
     assert set(model.state_dict()) == set(build(model_name, dataset.input_shape, dataset.num_classes).state_dict())
