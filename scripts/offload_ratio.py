@@ -35,6 +35,8 @@ from blindtrain.models import build
 
 CONFIGS = {
     "mlp4096": dict(model="mlp", hidden=(4096, 4096, 4096), batch=64),
+    "mlp2048": dict(model="mlp", hidden=(2048, 2048, 2048), batch=64),
+    "mlp1024": dict(model="mlp", hidden=(1024, 1024, 1024), batch=64),
     "resnet18": dict(model="resnet18", hidden=None, batch=32),
     "lenet": dict(model="lenet", hidden=None, batch=64),
 }
@@ -43,11 +45,12 @@ CONFIGS = {
 class Runner:
     """One model + optimizer + session under a protocol; steps are timed from its ledger."""
 
-    def __init__(self, protocol: str, cfg: dict, dataset, **options) -> None:
+    def __init__(self, protocol: str, cfg: dict, dataset, *, momentum: float = 0.9, device: str = "cpu",
+                 **options) -> None:
         torch.manual_seed(0)
         model = build(cfg["model"], dataset.input_shape, dataset.num_classes, hidden=cfg["hidden"])
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        self.session = bt.Session(protocol=protocol, device="cpu", seed=None, **options)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=momentum)
+        self.session = bt.Session(protocol=protocol, device=device, seed=None, **options)
         self.model, self.optimizer = self.session.prepare(model, optimizer)
         self.model.train()
         self.dataset, self.batch_size, self.epoch = dataset, cfg["batch"], 0
@@ -88,10 +91,15 @@ class Runner:
                 "peak_bytes": self.session.ledger.enclave_peak_bytes, "warmup_enclave_s": self.warmup_s}
 
 
-def measure_interleaved(cfg: dict, steps: int, dataset, variants: dict) -> dict:
+def measure_interleaved(cfg: dict, steps: int, dataset, variants: dict, *, momentum: float = 0.9,
+                        devices: dict | None = None) -> dict:
     """Steps of every variant interleaved (enclave, tempo, enclave, tempo ...) so that load from other
-    processes on a shared machine hits them alike; one warm-up step each (tempo encrypts there)."""
-    runners = {name: Runner(protocol, cfg, dataset, **options) for name, (protocol, options) in variants.items()}
+    processes on a shared machine hits them alike; one warm-up step each (tempo encrypts there).
+    ``variants``: name -> (protocol, options); ``devices``: name -> worker device (default cpu).
+    Each offloading variant's protocol summary comes back as ``NAME_summary``."""
+    devices = devices or {}
+    runners = {name: Runner(protocol, cfg, dataset, momentum=momentum, device=devices.get(name, "cpu"), **options)
+               for name, (protocol, options) in variants.items()}
     for runner in runners.values():
         runner.step(timed=False)
     for _ in range(steps):
@@ -99,7 +107,7 @@ def measure_interleaved(cfg: dict, steps: int, dataset, variants: dict) -> dict:
             runner.step()
     out = {name: runner.result() for name, runner in runners.items()}
     for name, runner in runners.items():
-        if runner.session.protocol_name == "tempo":
+        if runner.session.protocol_name != "enclave":
             out[name + "_summary"] = runner.session.protocol.summary()
     for runner in runners.values():
         runner.session.close()
