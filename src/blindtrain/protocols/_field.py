@@ -16,35 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from .. import bilinear as bilinear_fns
-from ..errors import UsageError
 from ..field import codec, freivalds
-from ..field.engine import BACKENDS, FieldEngine
+from ..field.engine import FieldEngine
 from ..field.masks import PadStream
 from ..field.modular import contraction_length
 from ..pipeline import Check, Pipeline
-
-FIELD_BACKENDS = ("auto", *BACKENDS)
-
-
-def check_repetitions(k) -> int:
-    try:
-        k = int(k)
-    except (TypeError, ValueError):
-        raise UsageError(f"repetitions must be an integer, got {k!r}") from None
-    if not 1 <= k <= 8:
-        raise UsageError(f"repetitions must be between 1 and 8, got {k}")
-    return k
-
-
-def check_weight_bits(bits) -> int:
-    try:
-        bits = int(bits)
-    except (TypeError, ValueError):
-        raise UsageError(f"weight_bits must be an integer, got {bits!r}") from None
-    if not 2 <= bits <= 32:
-        raise UsageError(f"weight_bits must be between 2 and 32, got {bits}")
-    return bits
-
 
 @dataclass(frozen=True)
 class OperandBits:
@@ -60,15 +36,9 @@ class FieldOffload:
     """The masked-offload machinery both field protocols share (engine, pads, checks, reporting)."""
 
     def _setup_field(self) -> None:
-        self.p = codec.check_modulus(self.settings["modulus"])
-        self.k = check_repetitions(self.settings["repetitions"])
-        self.weight_bits = check_weight_bits(self.settings["weight_bits"])
-        if 2 ** (self.weight_bits - 1) > codec.headroom(self.p):
-            raise UsageError(f"weight_bits={self.weight_bits} does not fit the modulus {self.p}")
-        backend = self.settings["field_backend"]
-        if backend not in FIELD_BACKENDS:
-            raise UsageError(f"field_backend must be one of {', '.join(FIELD_BACKENDS)}, got {backend!r}")
-        self.engine = FieldEngine(self.p, backend=backend)
+        # validated once, by the protocol's FieldOptions (modulus, ranges, fit in the modulus, back-end)
+        self.p, self.k, self.weight_bits = self.opts.modulus, self.opts.repetitions, self.opts.weight_bits
+        self.engine = FieldEngine(self.p, backend=self.opts.field_backend)
         self.element_dtype = codec.element_dtype(self.p)
         self.weight_wire_dtype = codec.weight_dtype(self.weight_bits)
         self.pads = PadStream(self.runtime.rng, self.p)
