@@ -317,7 +317,8 @@ def _copy_hooks(source: nn.Module, target: nn.Module) -> None:
             setattr(target, attribute, getattr(source, attribute))
 
 
-def _lazy(model: nn.Module) -> list[str]:
+def lazy_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters a lazy module (``LazyLinear`` ...) has not initialized yet."""
     return [name for name, param in model.named_parameters() if isinstance(param, nn.parameter.UninitializedParameter)]
 
 
@@ -328,7 +329,7 @@ def install(model: nn.Module, protocol) -> list[LayerSite]:
     What stays in the enclave and why: :func:`stays_in_enclave`.  The user's hooks on a replaced module
     move to its replacement.  Lazy modules (``LazyLinear`` ...) must have run once before.
     """
-    lazy = _lazy(model)
+    lazy = lazy_parameters(model)
     if lazy:
         raise UsageError(f"{', '.join(lazy)}: lazy parameter(s) not yet initialized; run one forward "
                          f"(model(example_batch)) before session.prepare(), or pass example_input= to prepare()")

@@ -28,6 +28,7 @@ from .boundary import Boundary
 from .boundary.transport import TRANSPORT_NAMES, TRANSPORTS
 from .crypto import Csprng
 from .errors import UsageError
+from .glue import lazy_parameters
 from .ledger import Ledger
 from .placement import Placement, validate
 from .runtime import EnclaveConfig, Runtime
@@ -133,8 +134,7 @@ class Session:
         if optimizer is not None and not self.protocol.info.trains:
             raise UsageError(f"protocol {self.protocol_name!r} is for inference only; it cannot train "
                              f"(use otp or tempo to train, then predict with {self.protocol_name})")
-        if example_input is not None and any(isinstance(p, torch.nn.parameter.UninitializedParameter)
-                                             for p in model.parameters()):
+        if example_input is not None and lazy_parameters(model):
             with torch.no_grad():  # lazy modules (LazyLinear ...) take their shapes from one forward
                 model(*example_input) if isinstance(example_input, tuple) else model(example_input)
         self.placement = validate(model, self.protocol_name, example_input=example_input, strict=strict)
