@@ -105,3 +105,14 @@ def test_worker_failure_is_reported_not_hung():
             boundary.call(Request("fetch", {"X": Ref("missing")}, TAG))
     finally:
         boundary.close()
+
+
+def test_closing_an_inproc_transport_waits_for_its_worker_thread():
+    """A worker thread still inside a PyTorch op at interpreter shutdown aborts the process ("terminate called
+    without an active exception"): close() must leave no worker thread running."""
+    transport = InprocTransport(WorkerConfig(name="main0"))
+    boundary = Boundary(ledger=Ledger(), transport_factory=lambda role, i: transport, record_transcript=False)
+    boundary.call(Request("store", {"X": Sent(torch.ones(4, 4), "clear")}, TAG, keep={"X": "h"}))
+    assert transport._thread.is_alive()
+    boundary.close()
+    assert not transport._thread.is_alive()
